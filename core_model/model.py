@@ -49,6 +49,36 @@ def build_tiny_vit() -> nn.Module:
                    layer_lr_decay=0.8)
 
 
+class BatchedMaskDecoder(MaskDecoder):
+    """segment-anything's MaskDecoder (same weights and keys), also accepting B images with B prompt sets.
+
+    The stock class always repeats the image embedding once per prompt set (one image, many prompts); training and
+    batched triage pass one prompt set per image, as LiteMedSAM's own decoder allows.
+    """
+
+    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+        tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
+        src = image_embeddings
+        if src.shape[0] != tokens.shape[0]:
+            src = torch.repeat_interleave(src, tokens.shape[0], dim=0)
+        src = src + dense_prompt_embeddings
+        pos_src = image_pe.expand(tokens.shape[0], -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1: (1 + self.num_mask_tokens), :]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+                               dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
 class MultiLabelHead(nn.Module):
     """Sigmoid multi-label classifier over pooled image embeddings (mean ‖ max over the 64×64 grid → 512).
 
@@ -91,7 +121,7 @@ class BiasCareModel(nn.Module):
         self.image_encoder = build_tiny_vit()
         self.prompt_encoder = PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(EMBED_GRID, EMBED_GRID),
                                             input_image_size=(256, 256), mask_in_chans=16)
-        self.mask_decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=EMBED_DIM, iou_head_depth=3,
+        self.mask_decoder = BatchedMaskDecoder(num_multimask_outputs=3, transformer_dim=EMBED_DIM, iou_head_depth=3,
                                         iou_head_hidden_dim=256,
                                         transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048,
                                                                       num_heads=8))

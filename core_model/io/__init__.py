@@ -1,0 +1,95 @@
+"""Image I/O for the model and the app: PNG/JPEG/DICOM/NIfTI -> grayscale [0, 1] images, volumes and masks.
+
+Every bad file raises a :class:`core_model.errors.ImageReadError` subclass naming the file and the cause. Sizes are
+checked from headers before any decoding (``max_pixels`` / ``max_voxels``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from core_model.errors import ImageReadError, MaskShapeError, UnsupportedFormatError
+from core_model.io.dicom import load_dicom, parse_age
+from core_model.io.dicom_volume import load_dicom_volume
+from core_model.io.raster import load_raster, read_raster_array
+from core_model.io.sniff import PNG_MAGIC, detect_format, read_head
+from core_model.io.types import (
+    DEFAULT_MAX_PIXELS,
+    WINDOW_PRESETS,
+    ImageMetadata,
+    LoadedImage,
+    PathLike,
+    WindowArg,
+    apply_window,
+    sha256_file,
+)
+from core_model.io.volume import LoadedVolume, SliceDisplay, load_nifti_volume, read_nifti_array
+
+DEFAULT_MAX_VOXELS = DEFAULT_MAX_PIXELS * 8
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "WINDOW_PRESETS", "ImageMetadata", "LoadedImage", "LoadedVolume",
+    "SliceDisplay", "apply_window", "detect_format", "load_any", "load_image", "load_mask", "load_volume", "parse_age",
+    "sha256_file",
+]
+
+
+def _is_raw_dicom(path: PathLike) -> bool:
+    head = read_head(path, 132)
+    return not (len(head) >= 132 and head[128:132] == b"DICM")
+
+
+def load_image(
+    path: PathLike, *, frame: int = 0, window: WindowArg = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """Any supported file -> a 2-D LoadedImage: pixels float32 (H, W) in [0, 1], air dark.
+
+    ``frame``: DICOM frame. ``window``: preset name or (center, width) in modality units, overriding the file's.
+    A NIfTI gives its middle axial slice in radiological orientation (limit ``max_pixels * 8`` voxels).
+    """
+    fmt = detect_format(path)
+    if fmt in ("png", "jpeg"):
+        return load_raster(path, fmt, window, max_pixels)
+    if fmt == "dicom":
+        return load_dicom(path, frame=frame, window=window, max_pixels=max_pixels, raw_dataset=_is_raw_dicom(path))
+    return load_nifti_volume(path, max_pixels * 8).middle_axial(window)
+
+
+def load_volume(path: PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> LoadedVolume:
+    """NIfTI (.nii/.nii.gz) or (multi-frame) DICOM -> LoadedVolume, float32 data in file voxel order (i, j, k).
+
+    For DICOM the voxel order is (column, row, frame). PNG/JPEG raise UnsupportedFormatError.
+    """
+    fmt = detect_format(path)
+    if fmt == "nifti":
+        return load_nifti_volume(path, max_voxels)
+    if fmt == "dicom":
+        return load_dicom_volume(path, max_voxels=max_voxels, raw_dataset=_is_raw_dicom(path))
+    raise UnsupportedFormatError(path, f"{fmt.upper()} is a 2-D format; load_volume needs NIfTI or DICOM")
+
+
+def load_any(path: PathLike, **kw) -> LoadedImage | LoadedVolume:
+    """NIfTI -> LoadedVolume (kw: max_voxels); everything else -> LoadedImage (kw as for load_image)."""
+    if detect_format(path) == "nifti":
+        return load_volume(path, **kw)
+    return load_image(path, **kw)
+
+
+def load_mask(path: PathLike, shape: tuple[int, ...] | None = None, *, max_pixels: int = DEFAULT_MAX_VOXELS) -> np.ndarray:
+    """A mask file -> bool array: PNG/JPEG (H, W) (PNG > 0; 8-bit JPEG > 127, for compression noise), NIfTI (I, J, K)
+    in file voxel order (> 0). DICOM masks are read like images (> 0 on stored values).
+
+    Raises MaskShapeError (an ImageReadError) when ``shape`` is given and differs.
+    """
+    fmt = detect_format(path)
+    if fmt in ("png", "jpeg"):
+        arr, _, _ = read_raster_array(path, fmt, max_pixels)
+        mask = arr > 127 if (fmt == "jpeg" and arr.dtype == np.uint8) else arr > 0
+    elif fmt == "nifti":
+        arr, _ = read_nifti_array(path, max_pixels)
+        mask = arr > 0
+    else:
+        image = load_dicom(path, frame=0, window=None, max_pixels=max_pixels, raw_dataset=_is_raw_dicom(path))
+        mask = image.raw > 0
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise MaskShapeError(path, f"mask shape {tuple(mask.shape)} does not match expected shape {tuple(shape)}")
+    return mask

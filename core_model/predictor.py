@@ -1,0 +1,263 @@
+"""Interactive predictor: embed an image once, then refine the mask click by click (the paper's inference-time HITL).
+
+Coordinate frames
+    Clicks and boxes are given in **original pixel-index coordinates**: (x, y) with x to the right, y down, pixel (0, 0)
+    the top-left pixel, fractions allowed. They map to the 256 model grid through :class:`core_model.geometry.ResizePad`
+    (pixel centre ``x + 0.5`` scaled, then SAM's own pixel-index convention). Masks come back on the original grid.
+
+State
+    ``set_image`` selects the image (its embedding from the in-memory LRU, the optional float16 disk cache, or the
+    encoder). Each ``predict`` call appends its clicks to the session, feeds the previous low-res logits back as the
+    mask prompt and pushes the new state; ``undo`` pops it (restoring the exact previous logits), ``reset`` clears.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core_model.geometry import ResizePad
+from core_model.model import BiasCareModel
+from core_model.preprocess import content_key, to_model_input
+from core_model.uncertainty import SegmentationUncertainty, mask_disagreement, ranking_score, semantic_uncertainty
+
+
+@dataclass(frozen=True)
+class Click:
+    """One correction: (x, y) in original pixel-index coordinates; ``positive`` adds, negative removes."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass
+class Prediction:
+    """The result of one refinement pass.
+
+    mask: (H, W) bool on the original grid. low_res_logits: (1, 1, 256, 256) on the model grid (fed back next time).
+    iou: SAM's predicted IoU. uncertainty: see :mod:`core_model.uncertainty`.
+    """
+
+    mask: np.ndarray
+    low_res_logits: torch.Tensor
+    iou: float
+    uncertainty: SegmentationUncertainty
+    clicks: tuple[Click, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    text: str | None = None
+
+
+@dataclass
+class _ImageEntry:
+    embedding: torch.Tensor  # (1, 256, 64, 64)
+    geometry: ResizePad
+
+
+@dataclass
+class _Session:
+    key: str
+    entry: _ImageEntry
+    history: list[Prediction] = field(default_factory=list)
+
+
+class NoImageError(RuntimeError):
+    """``predict``/``undo`` called before ``set_image``."""
+
+
+def _as_click(click: Click | Sequence) -> Click:
+    if isinstance(click, Click):
+        return click
+    x, y, *rest = click
+    positive = rest[0] if rest else True
+    if isinstance(positive, str):
+        positive = positive.lower() in ("positive", "pos", "+", "1", "true")
+    return Click(float(x), float(y), bool(positive))
+
+
+class InteractivePredictor:
+    """Embeds images once and refines masks from clicks, boxes and text prompts.
+
+    Thread-safe: one lock serialises model calls, so the app can prefetch embeddings in a background thread.
+    """
+
+    def __init__(self, model: BiasCareModel, device: str | torch.device = "cpu", cache_size: int = 8,
+                 disk_cache: str | Path | None = None, tta_samples: int = 4) -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.cache_size = cache_size
+        self.disk_cache = Path(disk_cache) if disk_cache else None
+        self.tta_samples = tta_samples
+        self._cache: OrderedDict[str, _ImageEntry] = OrderedDict()
+        self._session: _Session | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, image: np.ndarray) -> str:
+        """Compute (or fetch) the embedding of a (H, W) grayscale image without selecting it; returns its key."""
+        key = content_key(image)
+        self._entry(key, image)
+        return key
+
+    def set_image(self, image: np.ndarray) -> str:
+        """Select a (H, W) grayscale image for prediction, embedding it if needed; clears the click session."""
+        key = content_key(image)
+        self._session = _Session(key, self._entry(key, image))
+        return key
+
+    def is_cached(self, image_or_key: np.ndarray | str) -> bool:
+        key = image_or_key if isinstance(image_or_key, str) else content_key(image_or_key)
+        return key in self._cache or (self.disk_cache is not None and self._disk_path(key).is_file())
+
+    def _disk_path(self, key: str) -> Path:
+        assert self.disk_cache is not None
+        return self.disk_cache / f"{key[:2]}" / f"{key}.pt"
+
+    def _entry(self, key: str, image: np.ndarray) -> _ImageEntry:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        tensor, geometry = to_model_input(image)
+        embedding = self._load_disk(key)
+        if embedding is None:
+            with self._lock, torch.inference_mode():
+                embedding = self.model.encode_image(tensor.to(self.device))
+            self._save_disk(key, embedding)
+        entry = _ImageEntry(embedding.to(self.device, torch.float32), geometry)
+        with self._lock:
+            self._cache[key] = entry
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return entry
+
+    def _load_disk(self, key: str) -> torch.Tensor | None:
+        if self.disk_cache is None or not self._disk_path(key).is_file():
+            return None
+        try:
+            return torch.load(self._disk_path(key), map_location="cpu", weights_only=True).float()
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            self._disk_path(key).unlink(missing_ok=True)
+            return None
+
+    def _save_disk(self, key: str, embedding: torch.Tensor) -> None:
+        if self.disk_cache is None:
+            return
+        path = self._disk_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(embedding.detach().to("cpu", torch.float16).clone(), tmp)
+        tmp.replace(path)
+
+    # ------------------------------------------------------------------ session
+    @property
+    def history(self) -> list[Prediction]:
+        return list(self._session.history) if self._session else []
+
+    @property
+    def clicks(self) -> tuple[Click, ...]:
+        return self._session.history[-1].clicks if self._session and self._session.history else ()
+
+    @property
+    def geometry(self) -> ResizePad:
+        return self._require_session().entry.geometry
+
+    def _require_session(self) -> _Session:
+        if self._session is None:
+            raise NoImageError("call set_image() before predict()/undo()")
+        return self._session
+
+    def predict(self, clicks: Sequence[Click | Sequence] = (), box: Sequence[float] | None = None,
+                text: str | None = None, with_tta: bool = False, multimask: bool = False) -> Prediction:
+        """Add ``clicks`` to the session and run one refinement pass.
+
+        Args:
+            clicks: new clicks, (x, y, positive) in original pixel-index coordinates; appended to earlier ones.
+            box: (x0, y0, x1, y1) in original pixels; replaces the session's box (kept when None).
+            text: a prompt such as "left lung"; replaces the session's text (kept when None). Used only when the
+                language pathway is trained (otherwise the stock model is unchanged and the text is just recorded).
+            with_tta: also compute the test-time-augmentation disagreement (one extra batched decoder pass).
+            multimask: let SAM choose the best of its 3 masks (useful for a lone first click of the stock model).
+        Returns:
+            the new :class:`Prediction`; the session now ends with it.
+        """
+        session = self._require_session()
+        previous = session.history[-1] if session.history else None
+        all_clicks = (previous.clicks if previous else ()) + tuple(_as_click(c) for c in clicks)
+        box_t = tuple(float(v) for v in box) if box is not None else (previous.box if previous else None)
+        text = text if text is not None else (previous.text if previous else None)
+        if not all_clicks and box_t is None and not text:
+            raise ValueError("predict() needs at least one click, a box or a text prompt")
+        prev_logits = previous.low_res_logits if previous else None
+        with self._lock, torch.inference_mode():
+            prediction = self._run(session.entry, all_clicks, box_t, text, prev_logits, with_tta, multimask)
+        session.history.append(prediction)
+        return prediction
+
+    def undo(self) -> Prediction | None:
+        """Drop the last prediction; returns the one now current (None when back at the start)."""
+        session = self._require_session()
+        if session.history:
+            session.history.pop()
+        return session.history[-1] if session.history else None
+
+    def reset(self) -> None:
+        """Forget all clicks, box and text for the current image (its embedding stays cached)."""
+        self._require_session().history.clear()
+
+    # ------------------------------------------------------------------ model calls
+    def _prompts(self, geometry: ResizePad, clicks: tuple[Click, ...], box: tuple | None, text: str | None):
+        points = None
+        if clicks:
+            xy = np.array([[c.x + 0.5, c.y + 0.5] for c in clicks])
+            coords = torch.as_tensor(geometry.to_model(xy) - 0.5, dtype=torch.float32, device=self.device)[None]
+            labels = torch.as_tensor([[1 if c.positive else 0 for c in clicks]], device=self.device)
+            points = (coords, labels)
+        boxes = None
+        if box is not None:
+            corners = np.asarray(box, dtype=np.float64).reshape(2, 2) + 0.5
+            boxes = torch.as_tensor(geometry.to_model(corners).reshape(1, 4) - 0.5, dtype=torch.float32,
+                                    device=self.device)
+        use_text = bool(text) and self.model.language.trained
+        tokens = self.model.language.tokens([text]) if use_text else None
+        return points, boxes, tokens
+
+    def _run(self, entry: _ImageEntry, clicks: tuple[Click, ...], box: tuple | None, text: str | None,
+             prev_logits: torch.Tensor | None, with_tta: bool, multimask: bool) -> Prediction:
+        points, boxes, tokens = self._prompts(entry.geometry, clicks, box, text)
+        logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask)
+        best = int(iou[0].argmax())
+        logits, iou_value = logits[:, best:best + 1].clone(), float(iou[0, best])
+        tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
+        u_sl = None
+        if tokens is not None:
+            u_sl = float(semantic_uncertainty(entry.embedding, logits, tokens.mean(dim=1))[0])
+        uncertainty = SegmentationUncertainty(iou_gap=1.0 - iou_value, tta=tta, u_sl=u_sl,
+                                              ranking=ranking_score(1.0 - iou_value, tta, u_sl))
+        mask = (entry.geometry.logits_to_original(logits) > 0)[0, 0].numpy()
+        return Prediction(mask=mask, low_res_logits=logits, iou=iou_value, uncertainty=uncertainty, clicks=clicks,
+                          box=box, text=text)
+
+    def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor) -> float:
+        """Disagreement of K decoder passes with jittered prompts (±2 model pixels) and the mask prompt dropped."""
+        k = self.tta_samples
+        generator = torch.Generator().manual_seed(0)
+
+        def jitter(t: torch.Tensor) -> torch.Tensor:
+            noise = (torch.rand((k,) + t.shape[1:], generator=generator) * 4 - 2).to(t.device)
+            return t.expand(k, *t.shape[1:]) + noise
+
+        batched_points = (jitter(points[0]), points[1].expand(k, -1)) if points is not None else None
+        batched_boxes = jitter(boxes) if boxes is not None else None
+        batched_tokens = tokens.expand(k, -1, -1) if tokens is not None else None
+        masks = None if prev_logits is None else prev_logits.expand(k, -1, -1, -1).clone()
+        if masks is not None:
+            masks[k // 2:] = 0  # half the samples without the fed-back mask
+        logits, _ = self.model.decode(entry.embedding.expand(k, -1, -1, -1), batched_points, batched_boxes, masks,
+                                      batched_tokens)
+        return mask_disagreement(reference, logits)

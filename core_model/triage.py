@@ -1,0 +1,97 @@
+"""Batched triage: embed + classify + initial mask + uncertainty for many images (the worklist's first pass)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core_model.model import BiasCareModel
+from core_model.preprocess import to_model_input
+from core_model.uncertainty import (SegmentationUncertainty, classification_uncertainty, ranking_score,
+                                    semantic_uncertainty)
+
+DEFAULT_CONCEPT = "lung"
+
+
+@dataclass
+class TriageResult:
+    """One image's first pass. ``low_res_logits`` (1, 256, 256) are on the model grid (see ``geometry``)."""
+
+    probabilities: dict[str, float] | None  # None while the classifier head is untrained
+    suggested: list[str]
+    low_res_logits: torch.Tensor
+    iou: float
+    uncertainty: SegmentationUncertainty
+    class_uncertainty: dict[str, float] | None
+
+
+class Triage:
+    """Runs the model over batches of images.
+
+    The initial mask comes from the text concept when the language pathway is trained, otherwise from a box around
+    the whole image (the only prompt stock LiteMedSAM understands).
+    """
+
+    def __init__(self, model: BiasCareModel, device: str | torch.device = "cpu", label_set: str = "cxr-lt-26",
+                 concept: str = DEFAULT_CONCEPT, dtype: torch.dtype | None = None) -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.label_set = label_set
+        self.concept = concept
+        self.dtype = dtype  # e.g. torch.bfloat16 for autocast on GPU / AVX-512-bf16 CPUs
+
+    @property
+    def classifier_trained(self) -> bool:
+        return bool(self.model.info.classifier_trained.get(self.label_set))
+
+    def inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Grayscale (H, W) images → (B, 3, 256, 256) model inputs."""
+        return torch.cat([to_model_input(image)[0] for image in images]).to(self.device)
+
+    @torch.inference_mode()
+    def run_batch(self, batch: torch.Tensor) -> list[TriageResult]:
+        """(B, 3, 256, 256) model inputs → one :class:`TriageResult` per image."""
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        with autocast:
+            embedding = self.model.encode_image(batch)
+            logits, iou = self._initial_masks(embedding)
+            probs = self.model.classify(embedding, self.label_set) if self.classifier_trained else None
+        return self._results(embedding.float(), logits.float(), iou.float(), probs)
+
+    def run(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[TriageResult]:
+        results: list[TriageResult] = []
+        for start in range(0, len(images), batch_size):
+            results.extend(self.run_batch(self.inputs(images[start:start + batch_size])))
+        return results
+
+    def _initial_masks(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = embedding.shape[0]
+        if self.model.language.trained:
+            tokens = self.model.language.tokens([self.concept]).expand(batch, -1, -1)
+            return self.model.decode(embedding, text_tokens=tokens.to(embedding.dtype))
+        boxes = torch.tensor([[0.0, 0.0, 255.0, 255.0]], device=embedding.device).expand(batch, -1)
+        return self.model.decode(embedding, boxes=boxes)
+
+    def _results(self, embedding: torch.Tensor, logits: torch.Tensor, iou: torch.Tensor,
+                 probs: torch.Tensor | None) -> list[TriageResult]:
+        u_sl = None
+        if self.model.language.trained:
+            concept = self.model.language.concept_embedding([self.concept]).expand(embedding.shape[0], -1)
+            u_sl = semantic_uncertainty(embedding, logits, concept)
+        classes = self.model.classifiers[self.label_set].classes
+        thresholds = self.model.classifiers[self.label_set].thresholds
+        class_u = classification_uncertainty(probs, thresholds) if probs is not None else None
+        results = []
+        for i in range(embedding.shape[0]):
+            u = None if u_sl is None else float(u_sl[i])
+            gap = 1.0 - float(iou[i, 0])
+            seg_u = SegmentationUncertainty(iou_gap=gap, tta=0.0, u_sl=u, ranking=ranking_score(gap, 0.0, u))
+            probabilities = None if probs is None else {c: float(p) for c, p in zip(classes, probs[i])}
+            suggested = [] if probs is None else [c for c, p, t in zip(classes, probs[i], thresholds) if p >= t]
+            case_u = None if class_u is None else {"entropy": float(class_u["case_entropy"][i]),
+                                                   "min_margin": float(class_u["case_min_margin"][i])}
+            results.append(TriageResult(probabilities, suggested, logits[i, :1].clone(), float(iou[i, 0]), seg_u,
+                                        case_u))
+        return results
