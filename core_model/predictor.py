@@ -87,8 +87,11 @@ class InteractivePredictor:
     """
 
     def __init__(self, model: BiasCareModel, device: str | torch.device = "cpu", cache_size: int = 8,
-                 disk_cache: str | Path | None = None, tta_samples: int = 4) -> None:
+                 disk_cache: str | Path | None = None, tta_samples: int = 4,
+                 decoder_dtype: torch.dtype | None = None) -> None:
+        """``decoder_dtype`` (e.g. torch.bfloat16) runs the click path under autocast; None keeps float32."""
         self.model = model.to(device).eval()
+        self.decoder_dtype = decoder_dtype
         self.device = torch.device(device)
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
@@ -230,9 +233,11 @@ class InteractivePredictor:
     def _run(self, entry: _ImageEntry, clicks: tuple[Click, ...], box: tuple | None, text: str | None,
              prev_logits: torch.Tensor | None, with_tta: bool, multimask: bool) -> Prediction:
         points, boxes, tokens = self._prompts(entry.geometry, clicks, box, text)
-        logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask)
+        with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
+                            enabled=self.decoder_dtype is not None):
+            logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask)
         best = int(iou[0].argmax())
-        logits, iou_value = logits[:, best:best + 1].clone(), float(iou[0, best])
+        logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
         tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
         u_sl = None
         if tokens is not None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from core_model.errors import ImageReadError, MaskShapeError, UnsupportedFormatError
+from core_model.errors import MaskShapeError, UnsupportedFormatError
 from core_model.io.dicom import load_dicom, parse_age
 from core_model.io.dicom_volume import load_dicom_volume
 from core_model.io.raster import load_raster, read_raster_array
-from core_model.io.sniff import PNG_MAGIC, detect_format, read_head
+from core_model.io.sniff import detect_format, read_head
 from core_model.io.types import (
     DEFAULT_MAX_PIXELS,
     WINDOW_PRESETS,
@@ -68,15 +68,22 @@ def load_volume(path: PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Load
 
 
 def load_any(path: PathLike, **kw) -> LoadedImage | LoadedVolume:
-    """NIfTI -> LoadedVolume (kw: max_voxels); everything else -> LoadedImage (kw as for load_image)."""
+    """NIfTI -> LoadedVolume; everything else -> LoadedImage (kw as for load_image).
+
+    For NIfTI only ``max_voxels`` (or ``max_pixels * 8``) is used; ``frame``/``window`` apply to 2-D images only.
+    """
     if detect_format(path) == "nifti":
-        return load_volume(path, **kw)
+        limit = kw.get("max_voxels", kw["max_pixels"] * 8 if "max_pixels" in kw else DEFAULT_MAX_VOXELS)
+        return load_volume(path, max_voxels=limit)
+    kw.pop("max_voxels", None)
     return load_image(path, **kw)
 
 
-def load_mask(path: PathLike, shape: tuple[int, ...] | None = None, *, max_pixels: int = DEFAULT_MAX_VOXELS) -> np.ndarray:
+def load_mask(
+    path: PathLike, shape: tuple[int, ...] | None = None, *, max_pixels: int = DEFAULT_MAX_VOXELS
+) -> np.ndarray:
     """A mask file -> bool array: PNG/JPEG (H, W) (PNG > 0; 8-bit JPEG > 127, for compression noise), NIfTI (I, J, K)
-    in file voxel order (> 0). DICOM masks are read like images (> 0 on stored values).
+    in file voxel order (> 0). DICOM masks are read like images (> 0 on modality values).
 
     Raises MaskShapeError (an ImageReadError) when ``shape`` is given and differs.
     """

@@ -7,13 +7,15 @@ Slope/Intercept) = ``raw`` -> VOI (caller's window, else VOI LUT Sequence, else 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core_model.errors import (
     CorruptImageError,
@@ -39,11 +41,30 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 def read_dataset(path: PathLike, raw_dataset: bool = False) -> Dataset:
     """Parse the file (pixel bytes read, not decoded). ``raw_dataset``: no preamble/file meta, parse anyway."""
     try:
-        return pydicom.dcmread(path, force=raw_dataset)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=raw_dataset)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CorruptImageError(path, f"cannot parse DICOM: {exc}") from exc
     except Exception as exc:  # pydicom's parser raises many kinds on garbage (struct.error, NotImplementedError, ...)
         raise CorruptImageError(path, f"cannot parse DICOM: {type(exc).__name__}: {exc}") from exc
+    ended = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if ended or len(ds) == 0:
+        raise CorruptImageError(path, f"truncated DICOM ({ended[0] if ended else 'no data elements after the header'})")
+    if raw_dataset and "TransferSyntaxUID" not in ds.file_meta:
+        _set_guessed_transfer_syntax(ds)
+    return ds
+
+
+def _set_guessed_transfer_syntax(ds: Dataset) -> None:
+    """A bare data set (no file meta) was parsed with a guessed encoding; record it so native pixels can decode."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
 
 
 def frame_count(ds: Dataset) -> int:
@@ -62,8 +83,9 @@ def check_pixels_decodable(path: PathLike, ds: Dataset, limit: int, frames: int)
     Rows × Columns × frames.
     """
     if not any(k in ds for k in _PIXEL_KEYWORDS):
-        if "Rows" in ds or "Columns" in ds:
-            raise CorruptImageError(path, "DICOM has image attributes but no pixel data (truncated file?)")
+        if "Rows" in ds or "Columns" in ds or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            raise CorruptImageError(path, "DICOM has image attributes or no transfer syntax, but no pixel data "
+                                          "(truncated file?)")
         raise UnsupportedFormatError(path, f"DICOM object without pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if rows is None or cols is None:
@@ -80,7 +102,8 @@ def _check_transfer_syntax(path: PathLike, ds: Dataset) -> None:
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
-        raise UnsupportedTransferSyntaxError(path, f"no decoder for transfer syntax {tsyntax} ({tsyntax.name})") from exc
+        cause = f"no decoder for transfer syntax {tsyntax} ({tsyntax.name})"
+        raise UnsupportedTransferSyntaxError(path, cause) from exc
     if not decoder.is_available:
         missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) or "none installed"
         raise UnsupportedTransferSyntaxError(
@@ -223,7 +246,8 @@ def dicom_metadata(path: PathLike, ds: Dataset, frame: int, frames: int) -> Imag
     return ImageMetadata(
         source=str(path), format="dicom", modality=_text(ds, "Modality"), spacing=_spacing(ds, frame),
         patient_sex=sex if sex in ("M", "F", "O") else None, patient_age=parse_age(ds.get("PatientAge")),
-        patient_id=_text(ds, "PatientID"), patient_name=_text(ds, "PatientName"), birth_date=_text(ds, "PatientBirthDate"),
+        patient_id=_text(ds, "PatientID"), patient_name=_text(ds, "PatientName"),
+        birth_date=_text(ds, "PatientBirthDate"),
         study_uid=_text(ds, "StudyInstanceUID"), series_uid=_text(ds, "SeriesInstanceUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"), sop_class_uid=_text(ds, "SOPClassUID"),
         photometric=_text(ds, "PhotometricInterpretation"), bits_stored=ds.get("BitsStored"),

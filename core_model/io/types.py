@@ -123,7 +123,8 @@ def check_dims(path: PathLike, shape: tuple[int, ...], limit: int, what: str = "
         raise InvalidPixelValuesError(path, f"image has size 0 in some dimension (shape {tuple(shape)})")
     total = int(np.prod([int(n) for n in shape], dtype=object))
     if total > limit:
-        raise ImageTooLargeError(path, f"{total} {what} (shape {tuple(int(n) for n in shape)}) exceeds the limit {limit}")
+        dims = tuple(int(n) for n in shape)
+        raise ImageTooLargeError(path, f"{total} {what} (shape {dims}) exceeds the limit {limit}")
 
 
 def check_finite(path: PathLike, values: np.ndarray) -> None:

@@ -167,7 +167,8 @@ class LoadedVolume:
         plane = disp.inverse(np.asarray(mask2d).astype(bool))
         expected = tuple(n for a, n in enumerate(self.data.shape) if a != axis)
         if plane.shape != expected:
-            raise ValueError(f"mask shape {np.shape(mask2d)} does not match slice shape {disp.forward(np.empty(expected)).shape}")
+            shown = disp.forward(np.empty(expected)).shape
+            raise ValueError(f"mask shape {np.shape(mask2d)} does not match slice shape {shown}")
         out = np.zeros(self.data.shape, dtype=bool)
         index_tuple = [slice(None)] * 3
         index_tuple[axis] = index  # type: ignore[call-overload]
@@ -223,6 +224,6 @@ def load_nifti_volume(path: PathLike, max_voxels: int) -> LoadedVolume:
     meta = ImageMetadata(
         source=str(path), format="nifti", orientation=tuple(nib.aff2axcodes(affine)), frame_count=data.shape[2],
         extra={"voxel_size": tuple(float(z) for z in img.header.get_zooms()[:3]),
-               "file_dtype": str(img.get_data_dtype()), "n_volumes": int(np.prod(shape[3:], dtype=int)) if len(shape) > 3 else 1},
+               "file_dtype": str(img.get_data_dtype()), "n_volumes": int(np.prod(shape[3:], dtype=int))},
     )
     return LoadedVolume(data=data, affine=affine, metadata=meta)
