@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +37,36 @@ class Click:
     positive: bool = True
 
 
-@dataclass
+@dataclass(eq=False)
 class Prediction:
     """The result of one refinement pass.
 
-    mask: (H, W) bool on the original grid. low_res_logits: (1, 1, 256, 256) on the model grid (fed back next time).
-    iou: SAM's predicted IoU. uncertainty: see :mod:`core_model.uncertainty`.
+    low_res_logits: (1, 1, 256, 256) on the model grid (fed back next time). iou: SAM's predicted IoU.
+    uncertainty: see :mod:`core_model.uncertainty`. ``mask`` — (H, W) bool on the original grid — is computed on first
+    access; ``mask_at((h, w))`` gives the same mask resampled for a display of another size (same geometry), which is
+    all a viewer needs per click.
     """
 
-    mask: np.ndarray
     low_res_logits: torch.Tensor
     iou: float
     uncertainty: SegmentationUncertainty
+    geometry: ResizePad
     clicks: tuple[Click, ...] = ()
     box: tuple[float, float, float, float] | None = None
     text: str | None = None
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        return (self.geometry.logits_to_original(self.low_res_logits) > 0)[0, 0].numpy()
+
+    def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
+        """(h, w) bool mask for a display of the whole image at that size (the original grid scaled uniformly)."""
+        if tuple(shape) == (self.geometry.height, self.geometry.width):
+            return self.mask
+        new_h, new_w = self.geometry.resized_shape
+        valid = self.low_res_logits[..., :new_h, :new_w]
+        return (torch.nn.functional.interpolate(valid, size=tuple(shape), mode="bilinear",
+                                                align_corners=False) > 0)[0, 0].numpy()
 
 
 @dataclass
@@ -244,9 +260,8 @@ class InteractivePredictor:
             u_sl = float(semantic_uncertainty(entry.embedding, logits, tokens.mean(dim=1))[0])
         uncertainty = SegmentationUncertainty(iou_gap=1.0 - iou_value, tta=tta, u_sl=u_sl,
                                               ranking=ranking_score(1.0 - iou_value, tta, u_sl))
-        mask = (entry.geometry.logits_to_original(logits) > 0)[0, 0].numpy()
-        return Prediction(mask=mask, low_res_logits=logits, iou=iou_value, uncertainty=uncertainty, clicks=clicks,
-                          box=box, text=text)
+        return Prediction(low_res_logits=logits, iou=iou_value, uncertainty=uncertainty, geometry=entry.geometry,
+                          clicks=clicks, box=box, text=text)
 
     def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor) -> float:
         """Disagreement of K decoder passes with jittered prompts (±2 model pixels) and the mask prompt dropped."""

@@ -109,6 +109,9 @@ def test_clicks_accumulate_feed_back_logits_and_undo_restores_exactly(embedded, 
     fresh.set_image(image)
     no_feedback = fresh.predict([Click(600, 1000, True), Click(1400, 1000, False)], box=_box(mask))
     assert not torch.equal(no_feedback.low_res_logits, third.low_res_logits)
+    display = third.mask_at((1000, 1000))
+    assert display.shape == (1000, 1000)
+    assert _iou(display, third.mask[1::2, 1::2]) > 0.97  # the display mask is the original one at half size
     restored = embedded.undo()
     assert restored is not None and torch.equal(restored.low_res_logits, second.low_res_logits)
     assert restored.clicks == (Click(600, 1000, True),)
