@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from core_model.errors import ImageTooLargeError, InvalidPixelValuesError
+from core_model.geometry import ResizePad
 
 PathLike = str | os.PathLike[str]
 
@@ -73,6 +74,11 @@ class LoadedImage:
     def shape(self) -> tuple[int, int]:
         """(H, W)."""
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    @property
+    def geometry(self) -> ResizePad:
+        """The exact mapping between this image's pixels and the 256 model grid."""
+        return ResizePad(*self.shape)
 
     def to_uint8(self) -> np.ndarray:
         """(H, W) uint8, 0 = black, 255 = white, for display or PNG export."""
