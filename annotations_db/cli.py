@@ -1,0 +1,182 @@
+"""``python launch.py import|export|db ...``: the command-line face of annotations_db.
+
+    launch.py import DIR_OR_CSV [--kind auto|images|dicom|nifti|cxr-lt] [--dataset NAME] [--masks DIR
+                     --mask-pattern '{stem}_lung.png' --mask-name lung] [--demographics CSV] [--image-root DIR]
+                     [--label-set cxr-lt-40] [--strict] [--db URL]
+    launch.py export results OUT [--study NAME] [--format csv --format parquet]
+    launch.py export imrmc OUT --class Edema [--study NAME]
+    launch.py export masks OUTDIR [--format png --format nifti --format dicom-seg --format coco]
+    launch.py export training OUTDIR [--images copy|source]
+    launch.py db upgrade | current | stats
+    launch.py db create-reader NAME [--role admin|reader] (password from --password or $BIASCARE_PASSWORD or prompt)
+    launch.py db create-study NAME --readers a,b --dataset NAME|--cases c1,c2 [--design crossover|sequential]
+                     [--arms unaided,ai_aided] [--seed 0] [--washout-days 28] [--allow-revisit]
+                     [--label-set cxr-lt-26] [--model-version NAME]
+
+``--db`` defaults to ``sqlite:///data/annotations.sqlite`` (relative to the working directory). Exit codes: 0 ok,
+1 some files failed (import) , 2 bad arguments or input.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from annotations_db.engine import DEFAULT_URL
+from annotations_db.errors import AnnotationDbError
+
+
+def _with_db(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--db", default=os.environ.get("BIASCARE_DB", DEFAULT_URL),
+                        help=f"SQLAlchemy URL (default {DEFAULT_URL}; PostgreSQL: postgresql+psycopg://user@host/db)")
+    return parser
+
+
+def _open(url: str):  # type: ignore[no-untyped-def]
+    from annotations_db.store import Store
+    return Store.open(url)
+
+
+# -- import ----------------------------------------------------------------------------------------------------------
+def import_main(argv: list[str]) -> int:
+    parser = _with_db(argparse.ArgumentParser(prog="launch.py import", description="import cases into the database"))
+    parser.add_argument("path", type=Path, help="folder of PNG/JPG, DICOM folder, NIfTI folder, or CXR-LT CSV")
+    parser.add_argument("--kind", default="auto", choices=["auto", "images", "dicom", "nifti", "cxr-lt"])
+    parser.add_argument("--dataset", help="dataset name (default: the folder or CSV name)")
+    parser.add_argument("--masks", type=Path, help="images: folder of masks")
+    parser.add_argument("--mask-pattern", default="{stem}_mask.png", help="images: mask file name, {stem}/{name}")
+    parser.add_argument("--mask-name", default="mask", help="images: name the masks are stored under")
+    parser.add_argument("--demographics", type=Path, help="CSV with sex/age/race keyed by file, dicom_id or subject")
+    parser.add_argument("--image-root", type=Path, help="cxr-lt: folder that fpath is relative to (default: CSV's)")
+    parser.add_argument("--label-set", default="cxr-lt-40", help="cxr-lt: label set the class columns belong to")
+    parser.add_argument("--strict", action="store_true", help="write nothing if any file fails")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from annotations_db.importers import import_path
+    options = _import_options(args)
+    try:
+        with _open(args.db) as store:
+            report = import_path(store, args.path, args.dataset, args.kind, **options)
+    except AnnotationDbError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for error in report.errors:
+        print(f"skipped {error}", file=sys.stderr)
+    print(report.summary())
+    return 1 if report.errors else 0
+
+
+def _import_options(args: argparse.Namespace) -> dict:
+    kind = args.kind
+    if kind == "auto":
+        from annotations_db.importers import detect_kind
+        kind = detect_kind(args.path) if args.path.exists() else "images"
+    options: dict = {"strict": args.strict, "progress": not args.no_progress}
+    if kind in ("images", "dicom", "cxr-lt") and args.demographics:
+        options["demographics_csv"] = args.demographics
+    if kind == "images" and args.masks:
+        options.update(masks_dir=args.masks, mask_pattern=args.mask_pattern, mask_name=args.mask_name)
+    if kind == "cxr-lt":
+        options.update(image_root=args.image_root, label_set=args.label_set)
+    return options
+
+
+# -- export ----------------------------------------------------------------------------------------------------------
+def export_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py export", description="export results, masks, manifests")
+    sub = parser.add_subparsers(dest="what", required=True)
+    results = _with_db(sub.add_parser("results", help="long-format reader-study results (CSV and Parquet)"))
+    results.add_argument("out", type=Path)
+    results.add_argument("--study")
+    results.add_argument("--format", action="append", choices=["csv", "parquet"])
+    imrmc = _with_db(sub.add_parser("imrmc", help="iMRMC input for one class"))
+    imrmc.add_argument("out", type=Path)
+    imrmc.add_argument("--class", dest="class_name", required=True)
+    imrmc.add_argument("--study")
+    masks = _with_db(sub.add_parser("masks", help="final masks: PNG / NIfTI / DICOM-SEG / COCO"))
+    masks.add_argument("out", type=Path)
+    masks.add_argument("--format", action="append", choices=["png", "nifti", "dicom-seg", "coco"])
+    training = _with_db(sub.add_parser("training", help="images, masks, MONAI datalist and training manifest"))
+    training.add_argument("out", type=Path)
+    training.add_argument("--images", default="copy", choices=["copy", "source"],
+                          help="copy: de-identified copies named by pseudonymous id (default); source: source paths")
+    args = parser.parse_args(argv)
+    from annotations_db import export
+    try:
+        with _open(args.db) as store:
+            if args.what == "results":
+                paths = export.export_results(store, args.out, args.study, args.format or ("csv", "parquet"))
+                print("\n".join(str(p) for p in paths))
+            elif args.what == "imrmc":
+                print(export.export_imrmc(store, args.out, args.class_name, args.study))
+            elif args.what == "masks":
+                formats = args.format or ("png", "nifti", "dicom-seg", "coco")
+                print(json.dumps(export.export_masks(store, args.out, formats), indent=1))
+            else:
+                print(export.export_training(store, args.out, images=args.images))
+    except AnnotationDbError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- db ------------------------------------------------------------------------------------------------------------
+def db_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py db", description="database administration")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _with_db(sub.add_parser("upgrade", help="create the database / run migrations to head"))
+    _with_db(sub.add_parser("current", help="print the schema revision"))
+    _with_db(sub.add_parser("stats", help="row counts per table"))
+    reader = _with_db(sub.add_parser("create-reader", help="add a reader account"))
+    reader.add_argument("name")
+    reader.add_argument("--role", default="reader", choices=["admin", "reader"])
+    reader.add_argument("--password", help="default: $BIASCARE_PASSWORD, else a prompt")
+    study = _with_db(sub.add_parser("create-study", help="create a reader study with seeded assignments"))
+    study.add_argument("name")
+    study.add_argument("--readers", required=True, help="comma-separated reader names")
+    study.add_argument("--dataset", help="all cases of this dataset")
+    study.add_argument("--cases", help="comma-separated pseudonymous case ids")
+    study.add_argument("--design", default="crossover", choices=["crossover", "sequential"])
+    study.add_argument("--arms", default="unaided,ai_aided")
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--washout-days", type=int, default=28)
+    study.add_argument("--allow-revisit", action="store_true")
+    study.add_argument("--label-set", default="cxr-lt-26")
+    study.add_argument("--model-version")
+    args = parser.parse_args(argv)
+    try:
+        return _db_command(args)
+    except (AnnotationDbError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _db_command(args: argparse.Namespace) -> int:
+    from annotations_db import migrate
+    with _open(args.db) as store:
+        if args.command == "upgrade":
+            print(f"database at revision {migrate.head_revision()}")
+        elif args.command == "current":
+            with store.engine.connect() as connection:
+                print(migrate.current_revision(connection))
+        elif args.command == "stats":
+            print(json.dumps(store.counts(), indent=1))
+        elif args.command == "create-reader":
+            password = args.password or os.environ.get("BIASCARE_PASSWORD") or getpass.getpass("password: ")
+            print(store.create_reader(args.name, password, args.role))
+        else:
+            print(f"study id {_create_study(store, args)}")
+    return 0
+
+
+def _create_study(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    if bool(args.dataset) == bool(args.cases):
+        raise ValueError("give exactly one of --dataset or --cases")
+    cases = store.cases(args.dataset) if args.dataset else [store.case(c) for c in args.cases.split(",")]
+    readers = [store.reader(name) for name in args.readers.split(",")]
+    return store.create_study(args.name, cases, readers, arms=tuple(args.arms.split(",")), design=args.design,
+                              seed=args.seed, washout_days=args.washout_days, allow_revisit=args.allow_revisit,
+                              label_set=args.label_set, model_version=args.model_version)

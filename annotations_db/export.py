@@ -1,0 +1,487 @@
+"""Exports: reader-study results, iMRMC input, masks at source geometry, COCO, MONAI datalist, training manifest.
+
+De-identified by default: cases appear only as pseudonymous ids (``cases.pseudo_id``; the mapping to source files and
+patients stays in the database), no patient name, ID, birth date or other direct identifier is written (DICOM-SEG and
+de-identified DICOM image copies included).
+
+Results (long format; :func:`results_frame`, :func:`export_results` → CSV and/or Parquet), one row per
+reader × case × arm × class of every submitted assignment:
+
+    reader, case, arm, class, answer (0/1), truth (0/1 or empty), ai_probability (float; empty in unaided arms),
+    ai_uncertainty (case-level total of the study's model, in both arms; float or empty), time_s (submit − shown −
+    idle, from events), clicks, order (the reader's reading order), shown_at, submitted_at (ISO 8601 UTC), sex, age,
+    race
+
+iMRMC (:func:`export_imrmc`): one class per file; header ``N0/N1/NR/NM``, ``BEGIN DATA:``, truth rows
+``-1,case,truth,0|1`` then ``reader,case,arm,score`` (score = the reader's confidence for that class when recorded,
+else the 0/1 answer), the layout of shared/data/mrmc_vandyke/vandyke_ratings.imrmc.
+
+Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with a mask per case:
+    masks/<case>.png         2-D cases: uint8 0/255, the source image's height × width
+    masks/<case>.nii.gz      volumes: uint8 0/1 in the source voxel order with the source affine
+    masks/<case>.seg.dcm     DICOM sources: DICOM-SEG (highdicom, binary) referencing the source SOP instance
+    coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
+    datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
+
+Training manifest (:func:`export_training`): ``OUT/manifest.json`` and ``OUT/manifest.jsonl`` (one item per line),
+paths relative to the manifest's folder::
+
+    {"schema": "biascare/training-manifest@1", "created_at": ISO, "label_set": [classes...], "items": [
+      {"case_id": "c1a2b3...",            # pseudonymous
+       "image": "images/c1a2b3....png",  # de-identified copy (or the absolute source path with images="source")
+       "mask": "masks/c1a2b3....png" | null,
+       "clicks": [{"x": float, "y": float, "positive": bool, "t": seconds since the case was shown}],
+       "labels": {"Edema": 1, ...},       # the final answer (0/1)
+       "model_version": "name" | null,    # the model whose output the reader saw / corrected
+       "accepted_as_is": bool, "slice_index": int | null, "modality": str | null, "split": str | null}]}
+
+``clicks`` is the effective click sequence behind the final mask: the logged clicks replayed with undo (drops the last)
+and reset (clears), in original-image pixel coordinates.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from annotations_db import rle
+from annotations_db.errors import ExportError
+from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
+                                   Reader, Study, StudyArm, utcnow)
+from annotations_db.store import EventRecord, Store, derive_time_s
+
+RESULT_COLUMNS = ["reader", "case", "arm", "class", "answer", "truth", "ai_probability", "ai_uncertainty", "time_s",
+                  "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
+MANIFEST_SCHEMA = "biascare/training-manifest@1"
+DIRECT_IDENTIFIERS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence",
+    "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank",
+    "MedicalRecordLocator", "IssuerOfPatientID", "AccessionNumber", "ReferringPhysicianName", "PerformingPhysicianName",
+    "OperatorsName", "InstitutionName", "InstitutionAddress", "StationName", "StudyID", "StudyDate", "SeriesDate",
+    "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime",
+    "RequestingPhysician", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "DeviceSerialNumber",
+    "PatientComments", "AdditionalPatientHistory",
+)
+
+TYPE2_BLANK = ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
+
+
+def _store(store_or_url: Store | str) -> tuple[Store, bool]:
+    return (store_or_url, False) if isinstance(store_or_url, Store) else (Store.open(store_or_url), True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+# -- reader-study results --------------------------------------------------------------------------------------------
+def results_frame(store_or_url: Store | str, study: str | int | None = None) -> pd.DataFrame:
+    """Long-format results of ``study`` (default: the most recently created study) with :data:`RESULT_COLUMNS`."""
+    store, owned = _store(store_or_url)
+    try:
+        with store.read_session() as session:
+            return _results(session, _pick_study(session, study))
+    finally:
+        if owned:
+            store.close()
+
+
+def _pick_study(session: Any, study: str | int | None) -> Study:
+    query = select(Study)
+    if study is None:
+        found = session.scalar(query.order_by(Study.id.desc()).limit(1))
+    else:
+        found = session.scalar(query.where(Study.name == study if isinstance(study, str) else Study.id == study))
+    if found is None:
+        raise ExportError(f"no study {study!r}" if study is not None else "the database has no study")
+    return found
+
+
+def _results(session: Any, study: Study) -> pd.DataFrame:
+    classes = session.get(LabelSet, study.label_set_id).classes
+    reads = session.execute(
+        select(Assignment.id, Assignment.case_id, Assignment.order_index, Assignment.submitted_at,
+               Reader.name.label("reader"), StudyArm.name.label("arm"), StudyArm.shows_ai, Case.pseudo_id,
+               Case.sex, Case.age, Case.race)
+        .join(Reader, Reader.id == Assignment.reader_id).join(StudyArm, StudyArm.id == Assignment.arm_id)
+        .join(Case, Case.id == Assignment.case_id)
+        .where(Assignment.study_id == study.id, Assignment.status == "submitted")
+        .order_by(Reader.name, Assignment.order_index)).all()
+    ids = [r.id for r in reads]
+    answers = _latest_answers(session, ids)
+    events = _events_by_assignment(session, ids)
+    truth = _truth(session, {r.case_id for r in reads})
+    predictions = _predictions(session, study.model_version_id, {r.case_id for r in reads})
+    rows = []
+    for read in reads:
+        labels = answers[read.id].labels if read.id in answers else {}
+        probabilities, uncertainty = predictions.get(read.case_id, ({}, None))
+        log = events.get(read.id, [])
+        shown = next((e.wall_at for e in log if e.kind == "case_shown"), None)
+        common = dict(reader=read.reader, case=read.pseudo_id, arm=read.arm, ai_uncertainty=uncertainty,
+                      time_s=derive_time_s(log), clicks=sum(e.kind == "click" for e in log), order=read.order_index,
+                      shown_at=_iso(shown), submitted_at=_iso(read.submitted_at), sex=read.sex, age=read.age,
+                      race=read.race)
+        for name in classes:
+            rows.append({**common, "class": name, "answer": int(labels.get(name, 0)),
+                         "truth": truth.get((read.case_id, name)),
+                         "ai_probability": probabilities.get(name) if read.shows_ai else None})
+    return _typed(pd.DataFrame(rows, columns=RESULT_COLUMNS))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["answer"] = frame["answer"].astype("int64")
+    frame["truth"] = frame["truth"].astype("Int64")
+    for column in ("ai_probability", "ai_uncertainty", "time_s", "age"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    frame["clicks"] = frame["clicks"].astype("int64")
+    frame["order"] = frame["order"].astype("int64")
+    return frame[RESULT_COLUMNS]
+
+
+def _latest_answers(session: Any, assignment_ids: Sequence[int]) -> dict[int, Annotation]:
+    latest: dict[int, Annotation] = {}
+    for chunk in _chunks(assignment_ids):
+        for annotation in session.scalars(select(Annotation).where(Annotation.assignment_id.in_(chunk))
+                                          .order_by(Annotation.id)):
+            latest[annotation.assignment_id] = annotation
+    return latest
+
+
+def _events_by_assignment(session: Any, assignment_ids: Sequence[int]) -> dict[int, list[EventRecord]]:
+    grouped: dict[int, list[EventRecord]] = {}
+    for chunk in _chunks(assignment_ids):
+        query = select(Event).where(Event.assignment_id.in_(chunk)).order_by(Event.id)
+        for e in session.scalars(query):
+            grouped.setdefault(e.assignment_id, []).append(
+                EventRecord(e.id, e.kind, e.payload, e.wall_at, e.mono_ns, e.clock_id))
+    return grouped
+
+
+def _truth(session: Any, case_ids: set[int]) -> dict[tuple[int, str], int]:
+    truth = {}
+    for chunk in _chunks(sorted(case_ids)):
+        query = select(CaseLabel).where(CaseLabel.case_id.in_(chunk), CaseLabel.source == "ground_truth")
+        truth.update({(label.case_id, label.class_name): label.value for label in session.scalars(query)})
+    return truth
+
+
+def _predictions(session: Any, model_version_id: int | None,
+                 case_ids: set[int]) -> dict[int, tuple[dict[str, float], float | None]]:
+    found: dict[int, tuple[dict[str, float], float | None]] = {}
+    for chunk in _chunks(sorted(case_ids)):
+        query = select(Prediction).where(Prediction.case_id.in_(chunk)).order_by(Prediction.model_version_id)
+        if model_version_id is not None:
+            query = query.where(Prediction.model_version_id == model_version_id)
+        found.update({p.case_id: (p.probabilities, p.uncertainty_total) for p in session.scalars(query)})
+    return found
+
+
+def _chunks(items: Sequence[int], size: int = 500) -> list[list[int]]:
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def export_results(store_or_url: Store | str, out: Path | str, study: str | int | None = None,
+                   formats: Sequence[str] = ("csv", "parquet")) -> list[Path]:
+    """Write the long-format results as ``out`` with each suffix of ``formats``; returns the written paths."""
+    frame = results_frame(store_or_url, study)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = out.with_suffix(f".{fmt}")
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            raise ExportError(f"unknown results format {fmt!r}; use csv or parquet")
+        written.append(path)
+    return written
+
+
+def export_imrmc(store_or_url: Store | str, out: Path | str, class_name: str, study: str | int | None = None,
+                 frame: pd.DataFrame | None = None) -> Path:
+    """iMRMC input for one class: cases with known truth, every submitted read of them."""
+    store, owned = _store(store_or_url)
+    try:
+        frame = results_frame(store, study) if frame is None else frame
+        confidence = _confidences(store, study)
+    finally:
+        if owned:
+            store.close()
+    rows = frame[(frame["class"] == class_name) & frame["truth"].notna()]
+    if rows.empty:
+        raise ExportError(f"no reads with known truth for class {class_name!r}")
+    return _write_imrmc(Path(out), rows, class_name, confidence)
+
+
+def _confidences(store: Store, study: str | int | None) -> dict[tuple[str, str, str], dict[str, float]]:
+    with store.read_session() as session:
+        chosen = _pick_study(session, study)
+        query = (select(Reader.name, Case.pseudo_id, StudyArm.name, Annotation.confidence)
+                 .join(Assignment, Assignment.id == Annotation.assignment_id)
+                 .join(Reader, Reader.id == Annotation.reader_id).join(Case, Case.id == Annotation.case_id)
+                 .join(StudyArm, StudyArm.id == Assignment.arm_id)
+                 .where(Assignment.study_id == chosen.id).order_by(Annotation.id))
+        return {(r, c, a): conf for r, c, a, conf in session.execute(query) if conf}
+
+
+def _write_imrmc(path: Path, rows: pd.DataFrame, class_name: str,
+                 confidence: dict[tuple[str, str, str], dict[str, float]]) -> Path:
+    truth = rows.drop_duplicates("case").set_index("case")["truth"].astype(int)
+    lines = [f"BiasCare reader study export, class {class_name}; score = confidence if recorded, else the 0/1 answer",
+             f"N0:{int((truth == 0).sum())}", f"N1:{int((truth == 1).sum())}", f"NR:{rows['reader'].nunique()}",
+             f"NM:{rows['arm'].nunique()}", "BEGIN DATA:"]
+    lines += [f"-1,{case},truth,{value}" for case, value in truth.items()]
+    for row in rows.itertuples(index=False):
+        score = confidence.get((row.reader, row.case, row.arm), {}).get(class_name, row.answer)
+        lines.append(f"{row.reader},{row.case},{row.arm},{float(score):.6f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- masks -------------------------------------------------------------------------------------------------------------
+def final_annotations(session: Any) -> list[tuple[Case, Annotation]]:
+    """The latest annotation of every annotated case (any reader, in or outside a study)."""
+    latest: dict[int, Annotation] = {}
+    for annotation in session.scalars(select(Annotation).order_by(Annotation.id)):
+        latest[annotation.case_id] = annotation
+    cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_(list(latest) or [-1])))}
+    return [(cases[case_id], latest[case_id]) for case_id in sorted(latest)]
+
+
+def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
+    """The annotation's mask as uint8 {0,1}: (height, width) for 2-D cases, source voxel order for volumes."""
+    if annotation.mask_rle is None:
+        return None
+    mask = rle.decode(annotation.mask_rle)
+    if case.depth is None:
+        if mask.shape != (case.height, case.width):
+            raise ExportError(f"case {case.pseudo_id}: mask {mask.shape} is not the source size "
+                              f"{(case.height, case.width)}")
+        return mask
+    if mask.ndim == 3:
+        return mask
+    from core_model.io import load_volume
+    volume = load_volume(case.source_uri)
+    return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index or 0)).astype(np.uint8)
+
+
+def write_png_mask(mask: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(path)
+    return path
+
+
+def write_nifti_mask(mask: np.ndarray, affine: Sequence[Sequence[float]], path: Path) -> Path:
+    import nibabel as nib
+    image = nib.Nifti1Image((mask > 0).astype(np.uint8), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+    return path
+
+
+def deidentify(dataset: Any, pseudo_id: str) -> Any:
+    """A copy of a pydicom Dataset without direct identifiers; PatientID becomes the pseudonymous case id."""
+    import copy
+    clean = copy.deepcopy(dataset)
+    for keyword in DIRECT_IDENTIFIERS:
+        if keyword in clean:
+            delattr(clean, keyword)
+    clean.remove_private_tags()
+    for keyword in TYPE2_BLANK:  # required-but-may-be-empty attributes (highdicom copies them)
+        setattr(clean, keyword, "")
+    if "PatientSex" not in clean:
+        clean.PatientSex = ""
+    clean.PatientName = f"{pseudo_id}^"
+    clean.PatientID = pseudo_id
+    clean.PatientIdentityRemoved = "YES"
+    clean.DeidentificationMethod = "biascare: identifiers removed, pseudonymous ID"
+    return clean
+
+
+def write_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
+                    label: str = "annotation") -> Path:
+    """A binary DICOM-SEG of a single-frame source image, referencing its SOP instance; de-identified."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    source = deidentify(pydicom.dcmread(str(source_path)), pseudo_id)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=(mask > 0).astype(np.uint8)[None],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="BiasCare", manufacturer_model_name="biascare-reader", software_versions="0.1",
+        device_serial_number="0", omit_empty_frames=False)
+    seg = deidentify(seg, pseudo_id)
+    seg.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def export_masks(store_or_url: Store | str, out_dir: Path | str,
+                 formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco")) -> dict[str, Any]:
+    """Final masks at source geometry (see the module docstring); returns {case: {format: path}} and the COCO path."""
+    store, owned = _store(store_or_url)
+    out = Path(out_dir)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, str]] = {}
+    coco_items = []
+    try:
+        with store.read_session() as session:
+            for case, annotation in final_annotations(session):
+                mask = mask_at_source(case, annotation)
+                if mask is None:
+                    continue
+                written[case.pseudo_id] = _write_case_masks(case, mask, out, formats)
+                if case.depth is None:
+                    coco_items.append((case, annotation))
+    finally:
+        if owned:
+            store.close()
+    result: dict[str, Any] = {"masks": written}
+    if "coco" in formats:
+        result["coco"] = str(write_coco(coco_items, out / "coco.json"))
+    return result
+
+
+def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str]) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    base = out / "masks" / case.pseudo_id
+    if case.depth is None and "png" in formats:
+        paths["png"] = str(write_png_mask(mask, base.with_suffix(".png")))
+    if case.depth is not None and "nifti" in formats:
+        if case.affine is None:
+            raise ExportError(f"case {case.pseudo_id}: a volume without a source affine")
+        paths["nifti"] = str(write_nifti_mask(mask, case.affine, Path(f"{base}.nii.gz")))
+    if case.format == "dicom" and case.depth is None and "dicom-seg" in formats:
+        paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, Path(f"{base}.seg.dcm")))
+    return paths
+
+
+def write_coco(items: Sequence[tuple[Case, Annotation]], path: Path) -> Path:
+    """COCO instances JSON: one image per case (pseudonymous file name), its final mask as compressed RLE."""
+    images, annotations = [], []
+    for image_id, (case, annotation) in enumerate(items, start=1):
+        images.append({"id": image_id, "file_name": f"{case.pseudo_id}{_image_suffix(case)}",
+                       "height": case.height, "width": case.width})
+        mask_rle = annotation.mask_rle
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "iscrowd": 1,
+                            "segmentation": {"size": mask_rle["size"], "counts": mask_rle["counts"]},
+                            "area": rle.area(mask_rle), "bbox": rle.bbox(mask_rle)})
+    document = {"info": {"description": "BiasCare reader final masks", "date_created": _iso(utcnow())},
+                "images": images, "annotations": annotations,
+                "categories": [{"id": 1, "name": "annotation", "supercategory": "finding"}]}
+    path.write_text(json.dumps(document))
+    return path
+
+
+# -- images, datalist, training manifest -----------------------------------------------------------------------------
+def _image_suffix(case: Case) -> str:
+    source = case.source_uri.lower()
+    if source.endswith(".nii.gz"):
+        return ".nii.gz"
+    return {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii"}.get(case.format, Path(source).suffix)
+
+
+def copy_image(case: Case, images_dir: Path) -> Path:
+    """A de-identified copy of the source image named by the pseudonymous id (DICOM headers cleaned)."""
+    target = images_dir / f"{case.pseudo_id}{_image_suffix(case)}"
+    if case.format == "dicom":
+        import pydicom
+        deidentify(pydicom.dcmread(case.source_uri), case.pseudo_id).save_as(str(target), enforce_file_format=True)
+    else:
+        shutil.copyfile(case.source_uri, target)
+    return target
+
+
+def effective_clicks(events: Sequence[EventRecord]) -> list[dict[str, Any]]:
+    """Clicks replayed up to the last submit: undo drops the last click, reset clears; t from the first shown."""
+    start = next((e for e in events if e.kind == "case_shown"), events[0] if events else None)
+    clicks: list[dict[str, Any]] = []
+    last_submit = max((i for i, e in enumerate(events) if e.kind == "submit"), default=len(events) - 1)
+    for event in events[:last_submit + 1]:
+        if event.kind == "click":
+            t = (event.mono_ns - start.mono_ns) / 1e9 if start and start.clock_id == event.clock_id else \
+                (event.wall_at - start.wall_at).total_seconds() if start else 0.0
+            clicks.append({"x": event.payload["x"], "y": event.payload["y"],
+                           "positive": bool(event.payload["positive"]), "t": round(t, 6)})
+        elif event.kind == "undo" and clicks:
+            clicks.pop()
+        elif event.kind == "reset":
+            clicks.clear()
+    return clicks
+
+
+def _annotation_events(session: Any, annotation: Annotation) -> list[EventRecord]:
+    query = select(Event).where(Event.case_id == annotation.case_id, Event.reader_id == annotation.reader_id)
+    query = query.where(Event.assignment_id == annotation.assignment_id if annotation.assignment_id is not None
+                        else Event.assignment_id.is_(None))
+    events = [EventRecord(e.id, e.kind, e.payload, e.wall_at, e.mono_ns, e.clock_id)
+              for e in session.scalars(query.order_by(Event.id))]
+    submit = next((i for i, e in enumerate(events)
+                   if e.kind == "submit" and e.payload.get("annotation_id") == annotation.id), len(events) - 1)
+    previous = max((i for i, e in enumerate(events[:submit]) if e.kind == "submit"), default=-1)
+    return events[previous + 1:submit + 1]
+
+
+def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: str = "copy",
+                    formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco")) -> Path:
+    """Images, final masks, MONAI datalist and the training manifest (schema in the module docstring)."""
+    if images not in ("copy", "source"):
+        raise ExportError(f"images must be 'copy' (de-identified copies) or 'source' (source paths), not {images!r}")
+    store, owned = _store(store_or_url)
+    out = Path(out_dir)
+    try:
+        masks = export_masks(store, out, formats)["masks"]
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        with store.read_session() as session:
+            versions = {v.id: v.name for v in session.scalars(select(ModelVersion))}
+            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, images, versions)
+                     for case, annotation in final_annotations(session)]
+    finally:
+        if owned:
+            store.close()
+    manifest = {"schema": MANIFEST_SCHEMA, "created_at": _iso(utcnow()), "items": items}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / "manifest.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    write_datalist(items, out / "datalist.json")
+    return out / "manifest.json"
+
+
+def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict[str, str], out: Path, images: str,
+                   versions: dict[int, str]) -> dict[str, Any]:
+    image = copy_image(case, out / "images").relative_to(out).as_posix() if images == "copy" else case.source_uri
+    mask = masks.get("png") or masks.get("nifti")
+    return {"case_id": case.pseudo_id, "image": image,
+            "mask": Path(mask).relative_to(out).as_posix() if mask else None,
+            "clicks": effective_clicks(_annotation_events(session, annotation)),
+            "labels": {k: int(v) for k, v in annotation.labels.items()},
+            "model_version": versions.get(annotation.model_version_id), "accepted_as_is": annotation.accepted_as_is,
+            "slice_index": annotation.slice_index, "modality": case.modality, "split": case.split}
+
+
+def write_datalist(items: Sequence[dict[str, Any]], path: Path) -> Path:
+    """MONAI-style datalist: items with a mask, grouped by split (unset → training)."""
+    groups: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+    names = {"train": "training", "training": "training", "val": "validation", "valid": "validation",
+             "validation": "validation", "test": "test"}
+    for item in items:
+        if item["mask"] is None:
+            continue
+        groups[names.get((item["split"] or "training").lower(), "training")].append(
+            {"image": item["image"], "label": item["mask"], "case_id": item["case_id"]})
+    path.write_text(json.dumps(groups, indent=1))
+    return path

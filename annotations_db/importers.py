@@ -1,0 +1,583 @@
+"""Import of hospital and challenge data into the case tables.
+
+    import_images(store, "cxr_lungs/images", "lungs", masks_dir="cxr_lungs/masks", mask_pattern="{stem}_lung.png",
+                  demographics_csv="cxr_lungs/metadata.csv")
+    import_dicom(store, "/pacs/export", "site-a")            # recursive; CR/DX/... one case per instance,
+                                                              # CT/MR series one case per multi-frame file
+    import_nifti(store, "ct_nifti", "ct")                     # *_mask* / *_seg* files become the image's masks
+    import_cxr_lt(store, "train_labeled.csv", "cxr-lt", image_root="/data/mimic", demographics_csv="demo.csv")
+    import_path(store, path, dataset, kind="auto")            # picks one of the above
+
+Every importer is idempotent by sha256 (a file already in the database is skipped), writes each case with its labels,
+masks and identifiers in one transaction (no half-written case), and reports per-file errors (typed
+:class:`~annotations_db.errors.ImportFileError` naming the file and cause) and skips them. ``strict=True`` checks every
+file first and writes nothing if any fails (:class:`~annotations_db.errors.ImportFailed`). Structural CSV errors
+(missing or unknown columns, duplicate rows, bad label values) always abort before anything is written.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from annotations_db import rle
+from annotations_db.errors import (BadCsv, ImportFailed, ImportFileError, PathOutsideRoot, UnknownClass,
+                                   UnreadableFile)
+from annotations_db.models import Case, CaseIdentity, CaseLabel, CaseMask, Dataset
+from annotations_db.store import Store, new_pseudo_id
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MASK_MARKERS = ("mask", "seg")
+CXR_LT_REQUIRED = ("dicom_id", "fpath")
+CXR_LT_INFO = ("subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "PatientAge", "PatientSex",
+               "PatientRace", "race", "split")
+DEMOGRAPHIC_KEYS = ("fpath", "filename", "Image Index", "dicom_id", "path", "file", "subject_id")
+SEX_COLUMNS = ("sex", "PatientSex", "Patient Gender", "gender")
+AGE_COLUMNS = ("age", "PatientAge", "Patient Age", "anchor_age")
+RACE_COLUMNS = ("race", "PatientRace", "Race", "ethnicity")
+VIEW_COLUMNS = ("view", "ViewPosition", "View Position")
+
+
+@dataclass
+class CaseRecord:
+    """Everything one case brings into the database, read before any write."""
+    path: Path
+    sha256: str
+    format: str
+    width: int
+    height: int
+    depth: int | None = None
+    modality: str | None = None
+    spacing: list[float] | None = None
+    affine: list[list[float]] | None = None
+    frame_count: int = 1
+    sex: str | None = None
+    age: float | None = None
+    race: str | None = None
+    view: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    source_key: str | None = None
+    split: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    birth_date: str | None = None
+    labels: dict[str, int] = field(default_factory=dict)
+    masks: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)  # name -> (RLE, source path)
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    imported: list[str] = field(default_factory=list)  # pseudonymous ids of new cases
+    skipped: list[Path] = field(default_factory=list)  # already in the database (same sha256)
+    errors: list[ImportFileError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Files handled per second (imported + skipped)."""
+        return (len(self.imported) + len(self.skipped)) / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.dataset}: {len(self.imported)} imported, {len(self.skipped)} already present, "
+                f"{len(self.errors)} error(s) in {self.seconds:.1f} s")
+
+
+# -- shared machinery ------------------------------------------------------------------------------------------------
+class AlreadyPresent(Exception):
+    """Internal: the file's sha256 is in the database already (checked before decoding)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(str(path))
+
+
+def hash_new_file(path: Path, known: set[str] | None) -> str:
+    """sha256 of ``path``; AlreadyPresent when it is in ``known`` (so a re-import never decodes)."""
+    from core_model.io import sha256_file
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        raise UnreadableFile(path, str(error)) from error
+    if known is not None and digest in known:
+        raise AlreadyPresent(path)
+    return digest
+
+
+def _progress(items: Sequence[Any], label: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=label, unit="file")
+
+
+def _run(store: Store, dataset: str, kind: str, root: Path, jobs: Sequence[Any],
+         read: Callable[[Any, set[str]], CaseRecord], *, strict: bool, progress: bool) -> ImportReport:
+    """Read every job into a CaseRecord (errors collected), then write each record in its own transaction."""
+    started = time.perf_counter()
+    report = ImportReport(dataset)
+    known = _known_hashes(store)
+    records: list[CaseRecord] = []
+    for job in _progress(jobs, f"import {dataset}", progress):
+        try:
+            record = read(job, known)
+        except AlreadyPresent as present:
+            report.skipped.append(present.path)
+            continue
+        except ImportFileError as error:
+            report.errors.append(error)
+            continue
+        if record.sha256 in known:
+            report.skipped.append(record.path)
+            continue
+        known.add(record.sha256)
+        if strict:
+            records.append(record)
+        else:
+            _write_one(store, dataset, kind, root, record, report)
+    if strict:
+        if report.errors:
+            raise ImportFailed(report.errors)
+        _write_all(store, dataset, kind, root, records, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _known_hashes(store: Store) -> set[str]:
+    with store.read_session() as session:
+        return set(session.scalars(select(Case.sha256)))
+
+
+def _dataset_id(session: Any, name: str, kind: str, root: Path) -> int:
+    found = session.scalar(select(Dataset.id).where(Dataset.name == name))
+    if found is not None:
+        return found
+    row = Dataset(name=name, kind=kind, root=str(root))
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def _write_one(store: Store, dataset: str, kind: str, root: Path, record: CaseRecord, report: ImportReport) -> None:
+    try:
+        with store.write_session() as session:
+            pseudo = _insert_case(session, _dataset_id(session, dataset, kind, root), record)
+        report.imported.append(pseudo)
+    except IntegrityError:  # another importer wrote the same image meanwhile
+        report.skipped.append(record.path)
+
+
+def _write_all(store: Store, dataset: str, kind: str, root: Path, records: list[CaseRecord],
+               report: ImportReport) -> None:
+    with store.write_session() as session:
+        dataset_id = _dataset_id(session, dataset, kind, root)
+        report.imported += [_insert_case(session, dataset_id, record) for record in records]
+
+
+def _insert_case(session: Any, dataset_id: int, r: CaseRecord) -> str:
+    case = Case(pseudo_id=new_pseudo_id(), dataset_id=dataset_id, source_uri=str(r.path), source_key=r.source_key,
+                sha256=r.sha256, modality=r.modality, format=r.format, width=r.width, height=r.height, depth=r.depth,
+                spacing=r.spacing, affine=r.affine, sex=r.sex, age=r.age, race=r.race, view=r.view,
+                study_uid=r.study_uid, series_uid=r.series_uid, sop_instance_uid=r.sop_instance_uid,
+                sop_class_uid=r.sop_class_uid, split=r.split)
+    case.labels = [CaseLabel(class_name=name, value=value, source="ground_truth") for name, value in r.labels.items()]
+    case.masks = [CaseMask(name=name, rle=mask, source_uri=source) for name, (mask, source) in r.masks.items()]
+    if r.patient_id or r.patient_name or r.birth_date:
+        case.identity = CaseIdentity(patient_id=r.patient_id, patient_name=r.patient_name, birth_date=r.birth_date)
+    session.add(case)
+    session.flush()
+    return case.pseudo_id
+
+
+def inside_root(root: Path, relative: str) -> Path:
+    """``root / relative`` resolved; PathOutsideRoot if it escapes ``root`` (``..``, absolute paths, symlinks)."""
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if candidate != base and base not in candidate.parents:
+        raise PathOutsideRoot(relative, f"resolves to {candidate}, outside the import root {base}")
+    return candidate
+
+
+def _sex(value: Any) -> str | None:
+    text = str(value or "").strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}.get(text)
+
+
+def _age(value: Any) -> float | None:
+    text = str(value if value is not None else "").strip()
+    if not text:
+        return None
+    try:
+        from core_model.io import parse_age
+        return parse_age(text) if text[-1:].upper() in "YMWD" and not text[-1:].isdigit() else float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_value(row: dict[str, str], columns: Sequence[str]) -> str | None:
+    for column in columns:
+        value = row.get(column)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BadCsv(path, f"cannot read CSV: {error}") from error
+
+
+# -- demographics -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Demographics:
+    sex: str | None
+    age: float | None
+    race: str | None
+    view: str | None
+
+
+def load_demographics(path: Path | str) -> dict[str, Demographics]:
+    """A demographics CSV keyed by file path, file name, stem, dicom_id or subject_id (whichever columns exist)."""
+    path = Path(path)
+    columns, rows = _read_csv(path)
+    keys = [c for c in DEMOGRAPHIC_KEYS if c in columns]
+    if not keys:
+        raise BadCsv(path, f"demographics CSV needs one of the key columns {list(DEMOGRAPHIC_KEYS)}; has {columns}")
+    if not any(c in columns for c in SEX_COLUMNS + AGE_COLUMNS + RACE_COLUMNS):
+        raise BadCsv(path, f"demographics CSV has none of the columns {list(SEX_COLUMNS + AGE_COLUMNS + RACE_COLUMNS)}")
+    table: dict[str, Demographics] = {}
+    for row in rows:
+        entry = Demographics(_sex(_first_value(row, SEX_COLUMNS)), _age(_first_value(row, AGE_COLUMNS)),
+                             _first_value(row, RACE_COLUMNS), _first_value(row, VIEW_COLUMNS))
+        for key in keys:
+            value = (row.get(key) or "").strip()
+            if value:
+                table.setdefault(value, entry)
+                table.setdefault(Path(value).name, entry)
+                table.setdefault(Path(value).stem, entry)
+    return table
+
+
+def _apply_demographics(record: CaseRecord, table: dict[str, Demographics] | None, *keys: str | None) -> None:
+    if not table:
+        return
+    for key in (*keys, record.path.name, record.path.stem):
+        entry = table.get(key) if key else None
+        if entry is not None:
+            record.sex = entry.sex or record.sex
+            record.age = entry.age if entry.age is not None else record.age
+            record.race = entry.race or record.race
+            record.view = entry.view or record.view
+            return
+
+
+# -- 2-D images ------------------------------------------------------------------------------------------------------
+def read_image_record(path: Path, known: set[str] | None = None) -> CaseRecord:
+    """Geometry, hash and DICOM demographics of one 2-D image file, via core_model.io.load_image."""
+    from core_model.errors import ImageReadError
+    from core_model.io import load_image
+    digest = hash_new_file(path, known)
+    try:
+        image = load_image(path)
+    except ImageReadError as error:
+        raise UnreadableFile(path, error.cause) from error
+    except OSError as error:
+        raise UnreadableFile(path, str(error)) from error
+    meta = image.metadata
+    height, width = image.pixels.shape[:2]
+    return CaseRecord(
+        path=path, sha256=digest, format=meta.format, width=int(width), height=int(height), modality=meta.modality,
+        spacing=list(meta.spacing) if meta.spacing else None, frame_count=meta.frame_count,
+        sex=_sex(meta.patient_sex), age=meta.patient_age, study_uid=meta.study_uid, series_uid=meta.series_uid,
+        sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, source_key=path.name,
+        patient_id=meta.patient_id, patient_name=meta.patient_name, birth_date=meta.birth_date,
+        view=meta.extra.get("view_position") if isinstance(meta.extra, dict) else None)
+
+
+def _attach_mask(record: CaseRecord, mask_path: Path, name: str) -> None:
+    from core_model.errors import ImageReadError
+    from core_model.io import load_mask
+    shape = (record.height, record.width) if record.depth is None else (record.width, record.height, record.depth)
+    try:
+        mask = load_mask(mask_path, shape)
+    except ImageReadError as error:
+        raise UnreadableFile(mask_path, error.cause) from error
+    record.masks[name] = (rle.encode(mask), str(mask_path))
+
+
+def import_images(store: Store, root: Path | str, dataset: str, *, masks_dir: Path | str | None = None,
+                  mask_pattern: str = "{stem}_mask.png", mask_name: str = "mask",
+                  demographics_csv: Path | str | None = None, recursive: bool = True, strict: bool = False,
+                  progress: bool = True) -> ImportReport:
+    """A folder of PNG/JPG files (optionally with one mask per image found by ``mask_pattern`` in ``masks_dir``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UnreadableFile(root, "import root is not a directory")
+    table = load_demographics(demographics_csv) if demographics_csv else None
+    masks = Path(masks_dir) if masks_dir else None
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and (masks is None or masks.resolve() not in p.resolve().parents))
+
+    def read(path: Path, known: set[str]) -> CaseRecord:
+        record = read_image_record(path, known)
+        record.source_key = str(path.relative_to(root))
+        _apply_demographics(record, table, record.source_key)
+        if masks is not None:
+            mask_path = masks / mask_pattern.format(stem=path.stem, name=path.name)
+            if mask_path.exists():
+                _attach_mask(record, mask_path, mask_name)
+        return record
+
+    return _run(store, dataset, "images", root, files, read, strict=strict, progress=progress)
+
+
+# -- DICOM -----------------------------------------------------------------------------------------------------------
+def _dicom_files(root: Path) -> list[Path]:
+    from core_model.io import detect_format
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR"):
+        try:
+            if detect_format(path) == "dicom":
+                found.append(path)
+        except Exception:  # not an image at all (README, CSV...): not part of the DICOM import
+            if path.suffix.lower() == ".dcm":
+                found.append(path)  # claims to be DICOM: let the reader report why it is not
+    return found
+
+
+def _series_key(path: Path) -> tuple[str, int]:
+    """(SeriesInstanceUID, InstanceNumber) from the header only; ("", 0) when unreadable (reported later)."""
+    import pydicom
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        number = ds.get("InstanceNumber", None)
+        return str(ds.get("SeriesInstanceUID", "") or ""), int(number) if number not in (None, "") else 0
+    except Exception:
+        return "", 0
+
+
+def import_dicom(store: Store, root: Path | str, dataset: str, *, demographics_csv: Path | str | None = None,
+                 strict: bool = False, progress: bool = True) -> ImportReport:
+    """A DICOM directory, recursively; files are grouped by SeriesInstanceUID and read in instance order.
+
+    Each single-frame instance (CR, DX, secondary capture...) is one case; a multi-frame CT/MR instance is one volume
+    case. Demographics come from the tags (PatientSex, PatientAge) unless a demographics CSV overrides them; the
+    direct identifiers (PatientName, PatientID, PatientBirthDate) go to the re-identification table only.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UnreadableFile(root, "import root is not a directory")
+    table = load_demographics(demographics_csv) if demographics_csv else None
+    files = sorted(_dicom_files(root), key=lambda p: (*_series_key(p), str(p)))
+
+    def read(path: Path, known: set[str]) -> CaseRecord:
+        record = read_image_record(path, known)
+        if record.frame_count > 1 and (record.modality or "").upper() in ("CT", "MR", "PT", "NM"):
+            _as_volume(record, path)
+        record.source_key = str(path.relative_to(root))
+        _apply_demographics(record, table, record.sop_instance_uid, record.source_key)
+        return record
+
+    return _run(store, dataset, "dicom", root, files, read, strict=strict, progress=progress)
+
+
+def _as_volume(record: CaseRecord, path: Path) -> None:
+    from core_model.errors import ImageReadError
+    from core_model.io import load_volume
+    try:
+        volume = load_volume(path)
+    except ImageReadError as error:
+        raise UnreadableFile(path, error.cause) from error
+    record.width, record.height, record.depth = volume.shape
+    record.affine = volume.affine.tolist()
+    record.spacing = list(volume.voxel_size)
+
+
+# -- NIfTI -----------------------------------------------------------------------------------------------------------
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    return name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
+
+
+def _is_mask_name(stem: str) -> bool:
+    return any(marker in part for part in stem.lower().split("_") for marker in MASK_MARKERS)
+
+
+def pair_nifti_masks(files: Sequence[Path]) -> dict[Path, dict[str, Path]]:
+    """Volumes → {mask name: mask path}; a mask belongs to the volume with the longest stem prefix."""
+    volumes = [p for p in files if not _is_mask_name(_nifti_stem(p))]
+    pairs: dict[Path, dict[str, Path]] = {v: {} for v in volumes}
+    for mask in (p for p in files if _is_mask_name(_nifti_stem(p))):
+        stem = _nifti_stem(mask)
+        owners = [v for v in volumes if stem.startswith(_nifti_stem(v) + "_") and v.parent == mask.parent]
+        if owners:
+            owner = max(owners, key=lambda v: len(_nifti_stem(v)))
+            pairs[owner][stem[len(_nifti_stem(owner)) + 1:]] = mask
+    return pairs
+
+
+def import_nifti(store: Store, root: Path | str, dataset: str, *, with_masks: bool = True, strict: bool = False,
+                 progress: bool = True) -> ImportReport:
+    """NIfTI volumes; files named ``<volume>_<...mask|seg...>.nii[.gz]`` are that volume's masks (non-zero = in)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UnreadableFile(root, "import root is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_nifti(p))
+    pairs = pair_nifti_masks(files)
+
+    def read(path: Path, known: set[str]) -> CaseRecord:
+        record = read_volume_record(path, known)
+        record.source_key = str(path.relative_to(root))
+        for name, mask_path in (pairs[path].items() if with_masks else ()):
+            _attach_mask(record, mask_path, name)
+        return record
+
+    return _run(store, dataset, "nifti", root, list(pairs), read, strict=strict, progress=progress)
+
+
+def read_volume_record(path: Path, known: set[str] | None = None) -> CaseRecord:
+    from core_model.errors import ImageReadError
+    from core_model.io import load_volume
+    digest = hash_new_file(path, known)
+    try:
+        volume = load_volume(path)
+    except ImageReadError as error:
+        raise UnreadableFile(path, error.cause) from error
+    width, height, depth = volume.shape
+    meta = volume.metadata
+    return CaseRecord(path=path, sha256=digest, format="nifti", width=width, height=height, depth=depth,
+                      modality=meta.modality, spacing=list(volume.voxel_size), affine=volume.affine.tolist(),
+                      frame_count=depth, sex=_sex(meta.patient_sex), age=meta.patient_age)
+
+
+# -- CXR-LT 2024 train_labeled.csv ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CxrLtRow:
+    line: int
+    row: dict[str, str]
+    labels: dict[str, int]
+
+
+def validate_cxr_lt(csv_path: Path, classes: Sequence[str]) -> list[CxrLtRow]:
+    """Parse and check a train_labeled.csv-layout file; BadCsv / UnknownClass for anything structural."""
+    columns, rows = _read_csv(csv_path)
+    missing = [c for c in CXR_LT_REQUIRED if c not in columns]
+    if missing:
+        raise BadCsv(csv_path, f"missing required column(s) {missing}; the CXR-LT layout starts with "
+                               "dicom_id, subject_id, study_id, ViewPosition, ViewCodeSequence_CodeMeaning, fpath")
+    class_columns = [c for c in columns if c not in CXR_LT_REQUIRED + CXR_LT_INFO]
+    unknown = [c for c in class_columns if c not in classes]
+    if unknown:
+        raise UnknownClass(csv_path, f"unknown class column(s) {unknown}; not in the {len(classes)}-class label set")
+    if not class_columns:
+        raise BadCsv(csv_path, "no class columns")
+    parsed, seen_ids, seen_paths = [], {}, {}
+    for line, row in enumerate(rows, start=2):
+        for key, seen in (("dicom_id", seen_ids), ("fpath", seen_paths)):
+            value = (row.get(key) or "").strip()
+            if not value:
+                raise BadCsv(csv_path, f"line {line}: empty {key}")
+            if value in seen:
+                raise BadCsv(csv_path, f"line {line}: duplicate case: {key} {value!r} already on line {seen[value]}")
+            seen[value] = line
+        parsed.append(CxrLtRow(line, row, _row_labels(csv_path, line, row, class_columns)))
+    return parsed
+
+
+def _row_labels(csv_path: Path, line: int, row: dict[str, str], class_columns: Sequence[str]) -> dict[str, int]:
+    labels = {}
+    for column in class_columns:
+        text = (row.get(column) or "").strip()
+        if text == "":
+            continue  # blank = not assessed
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if value not in (0.0, 1.0):
+            raise BadCsv(csv_path, f"line {line}, column {column!r}: label must be 0, 1 or blank, got {text!r}")
+        labels[column] = int(value)
+    return labels
+
+
+def import_cxr_lt(store: Store, csv_path: Path | str, dataset: str, *, image_root: Path | str | None = None,
+                  demographics_csv: Path | str | None = None, label_set: str = "cxr-lt-40", strict: bool = False,
+                  progress: bool = True) -> ImportReport:
+    """The CXR-LT 2024 ``train_labeled.csv`` layout: ground truth per class (blank = not assessed) + ``fpath``.
+
+    ``fpath`` is resolved under ``image_root`` (default: the CSV's folder) and must stay inside it. Demographics come
+    from PatientSex/PatientAge/PatientRace columns when present, else from ``demographics_csv`` keyed by dicom_id,
+    fpath or subject_id.
+    """
+    from core_model.classes import label_set as classes_of
+    csv_path = Path(csv_path)
+    root = Path(image_root) if image_root else csv_path.parent
+    rows = validate_cxr_lt(csv_path, classes_of(label_set))
+    table = load_demographics(demographics_csv) if demographics_csv else None
+
+    def read(item: CxrLtRow, known: set[str]) -> CaseRecord:
+        row = item.row
+        path = inside_root(root, row["fpath"])
+        if not path.is_file():
+            raise UnreadableFile(path, f"file listed on line {item.line} of {csv_path.name} does not exist")
+        record = read_image_record(path, known)
+        record.source_key, record.labels = row["dicom_id"], item.labels
+        record.view = row.get("ViewPosition") or record.view
+        record.split = row.get("split") or None
+        record.sex = _sex(row.get("PatientSex")) or record.sex
+        record.age = _age(row.get("PatientAge")) if _age(row.get("PatientAge")) is not None else record.age
+        record.race = _first_value(row, ("PatientRace", "race")) or record.race
+        record.patient_id = row.get("subject_id") or record.patient_id
+        _apply_demographics(record, table, row["dicom_id"], row["fpath"], row.get("subject_id"))
+        return record
+
+    return _run(store, dataset, "cxr-lt", root, rows, read, strict=strict, progress=progress)
+
+
+# -- dispatch ----------------------------------------------------------------------------------------------------------
+def detect_kind(path: Path) -> str:
+    """'cxr-lt' for a CSV, 'nifti' / 'dicom' / 'images' for a folder by what it mostly holds."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "cxr-lt"
+        raise UnreadableFile(path, "import a folder, or a CSV in the CXR-LT layout")
+    names = [p.name.lower() for p in path.rglob("*") if p.is_file()]
+    if any(n.endswith(NIFTI_SUFFIXES) for n in names):
+        return "nifti"
+    if any(n.endswith(IMAGE_SUFFIXES) for n in names):
+        return "images"
+    return "dicom"
+
+
+def import_path(store: Store, path: Path | str, dataset: str | None = None, kind: str = "auto",
+                **options: Any) -> ImportReport:
+    """Import ``path`` with the importer for ``kind`` ('auto', 'images', 'dicom', 'nifti', 'cxr-lt')."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableFile(path, "no such file or directory")
+    kind = detect_kind(path) if kind == "auto" else kind
+    dataset = dataset or (path.stem if path.is_file() else path.name)
+    importers = {"images": import_images, "dicom": import_dicom, "nifti": import_nifti, "cxr-lt": import_cxr_lt}
+    if kind not in importers:
+        raise ValueError(f"unknown import kind {kind!r}; known: {sorted(importers)}")
+    return importers[kind](store, path, dataset, **options)

@@ -1,0 +1,227 @@
+"""Import of the real test material: NIH sample in the CXR-LT layout, lung masks, DICOM, NIfTI; bad input."""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from annotations_db import rle
+from annotations_db.errors import BadCsv, ImportFailed, PathOutsideRoot, UnknownClass, UnreadableFile
+from annotations_db.importers import import_cxr_lt, import_dicom, import_images, import_nifti, import_path
+from annotations_db.models import Case, CaseIdentity, CaseLabel, CaseMask
+from annotations_db.store import Store
+from tests.db_helpers import REPO_ROOT
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    store = Store.open(f"sqlite:///{tmp_path / 'import.sqlite'}")
+    yield store
+    store.close()
+
+
+def _count(store: Store, model: type) -> int:
+    with store.read_session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))
+
+
+def _nih_rows(shared_data: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(shared_data / "nih_cxr14_sample" / "labels_cxrlt2024_format.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_nih_sample_in_cxr_lt_layout_imports_labels_and_demographics(store: Store, shared_data: Path) -> None:
+    csv_path = shared_data / "nih_cxr14_sample" / "labels_cxrlt2024_format.csv"
+    report = import_cxr_lt(store, csv_path, "nih", progress=False)
+    fields, rows = _nih_rows(shared_data)
+    assert not report.errors and len(report.imported) == len(rows) == 142
+    expected_labels = sum(1 for row in rows for c in fields[6:-2] if row[c] != "")
+    assert _count(store, CaseLabel) == expected_labels  # blank = not assessed = no row
+    with store.read_session() as session:
+        case = session.scalar(select(Case).where(Case.source_key == "00000100_000"))
+        labels = {label.class_name: label.value for label in case.labels}
+        assert (case.width, case.height, case.sex, case.age, case.view) == (1024, 1024, "M", 60.0, "PA")
+        assert labels["Pleural Effusion"] == 1 and labels["Cardiomegaly"] == 0 and "Fracture" not in labels
+        assert case.pseudo_id != "00000100_000" and "100" not in case.pseudo_id[:4]
+        assert session.get(CaseIdentity, case.id).patient_id == "100"  # the mapping stays in the database
+    again = import_cxr_lt(store, csv_path, "nih", progress=False)
+    assert again.imported == [] and len(again.skipped) == 142  # idempotent by sha256
+    assert _count(store, Case) == 142
+
+
+def test_lung_images_with_masks_and_demographics_csv(store: Store, shared_data: Path) -> None:
+    lungs = shared_data / "cxr_lungs"
+    report = import_images(store, lungs / "images", "lungs", masks_dir=lungs / "masks",
+                           mask_pattern="{stem}_lung.png", mask_name="lung",
+                           demographics_csv=lungs / "metadata.csv", progress=False)
+    assert not report.errors and len(report.imported) == 61 and report.rate > 0
+    assert _count(store, CaseMask) == 61
+    first = store.case_info(store.cases("lungs")[0])
+    lung = store.reference_masks(first.pseudo_id)["lung"]
+    assert lung.shape == (first.height, first.width) and lung.any()
+    with open(lungs / "metadata.csv", newline="") as handle:
+        meta = {row["filename"]: row for row in csv.DictReader(handle)}
+    with store.read_session() as session:
+        for case in session.scalars(select(Case)):
+            row = meta[case.source_key]
+            assert (case.width, case.height) == (int(row["width"]), int(row["height"]))
+            assert case.sex == (row["sex"] or None)
+            stored = rle.decode(case.masks[0].rle)
+            truth = np.asarray(Image.open(lungs / row["mask"])) > 0
+            assert np.array_equal(stored, truth)
+
+
+def test_dicom_directory_reads_demographics_from_tags_and_keeps_identifiers_apart(store: Store,
+                                                                                  shared_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    shutil.copytree(shared_data / "cxr_dicom", root / "site" / "series")
+    (root / "notes.txt").write_text("not DICOM")
+    report = import_dicom(store, root, "dicom", progress=False)
+    assert not report.errors and len(report.imported) == 6
+    with store.read_session() as session:
+        cases = {Path(c.source_uri).name: c for c in session.scalars(select(Case))}
+        gcp = cases["nihcxr14_gcp_DX_secondarycapture_implicitVR.dcm"]
+        assert (gcp.modality, gcp.sex, gcp.age, gcp.width, gcp.height) == ("DX", "M", 81.0, 1024, 1024)
+        assert session.get(CaseIdentity, gcp.id).patient_id == "Covid0000"
+        nema = cases["nema_wg04_RG1_CR_chest_j2k_lossy.dcm"]
+        assert (nema.width, nema.height, nema.sex) == (1841, 1955, "F")
+        assert all(c.sop_instance_uid and c.series_uid for c in cases.values())
+
+
+def test_nifti_volume_with_masks_keeps_the_affine(store: Store, shared_data: Path) -> None:
+    import nibabel as nib
+    report = import_nifti(store, shared_data / "ct_nifti", "ct", progress=False)
+    assert not report.errors and len(report.imported) == 1
+    source = nib.load(shared_data / "ct_nifti" / "example_ct.nii.gz")
+    lung = np.asarray(nib.load(shared_data / "ct_nifti" / "example_ct_lung_mask.nii.gz").dataobj) > 0
+    with store.read_session() as session:
+        case = session.scalar(select(Case))
+        assert (case.width, case.height, case.depth) == source.shape
+        assert np.allclose(case.affine, source.affine)
+        masks = {m.name: rle.decode(m.rle) for m in case.masks}
+    assert set(masks) == {"lung_mask", "totalseg104_multilabel"}
+    assert np.array_equal(masks["lung_mask"], lung)
+
+
+def test_wrong_columns_unknown_classes_and_duplicates_abort_before_writing(store: Store, shared_data: Path,
+                                                                           tmp_path: Path) -> None:
+    fields, rows = _nih_rows(shared_data)
+    image_root = shared_data / "nih_cxr14_sample"
+    no_fpath = _write_csv(tmp_path / "no_fpath.csv", [f for f in fields if f != "fpath"], rows)
+    with pytest.raises(BadCsv, match="fpath") as error:
+        import_cxr_lt(store, no_fpath, "x", image_root=image_root, progress=False)
+    assert error.value.path == no_fpath
+    renamed = [("Pleural Effusionn" if f == "Pleural Effusion" else f) for f in fields]
+    unknown_rows = [{("Pleural Effusionn" if k == "Pleural Effusion" else k): v for k, v in r.items()} for r in rows]
+    with pytest.raises(UnknownClass, match="Pleural Effusionn"):
+        import_cxr_lt(store, _write_csv(tmp_path / "unknown.csv", renamed, unknown_rows), "x",
+                      image_root=image_root, progress=False)
+    with pytest.raises(BadCsv, match="duplicate case"):
+        import_cxr_lt(store, _write_csv(tmp_path / "dup.csv", fields, rows[:5] + rows[2:3]), "x",
+                      image_root=image_root, progress=False)
+    bad_value = [dict(rows[0], **{"Edema": "maybe"})] + rows[1:4]
+    with pytest.raises(BadCsv, match="Edema"):
+        import_cxr_lt(store, _write_csv(tmp_path / "value.csv", fields, bad_value), "x",
+                      image_root=image_root, progress=False)
+    assert _count(store, Case) == 0 and _count(store, CaseLabel) == 0
+
+
+def test_path_traversal_and_unreadable_files_are_reported_and_skipped(store: Store, shared_data: Path,
+                                                                      tmp_path: Path) -> None:
+    fields, rows = _nih_rows(shared_data)
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    for row in rows[:4]:
+        shutil.copyfile(shared_data / "nih_cxr14_sample" / row["fpath"], root / row["fpath"])
+    truncated = root / "images" / "truncated.png"
+    truncated.write_bytes((root / rows[0]["fpath"]).read_bytes()[:3000])
+    outside = tmp_path / "secret.png"
+    shutil.copyfile(root / rows[1]["fpath"], outside)
+    listed = rows[:4] + [dict(rows[4], fpath="../secret.png"), dict(rows[5], fpath="images/truncated.png"),
+                         dict(rows[6], fpath="/etc/passwd"), dict(rows[7], fpath="images/missing.png")]
+    csv_path = _write_csv(root / "labels.csv", fields, listed)
+    with pytest.raises(ImportFailed) as failed:
+        import_cxr_lt(store, csv_path, "strict", strict=True, progress=False)
+    assert len(failed.value.errors) == 4 and _count(store, Case) == 0  # strict: nothing written
+    report = import_cxr_lt(store, csv_path, "lenient", progress=False)
+    assert len(report.imported) == 4 and len(report.errors) == 4
+    kinds = {type(e) for e in report.errors}
+    assert kinds == {PathOutsideRoot, UnreadableFile}
+    assert truncated in {e.path for e in report.errors}
+    assert sum(isinstance(e, PathOutsideRoot) for e in report.errors) == 2
+    by_id = {row["dicom_id"]: row for row in rows}
+    with store.read_session() as session:  # every imported case is complete: all its labels came with it
+        for case in session.scalars(select(Case)):
+            expected = {c: int(v) for c, v in by_id[case.source_key].items() if c in fields[6:-2] and v != ""}
+            assert {label.class_name: label.value for label in case.labels} == expected
+
+
+def test_an_unreadable_image_in_a_folder_is_skipped_with_its_cause(store: Store, shared_data: Path,
+                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in sorted((shared_data / "cxr_lungs" / "images").iterdir())[:3]:
+        shutil.copyfile(name, folder / name.name)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a JPEG")
+    report = import_path(store, folder, "imgs", progress=False)
+    assert len(report.imported) == 3
+    assert sorted(e.path.name for e in report.errors) == ["empty.png", "text.jpg"]
+    assert all(isinstance(e, UnreadableFile) and e.cause for e in report.errors)
+
+
+def test_cli_import_and_db_commands(tmp_path: Path, shared_data: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    lungs = shared_data / "cxr_lungs"
+    run = lambda *args: subprocess.run([sys.executable, "launch.py", *args], cwd=REPO_ROOT, capture_output=True,
+                                       text=True, timeout=300)
+    done = run("import", str(lungs / "images"), "--db", url, "--dataset", "lungs", "--masks", str(lungs / "masks"),
+               "--mask-pattern", "{stem}_lung.png", "--mask-name", "lung", "--demographics",
+               str(lungs / "metadata.csv"), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "61 imported" in done.stdout
+    assert run("db", "create-reader", "ada", "--password", "pw", "--role", "admin", "--db", url).returncode == 0
+    assert run("db", "create-reader", "rui", "--password", "pw", "--db", url).returncode == 0
+    made = run("db", "create-study", "pilot", "--readers", "ada,rui", "--dataset", "lungs", "--db", url)
+    assert made.returncode == 0, made.stderr
+    stats = run("db", "stats", "--db", url)
+    assert '"assignments": 244' in stats.stdout
+    bad = run("import", str(tmp_path / "nowhere"), "--db", url)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr
+
+
+def test_cxr_lt_csv_with_a_separate_demographics_csv(store: Store, shared_data: Path, tmp_path: Path) -> None:
+    fields, rows = _nih_rows(shared_data)
+    labels_only = [f for f in fields if f not in ("PatientAge", "PatientSex")]
+    csv_path = _write_csv(tmp_path / "train_labeled.csv", labels_only, rows[:10])
+    demographics = shared_data / "nih_cxr14_sample" / "Data_Entry_2017_v2020_subset.csv"
+    report = import_cxr_lt(store, csv_path, "nih", image_root=shared_data / "nih_cxr14_sample",
+                           demographics_csv=demographics, progress=False)
+    assert len(report.imported) == 10 and not report.errors
+    with open(demographics, newline="") as handle:
+        truth = {row["Image Index"]: row for row in csv.DictReader(handle)}
+    with store.read_session() as session:
+        for case in session.scalars(select(Case)):
+            row = truth[Path(case.source_uri).name]
+            assert case.sex == row["Patient Gender"] and case.age == float(row["Patient Age"])
+    with pytest.raises(BadCsv, match="none of the columns"):
+        import_cxr_lt(store, csv_path, "nih", image_root=shared_data / "nih_cxr14_sample",
+                      demographics_csv=shared_data / "cxr_lt_2024" / "train_labeled_TEMPLATE_header_only.csv",
+                      progress=False)
