@@ -1,0 +1,275 @@
+"""The lean HTTP routes beside the Gradio UI: login/logout, the click path, base image, client events, admin data.
+
+Same authentication as the Gradio UI: the ``biascare_session`` cookie (HttpOnly, SameSite=Lax) set at login; the
+Gradio app is mounted with an ``auth_dependency`` that reads the same cookie. JSON POSTs only (a cross-site form cannot
+send ``application/json`` without a CORS preflight, and the cookie is not sent on cross-site subrequests).
+
+Click path: ``POST /api/v1/click {nonce, x, y, positive}`` → ``image/png`` (the mask layer at display resolution),
+with ``Server-Timing``-style headers ``X-Server-Ms`` (handler total), ``X-Model-Ms`` (refinement pass),
+``X-Encode-Ms`` (downsampling + PNG), ``X-Clicks`` and ``X-Area``.
+"""
+from __future__ import annotations
+
+import html
+import io
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from annotations_db.errors import AccessDenied, NotFound
+from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized)
+
+UI_PATH = "/ui"
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>BiasCare reader — sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; background: #111827; color: #e5e7eb; display: flex; min-height: 100vh;
+       align-items: center; justify-content: center; margin: 0; }}
+form {{ background: #1f2937; padding: 2rem 2.5rem; border-radius: 10px; width: 20rem; }}
+h1 {{ font-size: 1.3rem; margin: 0 0 1.2rem; }} label {{ display: block; margin: .8rem 0 .3rem; font-size: .9rem; }}
+input {{ width: 100%; box-sizing: border-box; padding: .55rem; border-radius: 6px; border: 1px solid #4b5563;
+        background: #111827; color: #f9fafb; }}
+button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; border: 0; border-radius: 6px; background: #2563eb;
+         color: white; font-weight: 600; cursor: pointer; }}
+.error {{ color: #fca5a5; margin-top: .8rem; font-size: .9rem; }} .note {{ color: #9ca3af; font-size: .8rem; }}
+</style></head><body>
+<form method="post" action="/login" id="login-form">
+<h1>BiasCare reader</h1>
+<label for="username">Reader</label><input id="username" name="username" autocomplete="username" autofocus required>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit" id="login-button">Sign in</button>
+{error}
+<p class="note">Research tool, not for clinical use.</p>
+</form></body></html>"""
+
+
+def _token(request: Request) -> str | None:
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def _error(error: Exception) -> JSONResponse:
+    if isinstance(error, AppError):
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+    if isinstance(error, AccessDenied):
+        return JSONResponse({"error": str(error)}, status_code=403)
+    if isinstance(error, NotFound):
+        return JSONResponse({"error": str(error)}, status_code=404)
+    raise error
+
+
+def _png(result: LayerResult) -> Response:
+    return Response(result.png, media_type="image/png", headers={
+        "Cache-Control": "no-store", "X-Server-Ms": f"{result.total_ms:.2f}", "X-Model-Ms": f"{result.model_ms:.2f}",
+        "X-Encode-Ms": f"{result.encode_ms:.2f}", "X-Server-Cpu-Ms": f"{result.cpu_ms:.2f}",
+        "X-Clicks": str(result.clicks), "X-Area": str(result.area)})
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise AppError("send JSON (Content-Type: application/json)")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AppError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise AppError("the request body must be a JSON object")
+    return body
+
+
+def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRouter:
+    router = APIRouter()
+
+    def set_cookie(response: Response, session: Session) -> None:
+        response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="lax", secure=secure_cookie,
+                            path="/", max_age=12 * 3600)
+
+    def current(request: Request) -> Session:
+        return service.session(_token(request))
+
+    # -------------------------------------------------------------- login / logout
+    @router.get("/", include_in_schema=False)
+    def root(request: Request) -> Response:
+        target = f"{UI_PATH}/" if service.reader_name(_token(request)) else "/login"
+        return RedirectResponse(target, status_code=303)
+
+    @router.get("/login", include_in_schema=False)
+    def login_page() -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.format(error=""))
+
+    @router.post("/login", include_in_schema=False)
+    async def login_form(request: Request) -> Response:
+        form = await request.form()
+        try:
+            session = service.login(str(form.get("username", "")), str(form.get("password", "")))
+        except Unauthorized:
+            page = LOGIN_PAGE.format(error=f'<p class="error" id="login-error">{html.escape("Unknown reader or wrong password.")}</p>')
+            return HTMLResponse(page, status_code=401)
+        response = RedirectResponse(f"{UI_PATH}/", status_code=303)
+        set_cookie(response, session)
+        return response
+
+    @router.post("/api/v1/login")
+    async def login_json(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            session = service.login(str(body.get("username", "")), str(body.get("password", "")))
+        except AppError as error:
+            return _error(error)
+        response = JSONResponse({"reader": session.reader.name, "role": session.reader.role})
+        set_cookie(response, session)
+        return response
+
+    @router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    def logout(request: Request) -> Response:
+        service.logout(_token(request))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @router.get("/api/v1/me")
+    def me(request: Request) -> Response:
+        try:
+            session = current(request)
+        except AppError as error:
+            return _error(error)
+        view = session.view
+        return JSONResponse({"reader": session.reader.name, "role": session.reader.role,
+                             "view": None if view is None else {"nonce": view.nonce, "case": view.case,
+                                                                "shows_ai": view.shows_ai}})
+
+    # -------------------------------------------------------------- the viewer
+    @router.get("/api/v1/view/{nonce}/base.png")
+    def base_png(nonce: str, request: Request) -> Response:
+        try:
+            data = service.base_png(current(request), nonce)
+        except AppError as error:
+            return _error(error)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/api/v1/view/{nonce}/layer.png")
+    def layer_png(nonce: str, request: Request) -> Response:
+        try:
+            return _png(service.current_layer(current(request), nonce))
+        except AppError as error:
+            return _error(error)
+
+    @router.post("/api/v1/click")
+    async def click(request: Request) -> Response:
+        try:
+            session = current(request)
+            body = await _json(request)
+        except AppError as error:
+            return _error(error)
+        return await _run_layer(lambda: service.click(session, body.get("nonce"), body.get("x"), body.get("y"),
+                                                bool(body.get("positive", True))))
+
+    @router.post("/api/v1/undo")
+    async def undo(request: Request) -> Response:
+        try:
+            session = current(request)
+            body = await _json(request)
+        except AppError as error:
+            return _error(error)
+        return await _run_layer(lambda: service.undo(session, body.get("nonce")))
+
+    @router.post("/api/v1/reset")
+    async def reset(request: Request) -> Response:
+        try:
+            session = current(request)
+            body = await _json(request)
+        except AppError as error:
+            return _error(error)
+        return await _run_layer(lambda: service.reset(session, body.get("nonce")))
+
+    @router.post("/api/v1/accept")
+    async def accept(request: Request) -> Response:
+        try:
+            session, body = current(request), await _json(request)
+            return JSONResponse(await run_in_threadpool(service.accept, session, body.get("nonce")))
+        except AppError as error:
+            return _error(error)
+
+    @router.post("/api/v1/event")
+    async def event(request: Request) -> Response:
+        try:
+            body = await _json(request)
+            payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+            service.client_event(current(request), body.get("nonce"), str(body.get("kind", "")), payload)
+        except AppError as error:
+            return _error(error)
+        return JSONResponse({"ok": True})
+
+    # -------------------------------------------------------------- answers and admin data
+    @router.get("/api/v1/answers")
+    def answers(request: Request, reader: str | None = None) -> Response:
+        try:
+            session = current(request)
+            rows = service.store.answers(session.reader, reader if reader else None)
+        except (AppError, AccessDenied, NotFound) as error:
+            return _error(error)
+        return JSONResponse([{"id": a.id, "case_id": a.case_id, "assignment_id": a.assignment_id, "labels": a.labels,
+                              "accepted_as_is": a.accepted_as_is} for a in rows])
+
+    @router.get("/api/v1/admin/dashboard")
+    def dashboard(request: Request, study: str | None = None) -> Response:
+        from app.admin import dashboard_frame
+        try:
+            session = current(request)
+            service.require_admin(session)
+        except AppError as error:
+            return _error(error)
+        frame = dashboard_frame(service, study)
+        return JSONResponse(frame.to_dict(orient="records"))
+
+    @router.get("/api/v1/admin/results.csv")
+    def results_csv(request: Request, study: str | None = None) -> Response:
+        from annotations_db.errors import ExportError
+        from annotations_db.export import results_frame
+        try:
+            session = current(request)
+            service.require_admin(session)
+        except AppError as error:
+            return _error(error)
+        try:
+            frame = results_frame(service.store, study)
+        except ExportError as error:
+            return JSONResponse({"error": str(error)}, status_code=404)
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        return Response(buffer.getvalue(), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="results.csv"'})
+
+    @router.get("/admin", include_in_schema=False)
+    def admin_page(request: Request) -> Response:
+        try:
+            service.require_admin(current(request))
+        except Unauthorized:
+            return RedirectResponse("/login", status_code=303)
+        except Forbidden as error:
+            return JSONResponse({"error": str(error)}, status_code=403)
+        return RedirectResponse(f"{UI_PATH}/?tab=admin", status_code=303)
+
+    return router
+
+
+async def _run_layer(fn) -> Response:  # type: ignore[no-untyped-def]
+    try:
+        return _png(await run_in_threadpool(fn))
+    except AppError as error:
+        return _error(error)
+
+
+def install_ui_guard(app: FastAPI, service: AppService) -> None:
+    """Unauthenticated page loads of the Gradio UI go to the login page (its API answers 401 by itself)."""
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+        path = request.url.path
+        if request.method == "GET" and path in (UI_PATH, f"{UI_PATH}/") and not service.reader_name(_token(request)):
+            return RedirectResponse("/login", status_code=303)
+        return await call_next(request)

@@ -1,0 +1,671 @@
+"""The app's service layer: sessions, case views, the click path, submits — every authorisation decision lives here.
+
+The Gradio UI (:mod:`app.ui`) and the lean HTTP routes (:mod:`app.routes`) are thin shells over :class:`AppService`,
+so both paths (and the tests) exercise the same code.
+
+Sessions
+    A login creates a random session token (the ``biascare_session`` cookie). Each session holds at most one open
+    *view* (a case outside a study, or one of the reader's own study assignments). The browser never names a file,
+    a case it was not given, or another reader: the click routes act on the session's current view only, and the view
+    is identified by a random nonce so that a stale page cannot act on the next case.
+
+Click path
+    One :class:`InteractivePredictor` per session (its own click history), all sharing the model object and an
+    on-disk float16 embedding cache. Background work (triage of new cases, pre-embedding the next cases of the
+    worklist) runs in one low-priority thread (``nice 19``) with its own predictor, so that it never holds the lock
+    of a reader's predictor. Interaction events are written by one ordered writer thread after the response is sent;
+    a submit waits for the reader's pending events first.
+
+Arms
+    In an unaided arm no AI output leaves the server: no mask, no probability, and the click tool (a model forward
+    pass) is refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from annotations_db import rle
+from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
+from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
+from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
+from core_model.classes import CXR_LT_26
+
+log = logging.getLogger("biascare.app")
+
+LABEL_SET = "cxr-lt-26"
+CLASSES: tuple[str, ...] = CXR_LT_26
+SESSION_COOKIE = "biascare_session"
+SESSION_TTL_S = 12 * 3600
+CLIENT_EVENT_KINDS = frozenset({"idle_start", "idle_end", "case_hidden", "ai_hidden", "ai_shown"})
+PREFETCH_AHEAD = 3
+
+
+class AppError(Exception):
+    """A refused request; ``status`` is the HTTP status the lean routes answer with."""
+
+    status = 400
+
+
+class Unauthorized(AppError):
+    status = 401
+
+
+class Forbidden(AppError):
+    status = 403
+
+
+class Missing(AppError):
+    status = 404
+
+
+class Conflict(AppError):
+    status = 409
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class CaseImage:
+    """A case's pixels and its display rendering, cached by case id."""
+
+    case_id: int
+    pixels: np.ndarray
+    geometry: DisplayGeometry
+    base_png: bytes
+
+
+@dataclass
+class View:
+    """What one session has open."""
+
+    nonce: str
+    case_id: int
+    case: str  # pseudonymous id
+    target: AssignmentView | CaseRef
+    shows_ai: bool
+    image: CaseImage
+    ai_mask: np.ndarray | None  # the initial AI mask on the original grid (None in unaided arms / no prediction)
+    ai_probabilities: dict[str, float] | None
+    ai_suggested: list[str]
+    initial_prompt: dict[str, Any]
+    model_version: str
+    labels: dict[str, int] = field(default_factory=dict)
+    accepted: bool = False
+    clicks: int = 0
+    opened_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def in_study(self) -> bool:
+        return isinstance(self.target, AssignmentView)
+
+
+@dataclass
+class Session:
+    token: str
+    reader: ReaderRef
+    created: float
+    predictor: Any
+    view: View | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    last_seen: float = field(default_factory=time.time)
+
+
+@dataclass
+class LayerResult:
+    """One click/undo/reset answer: the mask layer PNG and where the server time went."""
+
+    png: bytes
+    area: int
+    clicks: int
+    model_ms: float
+    encode_ms: float
+    total_ms: float
+    cpu_ms: float = 0.0  # CPU time of the handler thread (with 1 torch thread: what the pass costs on an idle core)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class EventWriter:
+    """One thread writing interaction events in arrival order; ``flush(token)`` waits for a session's pending ones."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="biascare-events", daemon=True)
+        self._thread.start()
+
+    def put(self, token: str, target: Any, reader: ReaderRef, kind: str, payload: dict | None = None) -> None:
+        with self._cond:
+            self._pending[token] = self._pending.get(token, 0) + 1
+        self._queue.put((token, target, reader, kind, payload))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            token, target, reader, kind, payload = item
+            try:
+                self.store.log_event(target, reader, kind, payload)
+            except Exception:  # an event that cannot be written must not stop the writer
+                log.exception("could not log %s event", kind)
+            finally:
+                with self._cond:
+                    self._pending[token] -= 1
+                    self._cond.notify_all()
+
+    def flush(self, token: str | None = None, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._pending.get(token, 0) if token else sum(self._pending.values())) > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("pending interaction events were not written in time")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class AppService:
+    """Everything the app does, independent of Gradio and HTTP."""
+
+    def __init__(self, store: Store, model: Any, data_dir: Path, *, device: str = "cpu",
+                 image_cache: int = 12, idle_seconds: float = 60.0, background: bool = True,
+                 max_upload_bytes: int = 64 * 1024 * 1024, embedding_dir: Path | None = None) -> None:
+        from core_model.predictor import InteractivePredictor
+
+        self.store = store
+        self.model = model
+        self.device = device
+        self.data_dir = Path(data_dir)
+        self.idle_seconds = idle_seconds
+        self.max_upload_bytes = max_upload_bytes
+        self.model_version = str(getattr(model.info, "version", "unknown"))
+        self.embedding_dir = Path(embedding_dir or self.data_dir / "embeddings") / _safe_name(self.model_version)
+        self._predictor_cls = InteractivePredictor
+        self.sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._images: OrderedDict[int, CaseImage] = OrderedDict()
+        self._images_lock = threading.Lock()
+        self._image_cache = image_cache
+        self.events = EventWriter(store)
+        self.background = BackgroundWorker(self) if background else None
+
+    # ------------------------------------------------------------------ sessions
+    def login(self, name: str, password: str) -> Session:
+        reader = self.store.authenticate(str(name or ""), str(password or ""))
+        if reader is None:
+            raise Unauthorized("unknown reader or wrong password")
+        token = secrets.token_urlsafe(32)
+        predictor = self._predictor_cls(self.model, self.device, cache_size=2, disk_cache=self.embedding_dir)
+        session = Session(token, reader, time.time(), predictor)
+        with self._sessions_lock:
+            self._expire()
+            self.sessions[token] = session
+        return session
+
+    def logout(self, token: str | None) -> None:
+        with self._sessions_lock:
+            self.sessions.pop(token or "", None)
+
+    def session(self, token: str | None) -> Session:
+        session = self.sessions.get(token or "")
+        if session is None or time.time() - session.last_seen > SESSION_TTL_S:
+            raise Unauthorized("not logged in (or the session expired)")
+        session.last_seen = time.time()
+        return session
+
+    def reader_name(self, token: str | None) -> str | None:
+        try:
+            return self.session(token).reader.name
+        except Unauthorized:
+            return None
+
+    def _expire(self) -> None:
+        now = time.time()
+        for token in [t for t, s in self.sessions.items() if now - s.last_seen > SESSION_TTL_S]:
+            self.sessions.pop(token, None)
+
+    @staticmethod
+    def require_admin(session: Session) -> None:
+        if not session.reader.is_admin:
+            raise Forbidden("this page is for administrators")
+
+    # ------------------------------------------------------------------ images
+    def case_image(self, case_id: int) -> CaseImage:
+        """Pixels + display rendering of a case, from the database's source path (never a browser-given path)."""
+        with self._images_lock:
+            if case_id in self._images:
+                self._images.move_to_end(case_id)
+                return self._images[case_id]
+        from core_model.io import load_image
+
+        path = self._case_path(case_id)
+        pixels = load_image(path).pixels
+        geometry = DisplayGeometry.for_shape(*pixels.shape[:2])
+        image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)))
+        with self._images_lock:
+            self._images[case_id] = image
+            while len(self._images) > self._image_cache:
+                self._images.popitem(last=False)
+        return image
+
+    def _case_path(self, case_id: int) -> Path:
+        from annotations_db.models import Case
+
+        with self.store.read_session() as session:
+            row = session.get(Case, case_id)
+            if row is None:
+                raise Missing(f"no case {case_id}")
+            return Path(row.source_uri)
+
+    # ------------------------------------------------------------------ worklist
+    def worklist(self, session: Session, *, status: str = "open", class_name: str | None = None,
+                 min_uncertainty: float | None = None, max_uncertainty: float | None = None) -> list[dict[str, Any]]:
+        """Free-annotation cases, highest model uncertainty first; also schedules pre-embedding of the top ones."""
+        items = self.store.worklist(session.reader, status=status, class_name=class_name or None,
+                                    min_uncertainty=min_uncertainty)
+        if max_uncertainty is not None:
+            items = [i for i in items if i.uncertainty is None or i.uncertainty <= max_uncertainty]
+        rows = [{"case": i.case, "case_id": i.case_id, "uncertainty": i.uncertainty, "annotated": i.annotated,
+                 "top_finding": _top(i.probabilities)} for i in items]
+        if self.background:
+            self.background.prefetch([r["case_id"] for r in rows[:PREFETCH_AHEAD]])
+        return rows
+
+    def progress(self, session: Session) -> tuple[int, int]:
+        done = len(self.store.worklist(session.reader, status="done"))
+        total = len(self.store.worklist(session.reader, status="all"))
+        return done, total
+
+    def assignments(self, session: Session) -> list[AssignmentView]:
+        return self.store.assignments_for(session.reader)
+
+    # ------------------------------------------------------------------ opening a case
+    def open_case(self, session: Session, case: str) -> View:
+        """Open a case for free annotation (outside any study) with the AI output shown."""
+        try:
+            ref = self.store.case(str(case))
+        except NotFound:
+            raise Missing(f"no case {case!r}") from None
+        self._guard_study_case(session, ref.id)
+        return self._open(session, ref, ref.id, ref.pseudo_id, shows_ai=True)
+
+    def open_assignment(self, session: Session, assignment_id: int | None = None) -> View | None:
+        """Open one of the reader's own assignments (default: the next pending one). None when all are done."""
+        if assignment_id is None:
+            target = self.store.next_assignment(session.reader)
+            if target is None:
+                return None
+        else:
+            try:
+                target = self.store.assignment(session.reader, int(assignment_id))
+            except AccessDenied:
+                raise Forbidden("this assignment belongs to another reader") from None
+            except NotFound:
+                raise Missing(f"no assignment {assignment_id}") from None
+            if target.reader_id != session.reader.id:
+                raise Forbidden("readers open only their own assignments")
+            if not target.available:
+                raise Forbidden("this reading session is locked (washout period)")
+            if target.status == "submitted" and not self._allows_revisit(target.study_id):
+                raise Conflict("this case was submitted already and the study does not allow revisits")
+        return self._open(session, target, target.case_id, target.case, shows_ai=target.shows_ai)
+
+    def _allows_revisit(self, study_id: int) -> bool:
+        from annotations_db.models import Study
+
+        with self.store.read_session() as s:
+            return bool(s.get(Study, study_id).allow_revisit)
+
+    def _guard_study_case(self, session: Session, case_id: int) -> None:
+        """A reader with pending study reads of a case must not see its AI output outside the study first."""
+        if session.reader.is_admin:
+            return
+        pending = [a for a in self.store.assignments_for(session.reader, include_locked=True)
+                   if a.case_id == case_id and a.status != "submitted"]
+        if pending:
+            raise Forbidden("this case is part of one of your reader studies; open it from the study tab")
+
+    def _open(self, session: Session, target: AssignmentView | CaseRef, case_id: int, pseudo_id: str,
+              shows_ai: bool) -> View:
+        image = self.case_image(case_id)
+        with session.lock:
+            if session.view is not None:
+                self._hide(session)
+            started = time.perf_counter()
+            if shows_ai:
+                session.predictor.set_image(image.pixels)
+            ai_mask, probabilities, suggested = (None, None, []) if not shows_ai else self._ai_output(case_id, image)
+            view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
+                        probabilities, suggested, self._initial_prompt(image), self.model_version)
+            session.view = view
+            self.events.put(session.token, target, session.reader, "case_shown",
+                            {"arm": getattr(target, "arm", None), "embed_ms": round((time.perf_counter() - started)
+                                                                                     * 1000, 1)})
+            if shows_ai:
+                self.events.put(session.token, target, session.reader, "ai_shown", {"model_version": self.model_version})
+        if self.background and not isinstance(target, AssignmentView):
+            self.background.prefetch(self._next_case_ids(session, case_id))
+        return view
+
+    def _next_case_ids(self, session: Session, case_id: int) -> list[int]:
+        items = self.store.worklist(session.reader, status="open")
+        ids = [i.case_id for i in items if i.case_id != case_id]
+        return ids[:PREFETCH_AHEAD]
+
+    def _ai_output(self, case_id: int, image: CaseImage) -> tuple[np.ndarray | None, dict | None, list[str]]:
+        prediction = self.store.prediction(case_id, self.model_version) or self.store.prediction(case_id)
+        if prediction is None:
+            return None, None, []
+        mask = None
+        if prediction.mask_rle:
+            decoded = rle.decode(prediction.mask_rle).astype(bool)
+            if decoded.shape == image.pixels.shape[:2]:
+                mask = decoded
+        probabilities = {k: float(v) for k, v in (prediction.probabilities or {}).items() if k in CLASSES} or None
+        thresholds = self._thresholds()
+        suggested = [c for c, p in (probabilities or {}).items() if p >= thresholds.get(c, 0.5)]
+        return mask, probabilities, suggested
+
+    def _thresholds(self) -> dict[str, float]:
+        try:
+            head = self.model.classifiers[LABEL_SET]
+            return {c: float(t) for c, t in zip(head.classes, head.thresholds)}
+        except Exception:
+            return {}
+
+    def _initial_prompt(self, image: CaseImage) -> dict[str, Any]:
+        """The prompt the AI mask came from (as in core_model.triage), carried into the first click's refinement."""
+        if getattr(getattr(self.model, "language", None), "trained", False):
+            return {"text": "lung"}
+        h, w = image.pixels.shape[:2]
+        return {"box": (0.0, 0.0, float(w - 1), float(h - 1))}
+
+    def _hide(self, session: Session) -> None:
+        view = session.view
+        if view is not None:
+            self.events.put(session.token, view.target, session.reader, "case_hidden", {})
+        session.view = None
+
+    # ------------------------------------------------------------------ the click path
+    def _view(self, session: Session, nonce: str | None, need_ai: bool = True) -> View:
+        view = session.view
+        if view is None or (nonce is not None and not secrets.compare_digest(str(nonce), view.nonce)):
+            raise Conflict("this case is no longer open in your session; reload the page")
+        if need_ai and not view.shows_ai:
+            raise Forbidden("the AI tools are off in this arm of the study")
+        return view
+
+    def click(self, session: Session, nonce: str | None, x: float, y: float, positive: bool) -> LayerResult:
+        """A click at continuous display coordinates (x, y) → one refinement pass → the new mask layer."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        try:
+            x, y = float(x), float(y)
+        except (TypeError, ValueError):
+            raise AppError("click coordinates must be numbers") from None
+        with session.lock:
+            view = self._view(session, nonce)
+            geometry = view.image.geometry
+            if not (np.isfinite(x) and np.isfinite(y)) or not geometry.inside(x, y):
+                raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
+            ox, oy = geometry.display_to_original(x, y)
+            from core_model.predictor import Click
+
+            extra = view.initial_prompt if not session.predictor.history else {}
+            prediction = session.predictor.predict([Click(ox, oy, bool(positive))], **extra)
+            model_ms = (time.perf_counter() - started) * 1000
+            view.clicks = len(prediction.clicks)
+            view.accepted = False
+            result = self._layer(prediction.mask, geometry, started, model_ms, view.clicks)
+            result.cpu_ms = (time.thread_time() - cpu_started) * 1000
+            self.events.put(session.token, view.target, session.reader, "click",
+                            {"x": ox, "y": oy, "positive": bool(positive), "display_x": x, "display_y": y,
+                             "iou": round(prediction.iou, 4), "server_ms": round(result.total_ms, 1)})
+        return result
+
+    def undo(self, session: Session, nonce: str | None) -> LayerResult:
+        started = time.perf_counter()
+        with session.lock:
+            view = self._view(session, nonce)
+            current = session.predictor.undo() if session.predictor.history else None
+            view.clicks = len(current.clicks) if current else 0
+            mask = current.mask if current is not None else view.ai_mask
+            self.events.put(session.token, view.target, session.reader, "undo", {"clicks": view.clicks})
+            return self._layer(mask, view.image.geometry, started, 0.0, view.clicks)
+
+    def reset(self, session: Session, nonce: str | None) -> LayerResult:
+        started = time.perf_counter()
+        with session.lock:
+            view = self._view(session, nonce)
+            session.predictor.reset()
+            view.clicks, view.accepted = 0, False
+            self.events.put(session.token, view.target, session.reader, "reset", {})
+            return self._layer(view.ai_mask, view.image.geometry, started, 0.0, 0)
+
+    def accept(self, session: Session, nonce: str | None) -> dict[str, Any]:
+        with session.lock:
+            view = self._view(session, nonce)
+            view.accepted = True
+            self.events.put(session.token, view.target, session.reader, "accept", {"clicks": view.clicks})
+            return {"accepted": True, "clicks": view.clicks}
+
+    def current_layer(self, session: Session, nonce: str | None) -> LayerResult:
+        """The layer as it is now (page load / reload)."""
+        started = time.perf_counter()
+        with session.lock:
+            view = self._view(session, nonce)
+            history = session.predictor.history
+            mask = history[-1].mask if history else view.ai_mask
+            return self._layer(mask, view.image.geometry, started, 0.0, view.clicks)
+
+    def base_png(self, session: Session, nonce: str | None) -> bytes:
+        return self._view(session, nonce, need_ai=False).image.base_png
+
+    def current_mask(self, session: Session) -> np.ndarray | None:
+        view = session.view
+        if view is None or not view.shows_ai:
+            return None
+        history = session.predictor.history
+        return history[-1].mask if history else view.ai_mask
+
+    @staticmethod
+    def _layer(mask: np.ndarray | None, geometry: DisplayGeometry, started: float, model_ms: float,
+               clicks: int) -> LayerResult:
+        t0 = time.perf_counter()
+        if mask is None:
+            png, area = encode_mask_png(None, (geometry.disp_height, geometry.disp_width)), 0
+        else:
+            small = mask_to_display(mask, geometry)
+            png, area = encode_mask_png(small), int(mask.sum())
+        now = time.perf_counter()
+        return LayerResult(png, area, clicks, model_ms, (now - t0) * 1000, (now - started) * 1000)
+
+    # ------------------------------------------------------------------ client events, labels, submit
+    def client_event(self, session: Session, nonce: str | None, kind: str, payload: dict | None = None) -> None:
+        if kind not in CLIENT_EVENT_KINDS:
+            raise AppError(f"event kind {kind!r} cannot be sent by the browser")
+        view = self._view(session, nonce, need_ai=False)
+        if kind == "ai_shown" and not view.shows_ai:
+            raise Forbidden("the AI output is not shown in this arm")
+        clean = {k: v for k, v in (payload or {}).items() if isinstance(k, str) and isinstance(v, (int, float, str, bool))
+                 and len(str(v)) < 200}
+        self.events.put(session.token, view.target, session.reader, kind, dict(list(clean.items())[:10]))
+
+    def set_labels(self, session: Session, positives: Sequence[str]) -> dict[str, int]:
+        """The checklist's current positives → one label_toggled event per change."""
+        unknown = sorted(set(positives) - set(CLASSES))
+        if unknown:
+            raise AppError(f"unknown class(es): {unknown}")
+        with session.lock:
+            view = self._view(session, None, need_ai=False)
+            new = {c: int(c in positives) for c in CLASSES}
+            for name in CLASSES:
+                if new[name] != view.labels.get(name, 0):
+                    self.events.put(session.token, view.target, session.reader, "label_toggled",
+                                    {"class": name, "value": new[name]})
+            view.labels = new
+            return dict(new)
+
+    def submit(self, session: Session, positives: Sequence[str] | None = None) -> int:
+        """Save the answer (labels, mask unless unaided, accepted-as-is) and close the view; returns the annotation id."""
+        if positives is not None:
+            self.set_labels(session, positives)
+        with session.lock:
+            view = self._view(session, None, need_ai=False)
+            mask = self.current_mask(session)
+            self.events.flush(session.token)
+            try:
+                annotation_id = self.store.save_annotation(
+                    view.target, session.reader, view.labels or {c: 0 for c in CLASSES}, mask=mask,
+                    accepted_as_is=bool(view.accepted and view.clicks == 0 and view.shows_ai),
+                    model_version=self.model_version if view.shows_ai else None, label_set=LABEL_SET)
+            except AlreadySubmitted as error:
+                raise Conflict(str(error)) from None
+            except AccessDenied as error:
+                raise Forbidden(str(error)) from None
+            session.view = None
+            return annotation_id
+
+    def time_per_case(self, session: Session, target: AssignmentView | CaseRef) -> float | None:
+        self.events.flush(session.token)
+        return self.store.time_per_case(target, session.reader)
+
+    # ------------------------------------------------------------------ AI payload for the page
+    def ai_panel(self, view: View) -> dict[str, Any] | None:
+        """Probabilities and suggestions for the page; None in an unaided arm (nothing leaves the server)."""
+        if not view.shows_ai:
+            return None
+        return {"probabilities": view.ai_probabilities, "suggested": view.ai_suggested,
+                "model_version": view.model_version}
+
+    def close(self) -> None:
+        if self.background:
+            self.background.stop()
+        self.events.flush(None, timeout=10)
+        self.events.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class BackgroundWorker:
+    """One low-priority thread: triage of cases without a prediction, and pre-embedding of the next cases."""
+
+    def __init__(self, service: AppService) -> None:
+        self.service = service
+        self._predictor = service._predictor_cls(service.model, service.device, cache_size=2,
+                                                 disk_cache=service.embedding_dir)
+        self._queue: queue.Queue = queue.Queue()
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="biascare-background", daemon=True)
+        self._thread.start()
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self.idle.clear()
+        self._queue.put(job)
+
+    def prefetch(self, case_ids: Sequence[int]) -> None:
+        with self._lock:
+            fresh = [c for c in case_ids if c not in self._seen]
+            self._seen.update(fresh)
+        for case_id in fresh:
+            self._submit(lambda case_id=case_id: self._embed(case_id))
+
+    def triage_missing(self) -> None:
+        self._submit(self._triage_missing)
+
+    def wait(self, timeout: float = 600.0) -> bool:
+        return self.idle.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
+        while True:
+            job = self._queue.get()
+            if job is None or self._stop:
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("background job failed")
+            finally:
+                if self._queue.empty():
+                    self.idle.set()
+
+    def _embed(self, case_id: int) -> None:
+        image = self.service.case_image(case_id)
+        self._predictor.embed(image.pixels)
+
+    def _triage_missing(self) -> None:
+        service = self.service
+        cases = service.store.cases()
+        todo = [c for c in cases if service.store.prediction(c.id, service.model_version) is None]
+        for ref in todo:
+            if self._stop:
+                return
+            try:
+                self._triage_one(ref)
+            except Exception as error:
+                log.warning("triage of case %s failed: %s", ref.pseudo_id, error)
+
+    def _triage_one(self, ref: CaseRef) -> None:
+        import torch
+
+        from core_model.triage import Triage
+
+        service = self.service
+        image = service.case_image(ref.id)
+        key = self._predictor.embed(image.pixels)
+        triage = Triage(service.model, service.device)
+        entry = self._predictor._cache.get(key)  # the embedding just computed (or loaded from the disk cache)
+        with torch.inference_mode():
+            if entry is not None and hasattr(triage, "_initial_masks") and hasattr(triage, "_results"):
+                embedding = entry.embedding
+                logits, iou = triage._initial_masks(embedding)
+                probs = service.model.classify(embedding, LABEL_SET) if triage.classifier_trained else None
+                result = triage._results(embedding, logits, iou, probs)[0]
+                geometry = entry.geometry
+            else:  # fall back to the public API (encodes again)
+                result = triage.run([image.pixels])[0]
+                from core_model.geometry import ResizePad
+                geometry = ResizePad(*image.pixels.shape[:2])
+            mask = (geometry.logits_to_original(result.low_res_logits[None].float()) > 0)[0, 0].numpy()
+        uncertainty = {"iou_gap": float(result.uncertainty.iou_gap), "tta": float(result.uncertainty.tta),
+                       "total": float(result.uncertainty.ranking)}
+        if result.uncertainty.u_sl is not None:
+            uncertainty["u_sl"] = float(result.uncertainty.u_sl)
+        service.store.record_prediction(ref.id, service.model_version, result.probabilities or {}, mask, uncertainty)
+
+
+def _top(probabilities: dict[str, float]) -> str:
+    if not probabilities:
+        return ""
+    name, p = max(probabilities.items(), key=lambda kv: kv[1])
+    return f"{name} {p:.2f}"
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:80] or "model"

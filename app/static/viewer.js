@@ -1,0 +1,249 @@
+// BiasCare case viewer: base image once per case, mask layer per click, composited on two stacked canvases.
+// The Gradio HTML component renders <div class="bc-slot" data-nonce=... data-w=... data-h=... data-ai=0|1>;
+// this script (injected through the page head) builds the viewer inside it and talks to the lean /api/v1 routes.
+(function () {
+  "use strict";
+  if (window.__bcViewerInstalled) return;
+  window.__bcViewerInstalled = true;
+  const stats = (window.__bcStats = window.__bcStats || []);
+  let V = null; // the current viewer state
+
+  function post(path, body) {
+    return fetch(path, {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+                        body: JSON.stringify(body)});
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+    }
+    for (const c of children || []) node.appendChild(c);
+    return node;
+  }
+
+  function build(slot) {
+    const nonce = slot.dataset.nonce;
+    const w = parseInt(slot.dataset.w, 10), h = parseInt(slot.dataset.h, 10);
+    const ai = slot.dataset.ai === "1";
+    const idleMs = 1000 * parseFloat(slot.dataset.idle || "60");
+    slot.innerHTML = "";
+    const toolbar = el("div", {class: "bc-toolbar"});
+    const btn = (id, label, title) => el("button", {type: "button", id: id, title: title, text: label});
+    const pos = btn("bc-pos", "+ Positive", "positive click mode (P; T toggles)");
+    const neg = btn("bc-neg", "− Negative", "negative click mode (N; T toggles)");
+    const undo = btn("bc-undo", "Undo", "undo the last click (U or Ctrl+Z)");
+    const reset = btn("bc-reset", "Reset", "back to the AI mask (R)");
+    const accept = btn("bc-accept", "Accept as is", "accept the current mask (A)");
+    const zin = btn("bc-zoom-in", "Zoom +", "zoom in (+)"), zout = btn("bc-zoom-out", "Zoom −", "zoom out (−)");
+    const zfit = btn("bc-zoom-fit", "Fit", "fit (0)");
+    const toggle = btn("bc-overlay", "Overlay", "show/hide the mask (O)");
+    const mk = (id, min, max, value, step) => el("input", {type: "range", id: id, min: min, max: max, value: value,
+                                                             step: step});
+    const win = mk("bc-window", 1, 255, 255, 1), lvl = mk("bc-level", 0, 255, 128, 1);
+    const opa = mk("bc-opacity", 0, 100, 60, 1);
+    const status = el("span", {class: "bc-status", id: "bc-status", text: ai ? "positive mode" : "AI tools off in this arm"});
+    const group = (label, input) => el("label", {class: "bc-range"}, [document.createTextNode(label), input]);
+    if (ai) for (const b of [pos, neg, undo, reset, accept]) toolbar.appendChild(b);
+    for (const b of [zout, zin, zfit]) toolbar.appendChild(b);
+    if (ai) toolbar.appendChild(toggle);
+    toolbar.appendChild(group("Window", win));
+    toolbar.appendChild(group("Level", lvl));
+    if (ai) toolbar.appendChild(group("Opacity", opa));
+    toolbar.appendChild(status);
+    const base = el("canvas", {id: "bc-base", width: w, height: h});
+    const overlay = el("canvas", {id: "bc-overlay-canvas", width: w, height: h});
+    const inner = el("div", {class: "bc-inner"}, [base, overlay]);
+    const stage = el("div", {class: "bc-stage", id: "bc-stage", tabindex: "0"}, [inner]);
+    slot.appendChild(toolbar);
+    slot.appendChild(stage);
+
+    const state = V = {nonce, w, h, ai, base, overlay, inner, stage, status, zoom: 1, positive: true, busy: 0,
+                       gray: null, baseData: null, overlayOn: true, idle: false, last: performance.now(), idleMs,
+                       pos, neg, win, lvl, opa, queue: Promise.resolve()};
+    setMode(true);
+    fit();
+    loadBase(state);
+    if (ai) loadLayer(state, `/api/v1/view/${nonce}/layer.png`);
+    overlay.addEventListener("pointerdown", (e) => onClick(state, e));
+    overlay.addEventListener("contextmenu", (e) => e.preventDefault());
+    pos.onclick = () => setMode(true);
+    neg.onclick = () => setMode(false);
+    undo.onclick = () => act(state, "undo");
+    reset.onclick = () => act(state, "reset");
+    accept.onclick = () => doAccept(state);
+    zin.onclick = () => setZoom(state.zoom * 1.25);
+    zout.onclick = () => setZoom(state.zoom / 1.25);
+    zfit.onclick = () => fit();
+    toggle.onclick = () => { state.overlayOn = !state.overlayOn; applyOpacity(); };
+    win.oninput = lvl.oninput = () => applyWindow(state);
+    opa.oninput = applyOpacity;
+    applyOpacity();
+  }
+
+  function setMode(positive) {
+    if (!V) return;
+    V.positive = positive;
+    V.pos.classList.toggle("bc-active", positive);
+    V.neg.classList.toggle("bc-active", !positive);
+    if (V.ai) V.status.textContent = positive ? "positive mode" : "negative mode";
+    V.overlay.style.cursor = positive ? "crosshair" : "cell";
+  }
+
+  function fit() {
+    if (!V) return;
+    const avail = Math.max(200, (V.stage.clientWidth || 800) - 4);
+    V.fitScale = Math.min(1, avail / V.w);
+    setZoom(1);
+  }
+
+  function setZoom(z) {
+    if (!V) return;
+    V.zoom = Math.max(0.25, Math.min(8, z));
+    const px = Math.round(V.w * V.fitScale * V.zoom);
+    V.inner.style.width = px + "px";
+    V.inner.style.height = Math.round(px * V.h / V.w) + "px";
+  }
+
+  function applyOpacity() {
+    if (!V) return;
+    V.overlay.style.opacity = V.overlayOn ? String(V.opa.value / 100) : "0";
+  }
+
+  async function loadBase(state) {
+    const resp = await fetch(`/api/v1/view/${state.nonce}/base.png`, {credentials: "same-origin"});
+    if (!resp.ok) { state.status.textContent = "could not load the image"; return; }
+    const bmp = await createImageBitmap(await resp.blob());
+    const ctx = state.base.getContext("2d", {willReadFrequently: true});
+    ctx.drawImage(bmp, 0, 0);
+    state.baseData = ctx.getImageData(0, 0, state.w, state.h);
+    state.gray = new Uint8Array(state.w * state.h);
+    const d = state.baseData.data;
+    for (let i = 0, j = 0; j < state.gray.length; i += 4, j++) state.gray[j] = d[i];
+    state.base.dataset.loaded = "1";
+    applyWindow(state);
+  }
+
+  function applyWindow(state) {
+    if (!state.gray) return;
+    const width = Math.max(1, +state.win.value), level = +state.lvl.value;
+    const lo = level - width / 2, lut = new Uint8ClampedArray(256);
+    for (let v = 0; v < 256; v++) lut[v] = Math.round((v - lo) / width * 255);
+    const out = state.baseData.data, g = state.gray;
+    for (let i = 0, j = 0; j < g.length; i += 4, j++) { const v = lut[g[j]]; out[i] = out[i + 1] = out[i + 2] = v; out[i + 3] = 255; }
+    state.base.getContext("2d").putImageData(state.baseData, 0, 0);
+  }
+
+  async function paint(state, resp, t0, kind) {
+    const tResp = performance.now();
+    if (!resp.ok) {
+      let msg = resp.status + "";
+      try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
+      state.status.textContent = msg;
+      return;
+    }
+    const bmp = await createImageBitmap(await resp.blob());
+    if (state !== V) return; // the case changed meanwhile
+    const ctx = state.overlay.getContext("2d");
+    ctx.clearRect(0, 0, state.w, state.h);
+    ctx.drawImage(bmp, 0, 0);
+    const tDrawn = performance.now();
+    const server = parseFloat(resp.headers.get("X-Server-Ms") || "0");
+    const model = parseFloat(resp.headers.get("X-Model-Ms") || "0");
+    const cpu = parseFloat(resp.headers.get("X-Server-Cpu-Ms") || "0");
+    const clicks = resp.headers.get("X-Clicks");
+    state.overlay.dataset.clicks = clicks;
+    requestAnimationFrame(() => {
+      const tPaint = performance.now();
+      stats.push({kind, t0, response_ms: tResp - t0, drawn_ms: tDrawn - t0, painted_ms: tPaint - t0,
+                  server_ms: server, model_ms: model, server_cpu_ms: cpu, clicks: +clicks});
+      state.overlay.dataset.painted = String(stats.length);
+      if (state.ai) state.status.textContent =
+        `${state.positive ? "positive" : "negative"} mode · ${clicks} click(s) · ${Math.round(tPaint - t0)} ms`;
+    });
+  }
+
+  function loadLayer(state, url) {
+    const t0 = performance.now();
+    state.queue = state.queue.then(() => fetch(url, {credentials: "same-origin"}).then((r) => paint(state, r, t0, "layer")));
+  }
+
+  function onClick(state, e) {
+    if (!state.ai || e.button > 2) return;
+    e.preventDefault();
+    const rect = state.overlay.getBoundingClientRect();
+    const x = (e.clientX - rect.left) * state.w / rect.width;
+    const y = (e.clientY - rect.top) * state.h / rect.height;
+    const positive = e.button === 2 ? !state.positive : state.positive; // right button: the other mode
+    const t0 = performance.now();
+    touch();
+    state.queue = state.queue.then(() => post("/api/v1/click", {nonce: state.nonce, x, y, positive})
+      .then((r) => paint(state, r, t0, "click")));
+  }
+
+  function act(state, what) {
+    if (!state.ai) return;
+    const t0 = performance.now();
+    touch();
+    state.queue = state.queue.then(() => post(`/api/v1/${what}`, {nonce: state.nonce}).then((r) => paint(state, r, t0, what)));
+  }
+
+  function doAccept(state) {
+    if (!state.ai) return;
+    touch();
+    state.queue = state.queue.then(() => post("/api/v1/accept", {nonce: state.nonce}).then(async (r) => {
+      state.status.textContent = r.ok ? "mask accepted" : "accept failed";
+    }));
+  }
+
+  // ------------------------------------------------------------------ idle detection (tab hidden or no input)
+  function sendEvent(kind) {
+    if (!V) return;
+    post("/api/v1/event", {nonce: V.nonce, kind: kind, payload: {}}).catch(() => {});
+  }
+  function touch() {
+    if (!V) return;
+    V.last = performance.now();
+    if (V.idle && !document.hidden) { V.idle = false; sendEvent("idle_end"); }
+  }
+  setInterval(() => {
+    if (!V || V.idle) return;
+    if (document.hidden || performance.now() - V.last > V.idleMs) { V.idle = true; sendEvent("idle_start"); }
+  }, 1000);
+  document.addEventListener("visibilitychange", () => {
+    if (!V) return;
+    if (document.hidden && !V.idle) { V.idle = true; sendEvent("idle_start"); }
+    else if (!document.hidden) touch();
+  });
+  for (const kind of ["pointermove", "pointerdown", "keydown", "wheel"]) document.addEventListener(kind, touch, {passive: true});
+
+  // ------------------------------------------------------------------ keyboard shortcuts
+  document.addEventListener("keydown", (e) => {
+    const tag = (e.target && e.target.tagName) || "";
+    if (["INPUT", "TEXTAREA", "SELECT"].includes(tag) && e.target.type !== "range" && e.target.type !== "checkbox") return;
+    const clickId = (id) => { const b = document.querySelector(`#${id}`); if (b) { (b.querySelector("button") || b).click(); } };
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { clickId("bc-submit"); e.preventDefault(); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey) { if ((e.ctrlKey || e.metaKey) && e.key === "z" && V) { act(V, "undo"); e.preventDefault(); } return; }
+    if (!V) return;
+    const k = e.key.toLowerCase();
+    const handled = {
+      p: () => setMode(true), n: () => setMode(false), t: () => setMode(!V.positive), u: () => act(V, "undo"),
+      r: () => act(V, "reset"), a: () => doAccept(V), o: () => { V.overlayOn = !V.overlayOn; applyOpacity(); },
+      "+": () => setZoom(V.zoom * 1.25), "=": () => setZoom(V.zoom * 1.25), "-": () => setZoom(V.zoom / 1.25),
+      "0": () => fit(), j: () => clickId("bc-next"),
+    }[k];
+    if (handled) { handled(); e.preventDefault(); }
+  });
+
+  // ------------------------------------------------------------------ (re)build when Gradio renders a new case
+  function scan() {
+    const slot = document.querySelector(".bc-slot[data-nonce]");
+    if (!slot) { if (V && !document.body.contains(V.base)) V = null; return; }
+    if (slot.dataset.built === slot.dataset.nonce) return;
+    slot.dataset.built = slot.dataset.nonce;
+    build(slot);
+  }
+  new MutationObserver(scan).observe(document.documentElement, {childList: true, subtree: true});
+  document.addEventListener("DOMContentLoaded", scan);
+  window.__bcViewer = {get: () => V, setMode, setZoom, fit};
+})();
