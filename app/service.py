@@ -41,6 +41,7 @@ from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26
+from core_model.predictor import Click, Prediction
 
 log = logging.getLogger("biascare.app")
 
@@ -136,12 +137,18 @@ class LayerResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 class EventWriter:
-    """One thread writing interaction events in arrival order; ``flush(token)`` waits for a session's pending ones."""
+    """One thread writing interaction events in arrival order; ``flush(token)`` waits for a session's pending ones.
+
+    Every handler that records an event flushes before it answers, so the browser is only told a click (or label,
+    undo, …) happened once its event is committed; the thread lets the write overlap the handler's own work (the
+    mask PNG encoding of a click). A write that fails makes the flush raise, so the reader sees it was not saved.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._queue: queue.Queue = queue.Queue()
         self._pending: dict[str, int] = {}
+        self._failed: dict[str, list[str]] = {}
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="biascare-events", daemon=True)
         self._thread.start()
@@ -159,14 +166,17 @@ class EventWriter:
             token, target, reader, kind, payload = item
             try:
                 self.store.log_event(target, reader, kind, payload)
-            except Exception:  # an event that cannot be written must not stop the writer
+            except Exception as error:  # an event that cannot be written must not stop the writer
                 log.exception("could not log %s event", kind)
+                with self._cond:
+                    self._failed.setdefault(token, []).append(f"{kind}: {error}")
             finally:
                 with self._cond:
                     self._pending[token] -= 1
                     self._cond.notify_all()
 
     def flush(self, token: str | None = None, timeout: float = 30.0) -> None:
+        """Wait until the pending events of ``token`` (all sessions if None) are committed; raise if one failed."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while (self._pending.get(token, 0) if token else sum(self._pending.values())) > 0:
@@ -174,6 +184,11 @@ class EventWriter:
                 if left <= 0:
                     raise TimeoutError("pending interaction events were not written in time")
                 self._cond.wait(left)
+            failed = self._failed.pop(token, []) if token else [f for v in self._failed.values() for f in v]
+            if not token:
+                self._failed.clear()
+        if failed:
+            raise AppError(f"not saved, please retry: {'; '.join(failed)}")
 
     def close(self) -> None:
         self._queue.put(None)
@@ -424,18 +439,17 @@ class AppService:
             if not (np.isfinite(x) and np.isfinite(y)) or not geometry.inside(x, y):
                 raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
             ox, oy = geometry.display_to_original(x, y)
-            from core_model.predictor import Click
-
             extra = view.initial_prompt if not session.predictor.history else {}
             prediction = session.predictor.predict([Click(ox, oy, bool(positive))], **extra)
             model_ms = (time.perf_counter() - started) * 1000
             view.clicks = len(prediction.clicks)
             view.accepted = False
-            result = self._layer(prediction.mask, geometry, started, model_ms, view.clicks)
-            result.cpu_ms = (time.thread_time() - cpu_started) * 1000
             self.events.put(session.token, view.target, session.reader, "click",
                             {"x": ox, "y": oy, "positive": bool(positive), "display_x": x, "display_y": y,
-                             "iou": round(prediction.iou, 4), "server_ms": round(result.total_ms, 1)})
+                             "iou": round(prediction.iou, 4), "model_ms": round(model_ms, 1)})
+            result = self._layer(prediction, geometry, started, model_ms, view.clicks)  # overlaps the event write
+            result.cpu_ms = (time.thread_time() - cpu_started) * 1000
+            self.events.flush(session.token)
         return result
 
     def undo(self, session: Session, nonce: str | None) -> LayerResult:
@@ -446,7 +460,10 @@ class AppService:
             view.clicks = len(current.clicks) if current else 0
             mask = current.mask if current is not None else view.ai_mask
             self.events.put(session.token, view.target, session.reader, "undo", {"clicks": view.clicks})
-            return self._layer(mask, view.image.geometry, started, 0.0, view.clicks)
+            layer = self._layer(current if current is not None else mask, view.image.geometry, started, 0.0,
+                                view.clicks)
+            self.events.flush(session.token)
+            return layer
 
     def reset(self, session: Session, nonce: str | None) -> LayerResult:
         started = time.perf_counter()
@@ -455,13 +472,16 @@ class AppService:
             session.predictor.reset()
             view.clicks, view.accepted = 0, False
             self.events.put(session.token, view.target, session.reader, "reset", {})
-            return self._layer(view.ai_mask, view.image.geometry, started, 0.0, 0)
+            layer = self._layer(view.ai_mask, view.image.geometry, started, 0.0, 0)
+            self.events.flush(session.token)
+            return layer
 
     def accept(self, session: Session, nonce: str | None) -> dict[str, Any]:
         with session.lock:
             view = self._view(session, nonce)
             view.accepted = True
             self.events.put(session.token, view.target, session.reader, "accept", {"clicks": view.clicks})
+            self.events.flush(session.token)
             return {"accepted": True, "clicks": view.clicks}
 
     def current_layer(self, session: Session, nonce: str | None) -> LayerResult:
@@ -484,14 +504,18 @@ class AppService:
         return history[-1].mask if history else view.ai_mask
 
     @staticmethod
-    def _layer(mask: np.ndarray | None, geometry: DisplayGeometry, started: float, model_ms: float,
+    def _layer(mask: np.ndarray | Prediction | None, geometry: DisplayGeometry, started: float, model_ms: float,
                clicks: int) -> LayerResult:
+        """The display-size mask layer; a fresh :class:`Prediction` is resampled straight from its low-res logits
+        (no full-resolution mask is made on the click path)."""
         t0 = time.perf_counter()
+        shape = (geometry.disp_height, geometry.disp_width)
         if mask is None:
-            png, area = encode_mask_png(None, (geometry.disp_height, geometry.disp_width)), 0
+            png, area = encode_mask_png(None, shape), 0
         else:
-            small = mask_to_display(mask, geometry)
-            png, area = encode_mask_png(small), int(mask.sum())
+            small = mask.mask_at(shape) if isinstance(mask, Prediction) else mask_to_display(mask, geometry)
+            scale = (geometry.height * geometry.width) / (shape[0] * shape[1])
+            png, area = encode_mask_png(small), int(round(small.sum() * scale))
         now = time.perf_counter()
         return LayerResult(png, area, clicks, model_ms, (now - t0) * 1000, (now - started) * 1000)
 
@@ -505,6 +529,7 @@ class AppService:
         clean = {k: v for k, v in (payload or {}).items() if isinstance(k, str) and isinstance(v, (int, float, str, bool))
                  and len(str(v)) < 200}
         self.events.put(session.token, view.target, session.reader, kind, dict(list(clean.items())[:10]))
+        self.events.flush(session.token)
 
     def set_labels(self, session: Session, positives: Sequence[str]) -> dict[str, int]:
         """The checklist's current positives → one label_toggled event per change."""
@@ -640,19 +665,10 @@ class BackgroundWorker:
         image = service.case_image(ref.id)
         key = self._predictor.embed(image.pixels)
         triage = Triage(service.model, service.device)
-        entry = self._predictor._cache.get(key)  # the embedding just computed (or loaded from the disk cache)
+        embedding, geometry = self._predictor.embedding(key)
+        result = triage.run_embeddings(embedding)[0]
         with torch.inference_mode():
-            if entry is not None and hasattr(triage, "_initial_masks") and hasattr(triage, "_results"):
-                embedding = entry.embedding
-                logits, iou = triage._initial_masks(embedding)
-                probs = service.model.classify(embedding, LABEL_SET) if triage.classifier_trained else None
-                result = triage._results(embedding, logits, iou, probs)[0]
-                geometry = entry.geometry
-            else:  # fall back to the public API (encodes again)
-                result = triage.run([image.pixels])[0]
-                from core_model.geometry import ResizePad
-                geometry = ResizePad(*image.pixels.shape[:2])
-            mask = (geometry.logits_to_original(result.low_res_logits[None].float()) > 0)[0, 0].numpy()
+            mask = (geometry.logits_to_original(result.low_res_logits[None]) > 0)[0, 0].numpy()
         uncertainty = {"iou_gap": float(result.uncertainty.iou_gap), "tta": float(result.uncertainty.tta),
                        "total": float(result.uncertainty.ranking)}
         if result.uncertainty.u_sl is not None:

@@ -129,6 +129,12 @@ class InteractivePredictor:
         self._session = _Session(key, self._entry(key, image))
         return key
 
+    def embedding(self, key: str) -> tuple[torch.Tensor, ResizePad]:
+        """The cached embedding (1, 256, 64, 64) and geometry of an image embedded earlier (KeyError if evicted)."""
+        with self._lock:
+            entry = self._cache[key]
+            return entry.embedding, entry.geometry
+
     def is_cached(self, image_or_key: np.ndarray | str) -> bool:
         key = image_or_key if isinstance(image_or_key, str) else content_key(image_or_key)
         return key in self._cache or (self.disk_cache is not None and self._disk_path(key).is_file())

@@ -60,6 +60,14 @@ class Triage:
             probs = self.model.classify(embedding, self.label_set) if self.classifier_trained else None
         return self._results(embedding.float(), logits.float(), iou.float(), probs)
 
+    @torch.inference_mode()
+    def run_embeddings(self, embedding: torch.Tensor) -> list[TriageResult]:
+        """Image embeddings (B, 256, 64, 64) already computed (e.g. by the predictor's cache) → results."""
+        embedding = embedding.to(self.device)
+        logits, iou = self._initial_masks(embedding)
+        probs = self.model.classify(embedding, self.label_set) if self.classifier_trained else None
+        return self._results(embedding.float(), logits.float(), iou.float(), probs)
+
     def run(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[TriageResult]:
         results: list[TriageResult] = []
         for start in range(0, len(images), batch_size):
