@@ -363,11 +363,13 @@ class AppService:
             if session.view is not None:
                 self._hide(session)
             started = time.perf_counter()
+            prompt = self._initial_prompt(image)
             if shows_ai:
                 session.predictor.set_image(image.pixels)
+                session.predictor.predict(**prompt)  # the AI mask's own pass: the first click refines its logits
             ai_mask, probabilities, suggested = (None, None, []) if not shows_ai else self._ai_output(case_id, image)
             view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
-                        probabilities, suggested, self._initial_prompt(image), self.model_version)
+                        probabilities, suggested, prompt, self.model_version)
             session.view = view
             self.events.put(session.token, target, session.reader, "case_shown",
                             {"arm": getattr(target, "arm", None), "embed_ms": round((time.perf_counter() - started)
@@ -456,11 +458,11 @@ class AppService:
         started = time.perf_counter()
         with session.lock:
             view = self._view(session, nonce)
-            current = session.predictor.undo() if session.predictor.history else None
+            history = session.predictor.history
+            current = session.predictor.undo() if len(history) > 1 else (history[-1] if history else None)
             view.clicks = len(current.clicks) if current else 0
-            mask = current.mask if current is not None else view.ai_mask
             self.events.put(session.token, view.target, session.reader, "undo", {"clicks": view.clicks})
-            layer = self._layer(current if current is not None else mask, view.image.geometry, started, 0.0,
+            layer = self._layer(current if current is not None else view.ai_mask, view.image.geometry, started, 0.0,
                                 view.clicks)
             self.events.flush(session.token)
             return layer
@@ -470,6 +472,7 @@ class AppService:
         with session.lock:
             view = self._view(session, nonce)
             session.predictor.reset()
+            session.predictor.predict(**view.initial_prompt)
             view.clicks, view.accepted = 0, False
             self.events.put(session.token, view.target, session.reader, "reset", {})
             layer = self._layer(view.ai_mask, view.image.geometry, started, 0.0, 0)
