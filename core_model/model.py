@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -163,7 +164,8 @@ class BiasCareModel(nn.Module):
 
     def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, mask_logits: torch.Tensor | None = None,
-               text_tokens: torch.Tensor | None = None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               text_tokens: torch.Tensor | None = None, multimask: bool = False,
+               predict_masks: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of prompt encoder + mask decoder.
 
         Args:
@@ -172,13 +174,15 @@ class BiasCareModel(nn.Module):
             boxes: (B, 4) model-grid box or None.
             mask_logits: (B, 1, 256, 256) previous logits (the mask prompt) or None.
             text_tokens: (B, T, 256) projected language tokens (``LanguagePathway.tokens``) or None.
+            predict_masks: another implementation of ``mask_decoder.predict_masks`` (e.g. the ONNX Runtime one).
         Returns:
             logits (B, M, 256, 256) and predicted IoU (B, M), M = 3 if ``multimask`` else 1.
         """
         sparse, dense = self.prompt_tokens(points, boxes, mask_logits, text_tokens, image_embeddings.shape[0])
-        return self.mask_decoder(image_embeddings=image_embeddings, image_pe=self.dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=multimask)
+        masks, iou = (predict_masks or self.mask_decoder.predict_masks)(image_embeddings, self.dense_pe(), sparse,
+                                                                        dense)
+        chosen = slice(1, None) if multimask else slice(0, 1)  # as segment-anything's MaskDecoder.forward
+        return masks[:, chosen], iou[:, chosen]
 
     # ----------------------------------------------------------------- classification
     def classify(self, image_embeddings: torch.Tensor, label_set: str = "cxr-lt-26") -> torch.Tensor:

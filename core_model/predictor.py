@@ -104,17 +104,41 @@ class InteractivePredictor:
 
     def __init__(self, model: BiasCareModel, device: str | torch.device = "cpu", cache_size: int = 8,
                  disk_cache: str | Path | None = None, tta_samples: int = 4,
-                 decoder_dtype: torch.dtype | None = None) -> None:
-        """``decoder_dtype`` (e.g. torch.bfloat16) runs the click path under autocast; None keeps float32."""
+                 decoder_dtype: torch.dtype | None = None, decoder_backend: str = "auto") -> None:
+        """``decoder_backend``: "onnx" runs the mask decoder through ONNX Runtime (CPU), "torch" through PyTorch,
+        "auto" picks ONNX Runtime on the CPU when it is installed. ``decoder_dtype`` (e.g. torch.bfloat16) runs the
+        PyTorch decoder under autocast; None keeps float32."""
         self.model = model.to(device).eval()
-        self.decoder_dtype = decoder_dtype
         self.device = torch.device(device)
+        self.decoder_dtype = decoder_dtype
+        self.decoder_backend = self._choose_backend(decoder_backend)
+        self._onnx = None
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
         self.tta_samples = tta_samples
         self._cache: OrderedDict[str, _ImageEntry] = OrderedDict()
         self._session: _Session | None = None
         self._lock = threading.RLock()
+
+    def _choose_backend(self, requested: str) -> str:
+        from core_model.onnx_decoder import onnxruntime_available
+
+        if requested not in ("auto", "onnx", "torch"):
+            raise ValueError(f"decoder_backend must be auto, onnx or torch, not {requested!r}")
+        if requested == "auto":
+            cpu_fp32 = self.device.type == "cpu" and self.decoder_dtype is None
+            return "onnx" if cpu_fp32 and onnxruntime_available() else "torch"
+        return requested
+
+    def _predict_masks(self):
+        """The decoder implementation for this predictor (the ONNX session is built on first use)."""
+        if self.decoder_backend == "torch":
+            return None
+        if self._onnx is None:
+            from core_model.onnx_decoder import OnnxMaskDecoder
+
+            self._onnx = OnnxMaskDecoder(self.model.mask_decoder, cache_dir=self.disk_cache)
+        return self._onnx
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, image: np.ndarray) -> str:
@@ -257,7 +281,8 @@ class InteractivePredictor:
         points, boxes, tokens = self._prompts(entry.geometry, clicks, box, text)
         with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
                             enabled=self.decoder_dtype is not None):
-            logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask)
+            logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask,
+                                            predict_masks=self._predict_masks())
         best = int(iou[0].argmax())
         logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
         tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
@@ -285,5 +310,5 @@ class InteractivePredictor:
         if masks is not None:
             masks[k // 2:] = 0  # half the samples without the fed-back mask
         logits, _ = self.model.decode(entry.embedding.expand(k, -1, -1, -1), batched_points, batched_boxes, masks,
-                                      batched_tokens)
+                                      batched_tokens, predict_masks=self._predict_masks())
         return mask_disagreement(reference, logits)

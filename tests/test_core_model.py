@@ -240,3 +240,21 @@ def test_predict_command_on_a_real_dicom(shared_data, tmp_path):
     mask = np.asarray(Image.open(out)) > 0
     assert summary["mask_pixels"] == int(mask.sum()) > 0
     assert 0.0 <= summary["uncertainty"]["ranking"] <= 1.0
+
+
+def test_onnx_runtime_decoder_equals_the_pytorch_decoder(stock_model, cxr, tmp_path):
+    """The click path's ONNX Runtime backend gives PyTorch's logits and IoU on a real CXR, clicks + box + TTA."""
+    reference = InteractivePredictor(stock_model, decoder_backend="torch")
+    fast = InteractivePredictor(stock_model, decoder_backend="onnx", disk_cache=tmp_path)
+    assert InteractivePredictor(stock_model).decoder_backend == "onnx"  # the CPU default
+    for predictor in (reference, fast):
+        predictor.set_image(cxr[0])
+        predictor.predict(box=_box(cxr[1]))
+    for click in [Click(600, 1000, True), Click(1400, 1000, False), Click(900, 300, True)]:
+        a, b = reference.predict([click], with_tta=True), fast.predict([click], with_tta=True)
+        assert torch.allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
+        assert a.iou == pytest.approx(b.iou, abs=1e-4)
+        assert a.uncertainty.tta == pytest.approx(b.uncertainty.tta, abs=1e-3)
+    assert list(tmp_path.glob("mask_decoder_*.onnx"))  # exported once, cached beside the embeddings
+    with pytest.raises(ValueError, match="decoder_backend"):
+        InteractivePredictor(stock_model, decoder_backend="tensorrt")
