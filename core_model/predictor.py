@@ -121,7 +121,7 @@ class InteractivePredictor:
         self._lock = threading.RLock()
 
     def _choose_backend(self, requested: str) -> str:
-        from core_model.onnx_decoder import onnxruntime_available
+        from core_model.onnx_runtime import onnxruntime_available
 
         if requested not in ("auto", "onnx", "torch"):
             raise ValueError(f"decoder_backend must be auto, onnx or torch, not {requested!r}")
@@ -135,7 +135,7 @@ class InteractivePredictor:
         if self.decoder_backend == "torch":
             return None
         if self._onnx is None:
-            from core_model.onnx_decoder import OnnxMaskDecoder
+            from core_model.onnx_runtime import OnnxMaskDecoder
 
             self._onnx = OnnxMaskDecoder(self.model.mask_decoder, cache_dir=self.disk_cache)
         return self._onnx

@@ -1,8 +1,10 @@
 """Batched triage: embed + classify + initial mask + uncertainty for many images (the worklist's first pass)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ from core_model.uncertainty import (SegmentationUncertainty, classification_unce
                                     semantic_uncertainty)
 
 DEFAULT_CONCEPT = "lung"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,16 +38,45 @@ class Triage:
     """
 
     def __init__(self, model: BiasCareModel, device: str | torch.device = "cpu", label_set: str = "cxr-lt-26",
-                 concept: str = DEFAULT_CONCEPT, dtype: torch.dtype | None = None) -> None:
+                 concept: str = DEFAULT_CONCEPT, dtype: torch.dtype | None = None, encoder_backend: str = "auto",
+                 onnx_cache: str | Path | None = None) -> None:
+        """``encoder_backend``: "onnx" (ONNX Runtime, CPU), "torch", or "auto" = ONNX Runtime on a float32 CPU run
+        when it is installed (falling back to PyTorch, with a warning, if the export fails). ``dtype`` (e.g.
+        torch.bfloat16) runs PyTorch under autocast (GPU)."""
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.label_set = label_set
         self.concept = concept
-        self.dtype = dtype  # e.g. torch.bfloat16 for autocast on GPU / AVX-512-bf16 CPUs
+        self.dtype = dtype
+        if encoder_backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"encoder_backend must be auto, onnx or torch, not {encoder_backend!r}")
+        self.encoder_backend = encoder_backend
+        self.onnx_cache = onnx_cache
+        self._encode_fn = None  # built on first use: run_embeddings never needs it
 
     @property
     def classifier_trained(self) -> bool:
         return bool(self.model.info.classifier_trained.get(self.label_set))
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self._encode_fn is None:
+            self._encode_fn = self._build_encoder()
+        return self._encode_fn(images)
+
+    def _build_encoder(self):
+        from core_model.onnx_runtime import OnnxImageEncoder, onnxruntime_available
+
+        backend = self.encoder_backend
+        cpu_fp32 = self.device.type == "cpu" and self.dtype is None
+        if backend == "torch" or (backend == "auto" and not (cpu_fp32 and onnxruntime_available())):
+            return self.model.encode_image
+        try:
+            return OnnxImageEncoder(self.model.image_encoder, cache_dir=self.onnx_cache)
+        except Exception as error:  # an export problem must not stop triage: PyTorch gives the same numbers
+            if backend == "onnx":
+                raise
+            log.warning("ONNX Runtime image encoder unavailable (%s); using PyTorch", error)
+            return self.model.encode_image
 
     def inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Grayscale (H, W) images → (B, 3, 256, 256) model inputs."""
@@ -55,7 +87,7 @@ class Triage:
         """(B, 3, 256, 256) model inputs → one :class:`TriageResult` per image."""
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
         with autocast:
-            embedding = self.model.encode_image(batch)
+            embedding = self._encode(batch)
             logits, iou = self._initial_masks(embedding)
             probs = self.model.classify(embedding, self.label_set) if self.classifier_trained else None
         return self._results(embedding.float(), logits.float(), iou.float(), probs)

@@ -258,3 +258,20 @@ def test_onnx_runtime_decoder_equals_the_pytorch_decoder(stock_model, cxr, tmp_p
     assert list(tmp_path.glob("mask_decoder_*.onnx"))  # exported once, cached beside the embeddings
     with pytest.raises(ValueError, match="decoder_backend"):
         InteractivePredictor(stock_model, decoder_backend="tensorrt")
+
+
+def test_triage_with_the_onnx_encoder_equals_pytorch(stock_model, cxr, shared_data, tmp_path):
+    """Batched triage: ONNX Runtime encoder and PyTorch give the same masks, IoU and ranking on real CXRs."""
+    from core_model.triage import Triage
+
+    nih = sorted((shared_data / "nih_cxr14_sample" / "images").glob("*.png"))[:1]
+    images = [cxr[0], np.asarray(Image.open(nih[0]).convert("L"), np.float32) / 255]
+    reference = Triage(stock_model, encoder_backend="torch").run(images, batch_size=2)
+    fast = Triage(stock_model, encoder_backend="onnx", onnx_cache=tmp_path).run(images, batch_size=2)
+    for a, b in zip(reference, fast):
+        assert torch.allclose(a.low_res_logits, b.low_res_logits, atol=1e-2)
+        assert a.iou == pytest.approx(b.iou, abs=1e-3)
+        assert a.uncertainty.ranking == pytest.approx(b.uncertainty.ranking, abs=1e-3)
+        assert a.probabilities is None  # the stock model has no trained classifier: nothing is made up
+    with pytest.raises(ValueError, match="encoder_backend"):
+        Triage(stock_model, encoder_backend="tpu")
