@@ -1,0 +1,184 @@
+"""Frozen-encoder embedding cache and the prepared (model-grid) training examples.
+
+Cache layout (the same as :class:`core_model.predictor.InteractivePredictor`'s ``disk_cache``, so the evaluator and
+the app reuse what training computed): ``<root>/<key[:2]>/<key>.pt`` holds the float16 embedding (1, 256, 64, 64) of
+the image whose :func:`core_model.preprocess.content_key` (SHA-256 of the pixels, shape and dtype) is ``key``. The
+horizontally flipped image is just another image: its pixels hash to their own key, so the flip augmentation is
+computed once and cached like the original. Embeddings depend on the encoder weights: the cache is valid for the
+frozen stock encoder only (``EmbeddingCache(root, tag=...)`` keeps a separate folder per encoder version).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from core_model.geometry import ResizePad
+from core_model.preprocess import content_key, to_model_input
+from training.data import SegSample, SkipLog, check_sample
+
+log = logging.getLogger("training.cache")
+
+WHOLE_PHRASES = ("lungs", "lung", "both lungs", "lung fields")
+SIDE_PHRASES = {  # patient's left is on the image right on a PA / AP film and on a radiological CT slice
+    "left": ("left lung", "the left lung", "left lung field"),
+    "right": ("right lung", "the right lung", "right lung field"),
+}
+
+
+class EmbeddingCache:
+    """float16 embeddings per image content hash, on disk (atomic writes; damaged files are recomputed)."""
+
+    def __init__(self, root: str | Path, tag: str = "") -> None:
+        self.root = Path(root) / tag if tag else Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.computed = 0
+        self.encode_seconds = 0.0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def load(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True).to(torch.float16)
+        except Exception:
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, key: str, embedding: torch.Tensor) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(embedding)}")
+        torch.save(embedding.detach().to("cpu", torch.float16).reshape(1, *embedding.shape[-3:]).clone(), tmp)
+        tmp.replace(path)
+
+    @torch.inference_mode()
+    def embeddings(self, model, images: list[np.ndarray], device: str | torch.device = "cpu",
+                   batch_size: int = 4) -> list[torch.Tensor]:
+        """(256, 64, 64) float16 CPU embeddings of (H, W) images: from the cache, or encoded (and cached)."""
+        keys = [content_key(image) for image in images]
+        out: list[torch.Tensor | None] = [self.load(k) for k in keys]
+        todo = [i for i, e in enumerate(out) if e is None]
+        self.hits += len(images) - len(todo)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            batch = torch.cat([to_model_input(images[i])[0] for i in chunk]).to(device)
+            t0 = time.perf_counter()
+            embedding = model.encode_image(batch).float().cpu()
+            self.encode_seconds += time.perf_counter() - t0
+            for j, i in enumerate(chunk):
+                self.save(keys[i], embedding[j])
+                out[i] = embedding[j].to(torch.float16)
+            self.computed += len(chunk)
+        return [e.reshape(e.shape[-3:]) for e in out]  # type: ignore[union-attr]
+
+
+@dataclass
+class TargetObject:
+    """One object to segment on the model grid: a connected component (one lung) or the whole mask."""
+
+    mask: torch.Tensor  # (256, 256) bool
+    box: tuple[float, float, float, float]  # model-grid pixel-index box (x0, y0, x1, y1)
+    phrases: tuple[str, ...]
+    kind: str  # "component" | "whole"
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for decoder-only training: its cached embedding and its targets on the 256 model grid."""
+
+    key: str
+    source: str
+    group: str
+    flipped: bool
+    embedding: torch.Tensor  # (256, 64, 64) float16
+    geometry: ResizePad
+    objects: list[TargetObject]
+    clicks: list[tuple[float, float, int]] = field(default_factory=list)  # recorded clicks, model grid (x, y, label)
+    image: torch.Tensor | None = None  # (3, 256, 256) float16 model input, kept only for encoder (LoRA) training
+
+    @property
+    def valid(self) -> tuple[int, int]:
+        return self.geometry.resized_shape
+
+
+def _box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def model_grid_mask(mask: np.ndarray, geometry: ResizePad) -> torch.Tensor:
+    """Original-grid bool mask → (256, 256) bool on the model grid (area-averaged, > 0.5)."""
+    return geometry.mask_to_model(torch.from_numpy(np.ascontiguousarray(mask))[None, None])[0, 0] > 0.5
+
+
+def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: float = 0.002,
+                 whole: bool = True) -> list[TargetObject]:
+    """Connected components of an original-grid mask (each ≥ ``min_object_fraction`` of the image) as model-grid
+    targets with side phrases (centroid on the image right = patient's left), plus the whole mask ("lungs")."""
+    labels, count = ndimage.label(mask)
+    height, width = mask.shape
+    min_pixels = max(1, int(min_object_fraction * height * width))
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1)) if count else []
+    objects = []
+    for index, size in enumerate(sizes, start=1):
+        if size < min_pixels:
+            continue
+        component = labels == index
+        grid = model_grid_mask(component, geometry)
+        if int(grid.sum()) < 4:
+            continue
+        cx = float(np.nonzero(component)[1].mean()) + 0.5
+        side = "left" if cx > width / 2 else "right"
+        objects.append(TargetObject(grid, _box(grid.numpy()), SIDE_PHRASES[side], "component"))
+    if whole:
+        grid = model_grid_mask(mask, geometry)
+        if int(grid.sum()) >= 4:
+            objects.append(TargetObject(grid, _box(grid.numpy()), WHOLE_PHRASES, "whole"))
+    return objects
+
+
+def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips: SkipLog, flip: bool = True,
+                   device: str | torch.device = "cpu", keep_images: bool = False,
+                   min_object_fraction: float = 0.002, progress: bool = False) -> list[PreparedImage]:
+    """Load, check, embed (cached) and convert every sample (and its h-flip) to :class:`PreparedImage`."""
+    prepared: list[PreparedImage] = []
+    iterator = samples
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(samples, desc="embeddings", unit="img", dynamic_ncols=True)
+    for sample in iterator:
+        loaded = check_sample(sample, skips)
+        if loaded is None:
+            continue
+        pixels, mask = loaded
+        variants = [(pixels, mask, False)]
+        if flip:
+            variants.append((np.ascontiguousarray(pixels[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]), True))
+        embeddings = cache.embeddings(model, [v[0] for v in variants], device=device)
+        for (image, target, flipped), embedding in zip(variants, embeddings):
+            geometry = ResizePad(*image.shape)
+            objects = mask_objects(target, geometry, min_object_fraction)
+            if not objects:
+                skips.skip("mask has no object large enough", sample.key)
+                break
+            clicks = []
+            for c in sample.clicks:
+                x = float(c["x"]) if not flipped else image.shape[1] - 1 - float(c["x"])
+                xy = geometry.to_model(np.array([x + 0.5, float(c["y"]) + 0.5])) - 0.5
+                clicks.append((float(xy[0]), float(xy[1]), 1 if c.get("positive", True) else 0))
+            prepared.append(PreparedImage(
+                key=sample.key + ("#flip" if flipped else ""), source=sample.source, group=sample.group,
+                flipped=flipped, embedding=embedding, geometry=geometry, objects=objects, clicks=clicks,
+                image=to_model_input(image)[0][0].to(torch.float16) if keep_images else None))
+    return prepared

@@ -1,0 +1,82 @@
+"""PNG curves for a run (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _smooth(values: list[float], window: int = 10) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.size < window:
+        return array
+    kernel = np.ones(window) / window
+    return np.convolve(array, kernel, mode="valid")
+
+
+def training_curves(history: list[dict], val_history: list[dict], cls: dict | None, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 + (1 if cls else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    ax = axes[0]
+    if history:
+        steps = [h["step"] for h in history]
+        for key, label in (("loss", "total loss"), ("dice", "Dice (first pass)"), ("hitl_dice", "Dice (HITL rounds)")):
+            values = [h.get(key, np.nan) for h in history]
+            smooth = _smooth(values)
+            ax.plot(steps[len(steps) - len(smooth):], smooth, label=label)
+    ax.set_xlabel("step")
+    ax.set_title("training loss (moving average)")
+    ax.legend()
+    ax = axes[1]
+    if val_history:
+        keys = sorted({k for v in val_history for k in v if k.startswith("miou@")}, key=lambda k: int(k[5:]))
+        for key in keys + ["box_iou", "text_iou"]:
+            values = [v.get(key) for v in val_history]
+            if any(x is not None for x in values):
+                ax.plot([v["step"] for v in val_history], [np.nan if x is None else x for x in values], marker="o",
+                        label=key)
+        ax.legend(fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title("held-out IoU (model grid)")
+    if cls:
+        ax = axes[2]
+        for name, head in cls.get("heads", {}).items():
+            ax.plot(head.get("loss_curve", []), label=name)
+        ax.set_title("classifier loss")
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def clicks_curve(results: dict[str, dict], path: str | Path, title: str = "IoU vs clicks (held-out CXR lungs)") -> Path:
+    """``results``: label → eval-clicks JSON; plots mean IoU per click on both grids."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, res in results.items():
+        for grid, style in (("original", "-"), ("model", "--")):
+            curve = res.get("curves", {}).get(grid)
+            if curve:
+                ax.plot(range(1, len(curve) + 1), curve, style, marker="o", markersize=3, label=f"{label} ({grid} grid)")
+    ax.axhline(0.9, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("number of clicks")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
