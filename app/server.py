@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-demo", action="store_true", help="do not import the demo dataset on first run")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="no interaction for this long counts as idle")
     parser.add_argument("--torch-threads", type=int, default=None,
-                        help="intra-op threads for the model (default: half the CPU cores, at least 1)")
+                        help="intra-op threads for the model (default: all CPU cores; use 1 on a CPU shared "
+                             "with other heavy jobs)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help="upload size limit per file")
     return parser.parse_args(argv)
 
@@ -56,12 +57,12 @@ def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, dem
               torch_threads: int | None = None) -> Built:
     """The FastAPI app with everything mounted (also used by the tests and the bench).
 
-    ``torch_threads``: intra-op threads for the model (default: half the CPU cores, at least 1). On a small shared CPU,
-    one thread per forward pass beats oversubscribing the cores (measured: decoder 120 ms with 1 thread vs 300–1700 ms
-    with 2 threads on 2 busy cores); it also lets the background thread's nice level take effect.
+    ``torch_threads``: intra-op threads for the model (default: all CPU cores). Measured on an idle 2-core machine
+    (bench/RESULTS.md): click handler p50 84 ms with 2 threads vs 117 ms with 1. On a CPU shared with other heavy jobs,
+    one thread beats oversubscribing the cores (decoder 120 ms with 1 thread vs 300–1700 ms with 2 on 2 busy cores).
     """
     import torch
-    torch.set_num_threads(torch_threads or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(torch_threads or os.cpu_count() or 1)
     import gradio as gr
     from fastapi import FastAPI
 

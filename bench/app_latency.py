@@ -47,13 +47,15 @@ def stats(values: list[float]) -> dict[str, float]:
             "mean_ms": round(float(array.mean()), 2), "max_ms": round(float(array.max()), 2), "n": int(array.size)}
 
 
-def start_server(port: int | None, timeout: float = 600.0) -> tuple[subprocess.Popen, str, str, str]:
+def start_server(port: int | None, app_args: list[str], timeout: float = 600.0
+                 ) -> tuple[subprocess.Popen, str, str, str]:
     """`python launch.py` on a fresh data folder; returns (process, url, admin name, admin password)."""
     data = Path(tempfile.mkdtemp(prefix="biascare-bench-"))
     port = port or _free_port()
     log_path = data / "server.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--data", str(data), "--port", str(port)],
+        process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--data", str(data), "--port", str(port),
+                                    *app_args],
                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while "running at" not in log_path.read_text():
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clicks", type=int, default=30)
     parser.add_argument("--reset-every", type=int, default=10)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--app-args", default="", help="extra arguments for the started app, e.g. '--torch-threads 2'")
     args = parser.parse_args(argv)
     process = None
     try:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--url needs --user and --password")
             url, user, password = args.url.rstrip("/"), args.user, args.password
         else:
-            process, url, user, password = start_server(args.port)
+            process, url, user, password = start_server(args.port, args.app_args.split())
         result = {"bench": "app_latency", "machine": machine(),
                   **run(url, user, password, args.clicks, args.reset_every, args.case)}
         result["machine"]["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]

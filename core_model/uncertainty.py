@@ -10,8 +10,10 @@ Segmentation
     * ``iou_gap = 1 − predicted IoU`` from SAM's IoU head.
     * ``tta``: disagreement under cheap decoder-side perturbations (prompt jitter, previous-mask dropout): 1 − mean IoU
       of the perturbed masks with the unperturbed one. No re-encoding, one batched decoder pass.
-    * ``ranking`` — the documented combined score for the worklist (higher = review first):
-      the mean of ``iou_gap``, ``tta`` and, when the language pathway is trained, ``u_sl / 2`` (each in [0, 1]).
+    * ``ranking`` — the documented combined score for the worklist (higher = review first): the mean of ``iou_gap``
+      and ``tta`` (each in [0, 1]). ``u_sl / 2`` joins the mean only with ``RANK_WITH_SEMANTIC = True``: on the shipped
+      checkpoint's held-out CXRs u_sl carried no signal (Spearman with 1 − IoU 0.07, assets/model/MODEL_CARD.md) while
+      ``iou_gap`` flagged IoU < 0.9 with AUROC 0.88, so it is shown to the reader but does not reorder the worklist.
 
 Classification: per-class normalised binary entropy H(p)/ln 2 ∈ [0, 1], and per case the mean entropy and the
 smallest margin ``|p − threshold|`` (a small margin = a class that could flip).
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 EPS = 1e-6
 BETA = 0.5
+RANK_WITH_SEMANTIC = False
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,9 @@ def mask_disagreement(reference: torch.Tensor, perturbed: torch.Tensor) -> float
 
 
 def ranking_score(iou_gap: float, tta: float, u_sl: float | None) -> float:
-    """The worklist score: mean of the available components, each in [0, 1]."""
+    """The worklist score: mean of the components in [0, 1] (u_sl/2 only with ``RANK_WITH_SEMANTIC``)."""
     parts = [min(max(iou_gap, 0.0), 1.0), min(max(tta, 0.0), 1.0)]
-    if u_sl is not None:
+    if u_sl is not None and RANK_WITH_SEMANTIC:
         parts.append(min(max(u_sl / 2.0, 0.0), 1.0))
     return sum(parts) / len(parts)
 
