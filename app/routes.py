@@ -158,33 +158,26 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         except AppError as error:
             return _error(error)
 
-    @router.post("/api/v1/click")
-    async def click(request: Request) -> Response:
+    async def _layer_route(request: Request, action) -> Response:
+        """Parse the session and JSON body, then run ``action(session, body)`` (a layer-returning service call)."""
         try:
-            session = current(request)
-            body = await _json(request)
+            session, body = current(request), await _json(request)
         except AppError as error:
             return _error(error)
-        return await _run_layer(lambda: service.click(session, body.get("nonce"), body.get("x"), body.get("y"),
-                                                bool(body.get("positive", True))))
+        return await _run_layer(lambda: action(session, body))
+
+    @router.post("/api/v1/click")
+    async def click(request: Request) -> Response:
+        return await _layer_route(request, lambda session, body: service.click(
+            session, body.get("nonce"), body.get("x"), body.get("y"), bool(body.get("positive", True))))
 
     @router.post("/api/v1/undo")
     async def undo(request: Request) -> Response:
-        try:
-            session = current(request)
-            body = await _json(request)
-        except AppError as error:
-            return _error(error)
-        return await _run_layer(lambda: service.undo(session, body.get("nonce")))
+        return await _layer_route(request, lambda session, body: service.undo(session, body.get("nonce")))
 
     @router.post("/api/v1/reset")
     async def reset(request: Request) -> Response:
-        try:
-            session = current(request)
-            body = await _json(request)
-        except AppError as error:
-            return _error(error)
-        return await _run_layer(lambda: service.reset(session, body.get("nonce")))
+        return await _layer_route(request, lambda session, body: service.reset(session, body.get("nonce")))
 
     @router.post("/api/v1/accept")
     async def accept(request: Request) -> Response:
@@ -197,9 +190,10 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     @router.post("/api/v1/event")
     async def event(request: Request) -> Response:
         try:
-            body = await _json(request)
+            session, body = current(request), await _json(request)
             payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
-            service.client_event(current(request), body.get("nonce"), str(body.get("kind", "")), payload)
+            await run_in_threadpool(service.client_event, session, body.get("nonce"), str(body.get("kind", "")),
+                                    payload)  # waits for the event's commit: off the event loop
         except AppError as error:
             return _error(error)
         return JSONResponse({"ok": True})
