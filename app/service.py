@@ -42,6 +42,7 @@ from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26
 from core_model.predictor import Click, Prediction
+from core_model.triage import Triage
 
 log = logging.getLogger("biascare.app")
 
@@ -648,26 +649,26 @@ class BackgroundWorker:
         self._predictor.embed(image.pixels)
 
     def _triage_missing(self) -> None:
+        from core_model.triage import Triage
+
         service = self.service
         cases = service.store.cases()
         todo = [c for c in cases if service.store.prediction(c.id, service.model_version) is None]
+        triage = Triage(service.model, service.device)
         for ref in todo:
             if self._stop:
                 return
             try:
-                self._triage_one(ref)
+                self._triage_one(ref, triage)
             except Exception as error:
                 log.warning("triage of case %s failed: %s", ref.pseudo_id, error)
 
-    def _triage_one(self, ref: CaseRef) -> None:
+    def _triage_one(self, ref: CaseRef, triage: Triage) -> None:
         import torch
-
-        from core_model.triage import Triage
 
         service = self.service
         image = service.case_image(ref.id)
         key = self._predictor.embed(image.pixels)
-        triage = Triage(service.model, service.device)
         embedding, geometry = self._predictor.embedding(key)
         result = triage.run_embeddings(embedding)[0]
         with torch.inference_mode():

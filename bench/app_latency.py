@@ -34,17 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import stats_ms
+
 REPO = Path(__file__).resolve().parents[1]
 POINTS = [(0.30, 0.45), (0.70, 0.45), (0.50, 0.85), (0.30, 0.60), (0.72, 0.62), (0.35, 0.30), (0.66, 0.32)]
 TARGET_P95_MS = 150.0
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=float)
-    if array.size == 0:
-        return {"n": 0}
-    return {"p50_ms": round(float(np.percentile(array, 50)), 2), "p95_ms": round(float(np.percentile(array, 95)), 2),
-            "mean_ms": round(float(array.mean()), 2), "max_ms": round(float(array.max()), 2), "n": int(array.size)}
 
 
 def start_server(port: int | None, app_args: list[str], timeout: float = 600.0
@@ -147,10 +141,10 @@ def run(url: str, user: str, password: str, clicks: int, reset_every: int, case:
     result: dict[str, Any] = {
         "url": url, "case": case, "original": [view["width"], view["height"]], "display": [w, h],
         "open_case_s": round(open_s, 3), "clicks_per_path": clicks, "reset_every": reset_every,
-        "lean_route": {k: stats(v) for k, v in lean.items() if k != "bytes"},
+        "lean_route": {k: stats_ms(v) for k, v in lean.items() if k != "bytes"},
         "lean_layer_bytes": {"p50": int(np.percentile(lean["bytes"], 50)), "max": int(max(lean["bytes"]))},
-        "gradio_event": {k: stats(v) for k, v in gradio.items()},
-        "gradio_noop_round_trip": stats(noop),
+        "gradio_event": {k: stats_ms(v) for k, v in gradio.items()},
+        "gradio_noop_round_trip": stats_ms(noop),
         "target_p95_ms": TARGET_P95_MS,
     }
     result["lean_route_meets_target"] = result["lean_route"]["round_trip"]["p95_ms"] <= TARGET_P95_MS

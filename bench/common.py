@@ -53,10 +53,17 @@ def cxr_images(limit: int, min_side: int = 0) -> list[tuple[str, np.ndarray]]:
     return images[:limit]
 
 
+def stats_ms(values_ms: list[float]) -> dict[str, float]:
+    """p50/p95/mean/max of millisecond values ({"n": 0} when empty)."""
+    array = np.asarray(values_ms, dtype=float)
+    if array.size == 0:
+        return {"n": 0}
+    return {"p50_ms": round(float(np.percentile(array, 50)), 2), "p95_ms": round(float(np.percentile(array, 95)), 2),
+            "mean_ms": round(float(array.mean()), 2), "max_ms": round(float(array.max()), 2), "n": int(array.size)}
+
+
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
-    values = np.asarray(seconds) * 1000.0
-    return {"p50_ms": round(float(np.percentile(values, 50)), 2), "p95_ms": round(float(np.percentile(values, 95)), 2),
-            "mean_ms": round(float(values.mean()), 2), "n": int(values.size)}
+    return stats_ms([s * 1000.0 for s in seconds])
 
 
 def time_calls(function: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
