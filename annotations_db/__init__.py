@@ -7,8 +7,9 @@ Modules (each documents its own API):
   sequential designs with washout), ``assignments_for``, ``log_event`` (committed before it returns),
   ``save_annotation``, ``time_per_case`` (submit − shown − idle, derived from events); ``AccessDenied`` on other
   readers' work.
-- :mod:`annotations_db.importers` — PNG/JPG folders (with masks), DICOM directories, NIfTI volumes (with masks), the
-  CXR-LT 2024 ``train_labeled.csv`` layout with optional demographics; idempotent by sha256.
+- :mod:`annotations_db.importers` — PNG/JPG folders (with masks), DICOM directories (a CT/MR series of single-frame
+  files is one volume case), NIfTI volumes (with masks), the CXR-LT 2024 ``train_labeled.csv`` layout with optional
+  demographics; idempotent by sha256.
 - :mod:`annotations_db.export` — ``results_frame`` / ``export_results`` (long format, CSV + Parquet),
   ``export_imrmc``, ``export_masks`` (PNG, NIfTI, DICOM-SEG, COCO RLE), ``export_training`` (training manifest +
   MONAI datalist); de-identified, pseudonymous case ids.

@@ -19,7 +19,7 @@ else the 0/1 answer), the layout of shared/data/mrmc_vandyke/vandyke_ratings.imr
 Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with a mask per case:
     masks/<case>.png         2-D cases: uint8 0/255, the source image's height × width
     masks/<case>.nii.gz      volumes: uint8 0/1 in the source voxel order with the source affine
-    masks/<case>.seg.dcm     DICOM sources: DICOM-SEG (highdicom, binary) referencing the source SOP instance
+    masks/<case>.seg.dcm     2-D DICOM sources: DICOM-SEG (highdicom, binary) referencing the source SOP instance
     coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
@@ -273,7 +273,7 @@ def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
     if mask.ndim == 3:
         return mask
     from core_model.io import load_volume
-    volume = load_volume(case.source_uri)
+    volume = load_volume(case.source_uri, series_uid=case.series_uid)  # series_uid: a DICOM series folder's series
     return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index or 0)).astype(np.uint8)
 
 
@@ -286,6 +286,15 @@ def write_png_mask(mask: np.ndarray, path: Path) -> Path:
 def write_nifti_mask(mask: np.ndarray, affine: Sequence[Sequence[float]], path: Path) -> Path:
     import nibabel as nib
     image = nib.Nifti1Image((mask > 0).astype(np.uint8), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+    return path
+
+
+def write_nifti_image(data: np.ndarray, affine: Sequence[Sequence[float]], path: Path) -> Path:
+    """A float32 NIfTI image (e.g. HU) in the given voxel order with ``affine`` (voxel -> RAS+ mm)."""
+    import nibabel as nib
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
     nib.save(image, str(path))
     return path
@@ -389,17 +398,30 @@ def write_coco(items: Sequence[tuple[Case, Annotation]], path: Path) -> Path:
 
 
 # -- images, datalist, training manifest -----------------------------------------------------------------------------
+def is_series_case(case: Case) -> bool:
+    """A volume imported from a folder of single-frame DICOM slices (``source_uri`` = the folder)."""
+    return case.format == "dicom" and case.depth is not None and Path(case.source_uri).is_dir()
+
+
 def _image_suffix(case: Case) -> str:
     source = case.source_uri.lower()
-    if source.endswith(".nii.gz"):
+    if source.endswith(".nii.gz") or is_series_case(case):
         return ".nii.gz"
     return {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii"}.get(case.format, Path(source).suffix)
 
 
 def copy_image(case: Case, images_dir: Path) -> Path:
-    """A de-identified copy of the source image named by the pseudonymous id (DICOM headers cleaned)."""
+    """A de-identified copy of the source image named by the pseudonymous id (DICOM headers cleaned).
+
+    A DICOM series case becomes one NIfTI (float32 modality values in the case's voxel order, with its affine), the
+    geometry its NIfTI masks have; no DICOM header, hence no identifier, is copied.
+    """
     target = images_dir / f"{case.pseudo_id}{_image_suffix(case)}"
-    if case.format == "dicom":
+    if is_series_case(case):
+        from core_model.io import load_volume
+        volume = load_volume(case.source_uri, series_uid=case.series_uid)
+        write_nifti_image(volume.data, volume.affine, target)
+    elif case.format == "dicom":
         import pydicom
         deidentify(pydicom.dcmread(case.source_uri), case.pseudo_id).save_as(str(target), enforce_file_format=True)
     else:

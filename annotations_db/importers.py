@@ -3,20 +3,24 @@
     import_images(store, "cxr_lungs/images", "lungs", masks_dir="cxr_lungs/masks", mask_pattern="{stem}_lung.png",
                   demographics_csv="cxr_lungs/metadata.csv")
     import_dicom(store, "/pacs/export", "site-a")            # recursive; CR/DX/... one case per instance,
-                                                              # CT/MR series one case per multi-frame file
+                                                              # CT/MR series one volume case (single-frame
+                                                              # slices or one multi-frame file)
     import_nifti(store, "ct_nifti", "ct")                     # *_mask* / *_seg* files become the image's masks
     import_cxr_lt(store, "train_labeled.csv", "cxr-lt", image_root="/data/mimic", demographics_csv="demo.csv")
     import_path(store, path, dataset, kind="auto")            # picks one of the above
 
-Every importer is idempotent by sha256 (a file already in the database is skipped), writes each case with its labels,
-masks and identifiers in one transaction (no half-written case), and reports per-file errors (typed
-:class:`~annotations_db.errors.ImportFileError` naming the file and cause) and skips them. ``strict=True`` checks every
-file first and writes nothing if any fails (:class:`~annotations_db.errors.ImportFailed`). Structural CSV errors
-(missing or unknown columns, duplicate rows, bad label values) always abort before anything is written.
+Every importer is idempotent by sha256 (a file already in the database is skipped; a DICOM series by the hash of its
+files' sha256s), writes each case with its labels, masks and identifiers in one transaction (no half-written case),
+and reports per-file errors (typed :class:`~annotations_db.errors.ImportFileError` naming the file and cause) and
+skips them. ``strict=True`` checks every file first and writes nothing if any fails
+(:class:`~annotations_db.errors.ImportFailed`). Structural CSV errors (missing or unknown columns, duplicate rows, bad
+label values) always abort before anything is written.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -361,40 +365,134 @@ def _dicom_files(root: Path) -> list[Path]:
     return found
 
 
-def _series_key(path: Path) -> tuple[str, int]:
-    """(SeriesInstanceUID, InstanceNumber) from the header only; ("", 0) when unreadable (reported later)."""
+VOLUME_MODALITIES = ("CT", "MR", "PT", "NM")
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .7.1 - .7.4
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What grouping needs from one file's header (read without pixels); empty values when unreadable."""
+    series_uid: str = ""
+    instance: int = 0
+    modality: str = ""
+    frames: int = 1
+    sop_class_uid: str = ""
+
+    @property
+    def is_series_slice(self) -> bool:
+        """A single-frame CT/MR/PT/NM slice (not secondary capture): part of a volume with its series."""
+        return (bool(self.series_uid) and self.frames == 1 and self.modality.upper() in VOLUME_MODALITIES
+                and not self.sop_class_uid.startswith(SECONDARY_CAPTURE))
+
+
+@dataclass(frozen=True)
+class DicomSeriesJob:
+    """The single-frame slices of one series (``files`` sorted by path), imported as one volume case."""
+    series_uid: str
+    files: tuple[Path, ...]
+
+    @property
+    def folder(self) -> Path:
+        """The deepest folder holding every file: the case's ``source_uri`` (re-opened with its series UID)."""
+        return Path(os.path.commonpath([str(p.parent) for p in self.files]))
+
+
+def _dicom_header(path: Path) -> DicomHeader:
+    """The grouping fields of ``path``; an empty DicomHeader when unreadable (the reader reports why later)."""
     import pydicom
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        number = ds.get("InstanceNumber", None)
-        return str(ds.get("SeriesInstanceUID", "") or ""), int(number) if number not in (None, "") else 0
+        number, frames = ds.get("InstanceNumber", None), ds.get("NumberOfFrames", None)
+        return DicomHeader(str(ds.get("SeriesInstanceUID", "") or ""), int(number) if number not in (None, "") else 0,
+                           str(ds.get("Modality", "") or ""), int(frames) if frames not in (None, "") else 1,
+                           str(ds.get("SOPClassUID", "") or ""))
     except Exception:
-        return "", 0
+        return DicomHeader()
+
+
+def dicom_jobs(files: Sequence[Path]) -> list[Path | DicomSeriesJob]:
+    """Single-frame CT/MR/PT/NM slices grouped by SeriesInstanceUID into DicomSeriesJobs (two slices or more); every
+    other file (CR, DX, secondary capture, multi-frame, a series of one slice) stays a job of its own. Ordered by
+    (series UID, instance number, path)."""
+    headers = {path: _dicom_header(path) for path in files}
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        if headers[path].is_series_slice:
+            groups.setdefault(headers[path].series_uid, []).append(path)
+    series = {uid: DicomSeriesJob(uid, tuple(sorted(paths))) for uid, paths in groups.items() if len(paths) > 1}
+    grouped = {path for job in series.values() for path in job.files}
+    jobs: list[tuple[tuple[str, int, str], Path | DicomSeriesJob]] = [
+        ((uid, 0, str(job.folder)), job) for uid, job in series.items()]
+    jobs += [((headers[p].series_uid, headers[p].instance, str(p)), p) for p in files if p not in grouped]
+    return [job for _, job in sorted(jobs, key=lambda item: item[0])]
+
+
+def series_content_key(file_digests: Iterable[str]) -> str:
+    """The sha256 of a series case: SHA-256 of its files' sha256 hex digests, sorted, one per line.
+
+    Independent of file names, order and folder; any changed, added or removed slice gives a new key.
+    """
+    return hashlib.sha256("".join(f"{d}\n" for d in sorted(file_digests)).encode()).hexdigest()
+
+
+def read_series_record(job: DicomSeriesJob, known: set[str] | None = None) -> CaseRecord:
+    """One volume case from a single-frame series via core_model.io.load_dicom_series (slices sorted by position).
+
+    AlreadyPresent (before any decoding) when its :func:`series_content_key` is in ``known``. ``path`` is the
+    series folder; ``series_uid`` picks the series there again (``load_volume(folder, series_uid=...)``).
+    """
+    from core_model.errors import ImageReadError
+    from core_model.io import load_dicom_series
+    digest = series_content_key(hash_new_file(path, None) for path in job.files)
+    if known is not None and digest in known:
+        raise AlreadyPresent(job.folder)
+    try:
+        volume = load_dicom_series(job.files)
+    except ImageReadError as error:
+        raise UnreadableFile(error.path, error.cause) from error
+    meta = volume.metadata
+    width, height, depth = volume.shape
+    return CaseRecord(
+        path=job.folder, sha256=digest, format="dicom", width=width, height=height, depth=depth,
+        modality=meta.modality, spacing=list(volume.voxel_size), affine=volume.affine.tolist(), frame_count=depth,
+        sex=_sex(meta.patient_sex), age=meta.patient_age, study_uid=meta.study_uid,
+        series_uid=meta.series_uid or job.series_uid, sop_class_uid=meta.sop_class_uid,
+        patient_id=meta.patient_id, patient_name=meta.patient_name, birth_date=meta.birth_date)
 
 
 def import_dicom(store: Store, root: Path | str, dataset: str, *, demographics_csv: Path | str | None = None,
                  strict: bool = False, progress: bool = True) -> ImportReport:
-    """A DICOM directory, recursively; files are grouped by SeriesInstanceUID and read in instance order.
+    """A DICOM directory, recursively; files are grouped by SeriesInstanceUID (:func:`dicom_jobs`).
 
-    Each single-frame instance (CR, DX, secondary capture...) is one case; a multi-frame CT/MR instance is one volume
-    case. Demographics come from the tags (PatientSex, PatientAge) unless a demographics CSV overrides them; the
-    direct identifiers (PatientName, PatientID, PatientBirthDate) go to the re-identification table only.
+    Single-frame CT/MR/PT/NM files of one series (two or more) become ONE volume case: ``source_uri`` = the folder
+    holding them, ``series_uid`` = the series, ``sha256`` = :func:`series_content_key`, voxels (Columns, Rows,
+    slices) sorted along the slice normal with the RAS+ affine and spacing from the positions; ``source_key`` = the
+    folder relative to ``root``. Each other single-frame instance (CR, DX, secondary capture, a one-slice series...)
+    is one 2-D case; a multi-frame CT/MR/PT/NM instance is one volume case. Demographics come from the tags
+    (PatientSex, PatientAge) unless a demographics CSV overrides them (keyed by SOPInstanceUID or SeriesInstanceUID,
+    relative path, name); the direct identifiers (PatientName, PatientID, PatientBirthDate) go to the
+    re-identification table only.
     """
     root = Path(root)
     if not root.is_dir():
         raise UnreadableFile(root, "import root is not a directory")
     table = load_demographics(demographics_csv) if demographics_csv else None
-    files = sorted(_dicom_files(root), key=lambda p: (*_series_key(p), str(p)))
+    jobs = dicom_jobs(_dicom_files(root))
 
-    def read(path: Path, known: set[str]) -> CaseRecord:
-        record = read_image_record(path, known)
-        if record.frame_count > 1 and (record.modality or "").upper() in ("CT", "MR", "PT", "NM"):
-            _as_volume(record, path)
-        record.source_key = str(path.relative_to(root))
+    def read(job: Path | DicomSeriesJob, known: set[str]) -> CaseRecord:
+        if isinstance(job, DicomSeriesJob):
+            record = read_series_record(job, known)
+            record.source_key = str(job.folder.relative_to(root))
+            _apply_demographics(record, table, record.series_uid, record.source_key)
+            return record
+        record = read_image_record(job, known)
+        if record.frame_count > 1 and (record.modality or "").upper() in VOLUME_MODALITIES:
+            _as_volume(record, job)
+        record.source_key = str(job.relative_to(root))
         _apply_demographics(record, table, record.sop_instance_uid, record.source_key)
         return record
 
-    return _run(store, dataset, "dicom", root, files, read, strict=strict, progress=progress)
+    return _run(store, dataset, "dicom", root, jobs, read, strict=strict, progress=progress)
 
 
 def _as_volume(record: CaseRecord, path: Path) -> None:

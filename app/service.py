@@ -270,8 +270,8 @@ class AppService:
                 return self._images[case_id]
         from core_model.io import load_image
 
-        path = self._case_path(case_id)
-        pixels = load_image(path).pixels
+        path, series_uid = self._case_source(case_id)
+        pixels = load_image(path, series_uid=series_uid).pixels  # a DICOM series folder: its middle axial slice
         geometry = DisplayGeometry.for_shape(*pixels.shape[:2])
         image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)))
         with self._images_lock:
@@ -280,14 +280,15 @@ class AppService:
                 self._images.popitem(last=False)
         return image
 
-    def _case_path(self, case_id: int) -> Path:
+    def _case_source(self, case_id: int) -> tuple[Path, str | None]:
+        """(source path, SeriesInstanceUID): the series picks the volume when the source is a DICOM series folder."""
         from annotations_db.models import Case
 
         with self.store.read_session() as session:
             row = session.get(Case, case_id)
             if row is None:
                 raise Missing(f"no case {case_id}")
-            return Path(row.source_uri)
+            return Path(row.source_uri), row.series_uid
 
     # ------------------------------------------------------------------ worklist
     def worklist(self, session: Session, *, status: str = "open", class_name: str | None = None,

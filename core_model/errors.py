@@ -6,6 +6,7 @@ exception, when there is one, is chained as ``__cause__``. ``str(error) == f"{pa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 
 class ImageReadError(Exception):
@@ -48,6 +49,18 @@ class MaskShapeError(ImageReadError):
     """A mask whose shape differs from the shape it must match."""
 
 
+class SeriesSelectionError(ImageReadError):
+    """Several DICOM series where one is needed (a folder without ``series_uid``, or files of different series), or
+    no series with the requested SeriesInstanceUID. ``series_uids`` lists the series found (sorted)."""
+
+    def __init__(self, path: str | os.PathLike[str], cause: str, series_uids: Sequence[str] = ()) -> None:
+        self.series_uids = tuple(series_uids)
+        super().__init__(path, cause)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.cause, self.series_uids))
+
+
 __all__ = [
     "ImageReadError",
     "EmptyFileError",
@@ -57,4 +70,5 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidPixelValuesError",
     "MaskShapeError",
+    "SeriesSelectionError",
 ]

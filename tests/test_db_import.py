@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ from annotations_db.importers import import_cxr_lt, import_dicom, import_images,
 from annotations_db.models import Case, CaseIdentity, CaseLabel, CaseMask
 from annotations_db.store import Store
 from tests.db_helpers import REPO_ROOT
+from tests.series_helpers import write_ct_series
 
 
 @pytest.fixture()
@@ -105,8 +107,78 @@ def test_dicom_directory_reads_demographics_from_tags_and_keeps_identifiers_apar
         assert all(c.sop_instance_uid and c.series_uid for c in cases.values())
 
 
+def test_ct_series_of_single_frame_files_is_one_volume_case(store: Store, shared_data: Path, tmp_path: Path) -> None:
+    from annotations_db.export import copy_image
+    from core_model.io import load_image, load_volume
+    root = tmp_path / "pacs"
+    shutil.copytree(shared_data / "cxr_dicom", root / "cxr")
+    series = write_ct_series(shared_data / "ct_nifti" / "example_ct.nii.gz", root / "patient" / "ct")
+    report = import_dicom(store, root, "dicom", progress=False)
+    assert not report.errors and len(report.imported) == 7  # the 6 radiographs, one case each, + ONE CT volume
+    with store.read_session() as session:
+        volumes = list(session.scalars(select(Case).where(Case.depth.is_not(None))))
+        assert len(volumes) == 1
+        case = volumes[0]
+        assert (case.width, case.height, case.depth) == series.voxels.shape == (122, 101, 112)
+        assert (case.format, case.modality, case.series_uid, case.sop_instance_uid) == \
+            ("dicom", "CT", series.series_uid, None)
+        np.testing.assert_allclose(case.affine, series.affine, atol=1e-3)
+        np.testing.assert_allclose(case.spacing, (3.0, 3.0, 3.0), atol=1e-3)
+        assert (case.source_uri, case.source_key, case.sex, case.age) == (str(series.folder), "patient/ct", "F", 63.0)
+        assert session.get(CaseIdentity, case.id).patient_id == "CT-SERIES-1"  # identifiers apart, as for files
+        source, series_uid, pseudo_id = case.source_uri, case.series_uid, case.pseudo_id
+        copied = copy_image(case, tmp_path)  # the de-identified export copy: one NIfTI with the case geometry
+    reopened = load_volume(source, series_uid=series_uid)  # how export and the app re-open a series case
+    np.testing.assert_array_equal(reopened.data, series.voxels)
+    assert load_image(source, series_uid=series_uid).shape == (101, 122)  # the app's middle axial slice
+    assert copied.name == f"{pseudo_id}.nii.gz"
+    np.testing.assert_array_equal(np.asarray(nib.load(copied).dataobj), series.voxels)
+    again = import_dicom(store, root, "dicom", progress=False)
+    assert again.imported == [] and not again.errors and series.folder in again.skipped  # idempotent
+    assert _count(store, Case) == 7
+
+
+def test_a_mask_on_a_series_case_exports_in_the_series_geometry(store: Store, shared_data: Path,
+                                                                tmp_path: Path) -> None:
+    from annotations_db.export import export_masks
+    from core_model.io import load_volume
+    series = write_ct_series(shared_data / "ct_nifti" / "example_ct.nii.gz", tmp_path / "pacs" / "ct")
+    assert len(import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported) == 1
+    case = store.case_info(store.cases("ct")[0])
+    volume = load_volume(case.source_uri, series_uid=series.series_uid)
+    mask = np.zeros(volume.slice(60).pixels.shape, np.uint8)  # a mask drawn on the displayed axial slice 60
+    mask[30:60, 40:70] = 1
+    reader = store.create_reader("ada", "pw", "admin")
+    store.save_annotation(case.id, reader, {"Pneumothorax": 1}, mask=mask, slice_index=60)
+    written = nib.load(export_masks(store, tmp_path / "out")["masks"][case.pseudo_id]["nifti"])
+    assert written.shape == series.voxels.shape and np.allclose(written.affine, series.affine, atol=1e-3)
+    assert np.array_equal(volume.volume_mask_to_slice(np.asarray(written.dataobj) > 0, 60), mask > 0)
+
+
+def test_two_series_in_one_folder_are_two_cases_and_a_broken_series_is_reported(store: Store, shared_data: Path,
+                                                                                tmp_path: Path) -> None:
+    from core_model.io import load_volume
+    nifti = shared_data / "ct_nifti" / "example_ct.nii.gz"
+    first = write_ct_series(nifti, tmp_path / "pacs" / "mixed", seed=1, prefix="A")
+    second = write_ct_series(nifti, tmp_path / "pacs" / "mixed", seed=2, prefix="B")
+    broken = write_ct_series(nifti, tmp_path / "pacs" / "broken", seed=3)
+    broken.files[60].unlink()
+    report = import_dicom(store, tmp_path / "pacs", "ct", progress=False)
+    assert len(report.imported) == 2 and len(report.errors) == 1
+    error = report.errors[0]
+    assert isinstance(error, UnreadableFile) and error.path == broken.files[61] and "missing slice" in error.cause
+    with store.read_session() as session:
+        cases = {c.series_uid: c for c in session.scalars(select(Case))}
+        assert set(cases) == {first.series_uid, second.series_uid}
+        assert {c.source_uri for c in cases.values()} == {str(first.folder)}  # one folder, told apart by series_uid
+        assert {c.depth for c in cases.values()} == {112}
+        assert len({c.sha256 for c in cases.values()}) == 2
+    picked = load_volume(first.folder, series_uid=second.series_uid)
+    assert picked.metadata.extra["files"] == [str(p) for p in second.files]
+    assert import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported == []
+
+
 def test_nifti_volume_with_masks_keeps_the_affine(store: Store, shared_data: Path) -> None:
-    import nibabel as nib
     report = import_nifti(store, shared_data / "ct_nifti", "ct", progress=False)
     assert not report.errors and len(report.imported) == 1
     source = nib.load(shared_data / "ct_nifti" / "example_ct.nii.gz")

@@ -110,3 +110,24 @@ def test_cxrlt_csv_blank_is_masked(shared_data):
     assert assessed.sum() == 15  # 14 NIH findings + "No Finding" → Normal; the other 25 columns are blank
     assert set(np.unique(values[:, ~assessed])) == {-1}
     assert values[:, classes.index("Pleural Effusion")].max() == 1
+
+
+def test_augmented_variant_moves_image_and_mask_together(shared_data):
+    from skimage.transform import resize
+
+    from training.augment import random_variant, variant_rng
+
+    sample = folder_samples(shared_data / "cxr_lungs")[0]
+    pixels, mask = check_sample(sample, SkipLog())
+    # the mask drawn as an image must come out where the augmented mask is (same geometric transform)
+    image_of_mask, warped = random_variant(mask.astype(np.float32), mask, variant_rng(sample.key, 0))
+    again, warped_again = random_variant(mask.astype(np.float32), mask, variant_rng(sample.key, 0))
+    assert np.array_equal(image_of_mask, again) and np.array_equal(warped, warped_again)  # deterministic
+    drawn = image_of_mask > 0.5
+    assert (drawn & warped).sum() / (drawn | warped).sum() > 0.99
+    scale = max(mask.shape) / max(warped.shape)  # transformed at ≤ 1024 px
+    assert 0.7 < warped.sum() * scale ** 2 / mask.sum() < 1.3
+    unmoved = resize(mask.astype(np.float32), warped.shape, order=1) > 0.5
+    assert (unmoved & warped).sum() / (unmoved | warped).sum() < 0.97  # it did move
+    other, _ = random_variant(pixels, mask, variant_rng(sample.key, 1))
+    assert other.dtype == np.float32 and 0.0 <= other.min() and other.max() <= 1.0

@@ -102,6 +102,25 @@ def test_resume_continues_from_the_last_checkpoint(tiny_folder, cache_dir, tmp_p
     assert "resumed from" in (tmp_path / "r" / "train.log").read_text()
 
 
+def test_sequence_training_trains_every_click_of_a_sequence(tiny_folder, cache_dir, tmp_path):
+    """--sequence-max: a batch goes through its first prediction and then one new corrective click per optimiser
+    step (on the masks of the step before), and a new batch starts when the sequence ends."""
+    from training.cli import train_main
+
+    rc = train_main(_args(tiny_folder, cache_dir, tmp_path, "seq", "--max-steps", "7", "--epochs", "1",
+                          "--steps-per-epoch", "7", "--modes", "click", "--sequence-max", "2",
+                          "--sequence-zero-prob", "0", "--no-hitl", "--cpu-bf16"))
+    assert rc == 0
+    history = json.loads((tmp_path / "seq" / "metrics.json").read_text())["segmentation"]["history"]
+    assert all(h["finite"] for h in history)
+    starts = [i for i, h in enumerate(history) if not h["continuation"]]
+    assert starts[0] == 0 and len(starts) >= 2  # sequences of 2..3 steps: a second one starts by step 4
+    assert all(b - a in (2, 3) for a, b in zip(starts, starts[1:]))
+    for i, h in enumerate(history):
+        expected = 1.0 if i in starts else history[i - 1]["clicks"] + 1
+        assert h["clicks"] == pytest.approx(expected), (i, history)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,7 +237,7 @@ def test_shipped_checkpoint_loads_and_beats_stock_with_clicks(shared_data, cache
     assert scores["ours"]["miou@5"] > scores["stock"]["miou@5"] + 0.1
     assert scores["ours"]["miou@1"] > scores["stock"]["miou@1"]
     assert scores["ours"]["box_iou"] >= scores["stock"]["box_iou"] - 0.02
-    assert scores["ours"]["miou@5"] >= 0.8  # held-out image f64132c8: 0.85 for the shipped checkpoint
+    assert scores["ours"]["miou@5"] >= 0.8  # held-out image f64132c8: 0.88 for the shipped checkpoint (its hardest)
 
 
 def test_non_finite_loss_is_skipped_and_counted(tiny_folder, cache_dir, tmp_path):

@@ -147,10 +147,27 @@ def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: flo
     return objects
 
 
+def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: bool, augment: int,
+              augment_seed: int) -> list[tuple[np.ndarray, np.ndarray, bool, str]]:
+    """(image, mask, flipped, key suffix): the sample, its h-flip, and ``augment`` random variants of each."""
+    from training.augment import random_variant, variant_rng
+
+    variants = [(pixels, mask, False, "")]
+    if flip:
+        variants.append((np.ascontiguousarray(pixels[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]), True, "#flip"))
+    for image, target, flipped, suffix in list(variants):
+        for index in range(augment):
+            rng = variant_rng(sample.key + suffix, index, augment_seed)
+            variants.append((*random_variant(image, target, rng), flipped, f"{suffix}#aug{index}"))
+    return variants
+
+
 def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips: SkipLog, flip: bool = True,
                    device: str | torch.device = "cpu", keep_images: bool = False,
-                   min_object_fraction: float = 0.002, progress: bool = False) -> list[PreparedImage]:
-    """Load, check, embed (cached) and convert every sample (and its h-flip) to :class:`PreparedImage`."""
+                   min_object_fraction: float = 0.002, progress: bool = False, augment: int = 0,
+                   augment_seed: int = 0) -> list[PreparedImage]:
+    """Load, check, embed (cached) and convert every sample (its h-flip, and ``augment`` random variants of each:
+    :mod:`training.augment`) to :class:`PreparedImage`. Recorded clicks are kept on the unaugmented images only."""
     prepared: list[PreparedImage] = []
     iterator = samples
     if progress:
@@ -162,23 +179,21 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
         if loaded is None:
             continue
         pixels, mask = loaded
-        variants = [(pixels, mask, False)]
-        if flip:
-            variants.append((np.ascontiguousarray(pixels[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]), True))
+        variants = _variants(sample, pixels, mask, flip, augment, augment_seed)
         embeddings = cache.embeddings(model, [v[0] for v in variants], device=device)
-        for (image, target, flipped), embedding in zip(variants, embeddings):
+        for (image, target, flipped, suffix), embedding in zip(variants, embeddings):
             geometry = ResizePad(*image.shape)
             objects = mask_objects(target, geometry, min_object_fraction)
             if not objects:
                 skips.skip("mask has no object large enough", sample.key)
                 break
             clicks = []
-            for c in sample.clicks:
+            for c in (sample.clicks if "#aug" not in suffix else ()):
                 x = float(c["x"]) if not flipped else image.shape[1] - 1 - float(c["x"])
                 xy = geometry.to_model(np.array([x + 0.5, float(c["y"]) + 0.5])) - 0.5
                 clicks.append((float(xy[0]), float(xy[1]), 1 if c.get("positive", True) else 0))
             prepared.append(PreparedImage(
-                key=sample.key + ("#flip" if flipped else ""), source=sample.source, group=sample.group,
+                key=sample.key + suffix, source=sample.source, group=sample.group,
                 flipped=flipped, embedding=embedding, geometry=geometry, objects=objects, clicks=clicks,
                 image=to_model_input(image)[0][0].to(torch.float16) if keep_images else None))
     return prepared

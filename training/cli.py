@@ -57,13 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--strict", action="store_true", help="bad input is an error instead of a counted skip")
     m = p.add_argument_group("model")
     m.add_argument("--init", default=None, help="project checkpoint to start from (default: stock LiteMedSAM)")
+    m.add_argument("--init-state", default=None,
+                   help="then load the trained parameters of a run's last.pt (e.g. an interrupted run) on top of --init")
     m.add_argument("--device", default="cpu")
     m.add_argument("--lora", action="store_true", help="train LoRA adapters on the image encoder (no embedding cache)")
     m.add_argument("--lora-r", type=int, default=8)
     m.add_argument("--lora-alpha", type=int, default=16)
     m.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    m.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (CPUs with bf16 units)")
     m.add_argument("--compile", action="store_true", help="torch.compile the mask decoder (CUDA)")
     m.add_argument("--freeze-language", action="store_true")
+    m.add_argument("--freeze-vision", action="store_true",
+                   help="train the language pathway only (mask decoder and prompt encoder frozen): text prompts "
+                        "improve, click and box behaviour cannot change")
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=int, default=6)
     t.add_argument("--batch-size", type=int, default=8)
@@ -79,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-clicks", type=int, default=24, help="length of the remembered click sequences")
     t.add_argument("--rollout-max", type=int, default=0,
                    help="continuation steps first add 0..N clicks without gradient (deeper click sequences)")
+    t.add_argument("--sequence-max", type=int, default=0,
+                   help="train each batch through a click sequence, one optimiser step per click: its first "
+                        "prediction, then 0..N corrective clicks on the previous step's masks (0 = off)")
+    t.add_argument("--sequence-zero-prob", type=float, default=0.3,
+                   help="share of sequences that stop after the first prediction (click / box / text alone)")
     t.add_argument("--val-initial", action="store_true", help="validate the starting model too")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--seed", type=int, default=0)
@@ -109,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("cache and outputs")
     o.add_argument("--cache-dir", default=".cache/embeddings")
     o.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    o.add_argument("--augment", type=int, default=0,
+                   help="random scale/rotation/shift/gamma variants per training image and flip (embedded once, cached)")
+    o.add_argument("--augment-seed", type=int, default=0)
     o.add_argument("--export", default=None, help="also copy the final checkpoint here (e.g. assets/model/...)")
     return p
 
@@ -131,8 +145,11 @@ def _config(args) -> TrainConfig:
                        steps_per_epoch=args.steps_per_epoch, max_steps=args.max_steps, lr_vision=args.lr_vision,
                        lr_language=args.lr_language, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                        modes=modes, mode_probs=probs[: len(modes)], initial_prob=args.initial_prob,
-                       max_clicks=args.max_clicks, rollout_max=args.rollout_max, val_initial=args.val_initial,
+                       max_clicks=args.max_clicks, rollout_max=args.rollout_max,
+                       sequence_max=args.sequence_max, sequence_zero_prob=args.sequence_zero_prob,
+                       cpu_bf16=args.cpu_bf16, val_initial=args.val_initial,
                        train_language=not args.freeze_language and "text" in modes,
+                       train_decoder=not args.freeze_vision, train_prompt_encoder=not args.freeze_vision,
                        lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, device=args.device,
                        amp=not args.no_amp, compile=args.compile, seed=args.seed, save_every=args.save_every,
                        val_clicks=args.val_clicks, progress=not args.no_progress, loss=loss)
@@ -188,6 +205,12 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
     started = time.time()
     skips = SkipLog(strict=args.strict)
     model = build_model(args.init, device="cpu")
+    if args.init_state:
+        from training.trainer import load_trained_params
+
+        if not Path(args.init_state).is_file():
+            raise DataError(f"{args.init_state}: --init-state file not found")
+        load_trained_params(model, args.init_state)
     cache = EmbeddingCache(args.cache_dir, tag="litemedsam-stock")
     results: dict = {"command": "python launch.py train " + shlex.join(args.argv),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "world_size": dist_info.world_size}
@@ -227,6 +250,7 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
         for turn in ((0,) if not dist_info.enabled else (0, 1)):
             if (turn == 0) == dist_info.is_main:
                 prepared = prepare_images(samples, model, cache, skips, flip=not args.no_flip, keep_images=cfg.lora,
+                                          augment=args.augment, augment_seed=args.augment_seed,
                                           progress=cfg.progress and dist_info.is_main)
                 val_prepared = prepare_images(held, model, cache, SkipLog(), flip=False, keep_images=False)
             barrier(dist_info)
@@ -266,11 +290,14 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
         from training.trainer import finished_info
 
         classifier_trained = {name: bool(h["trained_classes"]) for name, h in (cls_info or {}).get("heads", {}).items()}
+        trained_classes = {n: h["trained_classes"] for n, h in (cls_info or {}).get("heads", {}).items()}
         if args.init and not cls_info:
-            from core_model.model import ModelInfo  # keep what the starting checkpoint had
+            from core_model.model import ModelInfo  # keep what the starting checkpoint had (its heads are kept too)
 
-            classifier_trained = dict(getattr(model, "info", ModelInfo()).classifier_trained)
-        extra = {"trained_classes": {n: h["trained_classes"] for n, h in (cls_info or {}).get("heads", {}).items()},
+            start = getattr(model, "info", None) or ModelInfo()
+            classifier_trained = dict(start.classifier_trained)
+            trained_classes = dict((start.extra or {}).get("trained_classes", {}))
+        extra = {"trained_classes": trained_classes,
                  "data": args.folder + args.manifest + args.nifti + ([args.cls_csv] if args.cls_csv else []),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": sorted(tasks),
                  "config": cfg.as_dict()}

@@ -65,7 +65,8 @@ class SegStep(nn.Module):
         self.autocast = autocast
         self.rng = np.random.default_rng(seed)
 
-    def _decode(self, emb, points, boxes, prev, tokens):
+    def decode(self, emb, points, boxes, prev, tokens):
+        """The model's decode under this step's autocast; float32 (logits, iou)."""
         if self.autocast:
             with torch.autocast(self.autocast, dtype=torch.bfloat16):
                 logits, iou = self.model.decode(emb, points, boxes, prev, tokens)
@@ -84,7 +85,7 @@ class SegStep(nn.Module):
         valid = targets.flatten(1).sum(1) > 0  # v_i
         tokens = model.language.tokens(batch.phrases) if batch.phrases else None
         points = pad_points(batch.points, device)
-        logits, iou_pred = self._decode(emb, points, batch.boxes, batch.prev_logits, tokens)
+        logits, iou_pred = self.decode(emb, points, batch.boxes, batch.prev_logits, tokens)
         l_dice, extra = mask_loss(logits, iou_pred, targets, cfg)
 
         # Eq. 4-7: u_sl from the same embeddings and the language concept of the object
@@ -131,7 +132,7 @@ class SegStep(nn.Module):
                 sub_points = pad_points([cur_points[i] for i in active], device)
                 sub_boxes = batch.boxes[index] if batch.boxes is not None else None
                 sub_tokens = tokens[index] if tokens is not None else None
-                refined, refined_iou = self._decode(emb[index], sub_points, sub_boxes, cur_logits[index], sub_tokens)
+                refined, refined_iou = self.decode(emb[index], sub_points, sub_boxes, cur_logits[index], sub_tokens)
                 r_dice, r_extra = mask_loss(refined, refined_iou, targets[index], cfg)
                 loss_hitl = loss_hitl + (r_dice + r_extra).sum()
                 hitl_total += float(r_dice.detach().sum())

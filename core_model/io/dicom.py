@@ -38,12 +38,15 @@ from core_model.io.types import (
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def read_dataset(path: PathLike, raw_dataset: bool = False) -> Dataset:
-    """Parse the file (pixel bytes read, not decoded). ``raw_dataset``: no preamble/file meta, parse anyway."""
+def read_dataset(path: PathLike, raw_dataset: bool = False, stop_before_pixels: bool = False) -> Dataset:
+    """Parse the file (pixel bytes read, not decoded). ``raw_dataset``: no preamble/file meta, parse anyway.
+
+    ``stop_before_pixels``: the header only (no pixel bytes read), e.g. to group and check a series before decoding.
+    """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=raw_dataset)
+            ds = pydicom.dcmread(path, force=raw_dataset, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CorruptImageError(path, f"cannot parse DICOM: {exc}") from exc
     except Exception as exc:  # pydicom's parser raises many kinds on garbage (struct.error, NotImplementedError, ...)

@@ -72,6 +72,12 @@ def detect_format(path: PathLike) -> str:
     raise UnsupportedFormatError(path, f"not a PNG, JPEG, DICOM or NIfTI file (starts with {head[:8]!r})")
 
 
+def is_raw_dicom(path: PathLike) -> bool:
+    """True for a DICOM data set written without the 128-byte preamble and 'DICM' (parse with ``force``)."""
+    head = read_head(path, 132)
+    return not (len(head) >= 132 and head[128:132] == b"DICM")
+
+
 def raster_header_size(path: PathLike, fmt: str) -> tuple[int, int] | None:
     """(width, height) from a PNG IHDR or a JPEG SOFn marker, without decoding; None if not found."""
     with open(path, "rb") as fh:

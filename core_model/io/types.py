@@ -18,6 +18,7 @@ from core_model.geometry import ResizePad
 PathLike = str | os.PathLike[str]
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_VOXELS = DEFAULT_MAX_PIXELS * 8
 
 #: name -> (center, width) in Hounsfield units
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
