@@ -120,6 +120,17 @@ def test_sequence_training_trains_every_click_of_a_sequence(tiny_folder, cache_d
         expected = 1.0 if i in starts else history[i - 1]["clicks"] + 1
         assert h["clicks"] == pytest.approx(expected), (i, history)
 
+    # --init-state: a run's last.pt on top of --init (how an interrupted stage is continued)
+    from core_model.model import build_model
+    from training.trainer import load_trained_params
+
+    model = build_model(None)
+    state = load_trained_params(model, tmp_path / "seq" / "last.pt")
+    own = dict(model.named_parameters())
+    assert state["params"] and all(torch.equal(own[n], v) for n, v in state["params"].items())
+    missing = _args(tiny_folder, cache_dir, tmp_path, "seq2", "--init-state", str(tmp_path / "nope" / "last.pt"))
+    assert train_main(missing) == 2
+
 
 def _free_port() -> int:
     with socket.socket() as s:
