@@ -284,17 +284,15 @@ def write_png_mask(mask: np.ndarray, path: Path) -> Path:
 
 
 def write_nifti_mask(mask: np.ndarray, affine: Sequence[Sequence[float]], path: Path) -> Path:
-    import nibabel as nib
-    image = nib.Nifti1Image((mask > 0).astype(np.uint8), np.asarray(affine, dtype=np.float64))
-    image.header.set_xyzt_units("mm")
-    nib.save(image, str(path))
-    return path
+    """A uint8 0/1 NIfTI mask (see :func:`write_nifti_image`)."""
+    return write_nifti_image((mask > 0).astype(np.uint8), affine, path)
 
 
 def write_nifti_image(data: np.ndarray, affine: Sequence[Sequence[float]], path: Path) -> Path:
-    """A float32 NIfTI image (e.g. HU) in the given voxel order with ``affine`` (voxel -> RAS+ mm)."""
+    """``data`` as a NIfTI of its own dtype (float32 HU for images, uint8 for masks) in the given voxel order with
+    ``affine`` (voxel -> RAS+ mm)."""
     import nibabel as nib
-    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
     nib.save(image, str(path))
     return path
@@ -420,7 +418,7 @@ def copy_image(case: Case, images_dir: Path) -> Path:
     if is_series_case(case):
         from core_model.io import load_volume
         volume = load_volume(case.source_uri, series_uid=case.series_uid)
-        write_nifti_image(volume.data, volume.affine, target)
+        write_nifti_image(volume.data.astype(np.float32), volume.affine, target)
     elif case.format == "dicom":
         import pydicom
         deidentify(pydicom.dcmread(case.source_uri), case.pseudo_id).save_as(str(target), enforce_file_format=True)

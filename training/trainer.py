@@ -188,8 +188,8 @@ class SegTrainer:
             raise TrainingError("nothing to train: every part is frozen")
         if cfg.compile and self.use_cuda:
             model.mask_decoder = torch.compile(model.mask_decoder)
-        self.autocast = "cuda" if (cfg.amp and self.use_cuda) else ("cpu" if cfg.cpu_bf16 else None)
-        self.step_module: nn.Module = SegStep(model, cfg.loss, encode=cfg.lora, autocast=self.autocast,
+        autocast = "cuda" if (cfg.amp and self.use_cuda) else ("cpu" if cfg.cpu_bf16 else None)
+        self.step_module: nn.Module = SegStep(model, cfg.loss, encode=cfg.lora, autocast=autocast,
                                               seed=cfg.seed + self.dist.rank)
         self.sequence: tuple[StepBatch, list[tuple[int, int]]] | None = None
         self.sequence_left = 0
@@ -290,15 +290,20 @@ class SegTrainer:
         for _ in range(rounds):  # a new sequence starts without a mask prompt (its first prediction), then clicks
             logits, _ = self.step_module.decode(batch.embeddings, pad_points(batch.points, self.device), batch.boxes,
                                                 batch.prev_logits, tokens)
-            logits_np = logits[:, 0].float().cpu().numpy()
-            targets = batch.targets[:, 0].cpu().numpy()
-            for k in range(len(batch.points)):
-                if len(batch.points[k]) >= self.cfg.max_clicks - 1:
-                    continue
-                click = simulated_click(logits_np[k], targets[k], batch.valid_hw[k], self.cfg.loss, self.rng)
-                if click is not None:
-                    batch.points[k].append(click)
+            self._add_clicks(batch.points, logits, batch, self.cfg.max_clicks - 1)
             batch.prev_logits = logits.detach()
+
+    def _add_clicks(self, points: list[list], logits: torch.Tensor, batch: StepBatch, limit: int) -> None:
+        """Append to each sample's ``points`` (while it has fewer than ``limit``) one simulated corrective click on
+        its prediction ``logits`` (B, 1, 256, 256) against ``batch``'s targets."""
+        logits_np = logits[:, 0].float().cpu().numpy()
+        targets = batch.targets[:, 0].cpu().numpy()
+        for k, sample in enumerate(points):
+            if len(sample) >= limit:
+                continue
+            click = simulated_click(logits_np[k], targets[k], batch.valid_hw[k], self.cfg.loss, self.rng)
+            if click is not None:
+                sample.append(click)
 
     def next_batch(self) -> tuple[StepBatch, list[tuple[int, int]]]:
         """The next step's batch: the running click sequence's next click, or a new batch (rolled out when asked)."""
@@ -316,21 +321,14 @@ class SegTrainer:
 
     def _advance(self, batch: StepBatch, ids, out) -> None:
         """Queue the sequence's next step: one corrective click per sample on this step's (refined) masks."""
-        if self.sequence_left <= 0 or out.logits is None:
+        if self.sequence_left <= 0:
             return
         self.sequence_left -= 1
-        logits_np = out.logits[:, 0].float().cpu().numpy()
-        targets = batch.targets[:, 0].cpu().numpy()
         points = [list(p) for p in out.points]
-        for k in range(len(points)):
-            if len(points[k]) >= self.cfg.max_clicks:
-                continue
-            click = simulated_click(logits_np[k], targets[k], batch.valid_hw[k], self.cfg.loss, self.rng)
-            if click is not None:
-                points[k].append(click)
+        self._add_clicks(points, out.logits, batch, self.cfg.max_clicks)
         nxt = StepBatch(targets=batch.targets, valid_hw=batch.valid_hw, concepts=batch.concepts, points=points,
                         embeddings=batch.embeddings, images=batch.images, boxes=batch.boxes, phrases=batch.phrases,
-                        prev_logits=out.logits.detach().float(), mode=batch.mode)
+                        prev_logits=out.logits, mode=batch.mode)  # SegStep's logits: detached float32
         self.sequence = (nxt, ids)
 
     def _remember(self, ids, batch: StepBatch, out) -> None:
