@@ -19,7 +19,9 @@ else the 0/1 answer), the layout of shared/data/mrmc_vandyke/vandyke_ratings.imr
 Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with a mask per case:
     masks/<case>.png         2-D cases: uint8 0/255, the source image's height × width
     masks/<case>.nii.gz      volumes: uint8 0/1 in the source voxel order with the source affine
-    masks/<case>.seg.dcm     2-D DICOM sources: DICOM-SEG (highdicom, binary) referencing the source SOP instance
+    masks/<case>.seg.dcm     DICOM sources: DICOM-SEG (highdicom, binary, every frame kept); a 2-D case has one
+                             frame referencing its source SOP instance, a volume imported from a folder of single-frame
+                             slices one frame per slice (slice order k), each referencing its slice's SOP instance
     coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
@@ -45,7 +47,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +58,9 @@ from annotations_db.errors import ExportError
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
                                    Reader, Study, StudyArm, utcnow)
 from annotations_db.store import EventRecord, Store, derive_time_s
+
+if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not with this module
+    from core_model.io import LoadedVolume, SeriesLayout
 
 RESULT_COLUMNS = ["reader", "case", "arm", "class", "answer", "truth", "ai_probability", "ai_uncertainty", "time_s",
                   "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
@@ -272,9 +277,26 @@ def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
         return mask
     if mask.ndim == 3:
         return mask
-    from core_model.io import load_volume
-    volume = load_volume(case.source_uri, series_uid=case.series_uid)  # series_uid: a DICOM series folder's series
+    volume = source_volume(case)
     return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index or 0)).astype(np.uint8)
+
+
+def source_volume(case: Case) -> LoadedVolume:
+    """The volume case's source re-opened as a LoadedVolume (a DICOM series folder by its ``series_uid``).
+
+    ExportError naming the case when it no longer loads (a slice removed from a series...) or no longer has the
+    case's (width, height, depth).
+    """
+    from core_model.errors import ImageReadError
+    from core_model.io import load_volume
+    try:
+        volume = load_volume(case.source_uri, series_uid=case.series_uid)
+    except ImageReadError as error:
+        raise ExportError(f"case {case.pseudo_id}: its source no longer loads: {error}") from error
+    if volume.shape != (case.width, case.height, case.depth):
+        raise ExportError(f"case {case.pseudo_id}: its source now has {volume.shape} voxels, not the "
+                          f"{(case.width, case.height, case.depth)} it had at import")
+    return volume
 
 
 def write_png_mask(mask: np.ndarray, path: Path) -> Path:
@@ -320,22 +342,70 @@ def deidentify(dataset: Any, pseudo_id: str) -> Any:
 def write_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
                     label: str = "annotation") -> Path:
     """A binary DICOM-SEG of a single-frame source image, referencing its SOP instance; de-identified."""
-    import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
-    source = deidentify(pydicom.dcmread(str(source_path)), pseudo_id)
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    return _write_seg([pydicom.dcmread(str(source_path))], np.asarray(mask)[None], pseudo_id, path, label)
+
+
+def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str | None, pseudo_id: str, path: Path,
+                           *, affine: Sequence[Sequence[float]] | None = None, label: str = "annotation") -> Path:
+    """A multi-frame binary DICOM-SEG of a volume imported from a folder of single-frame slices; de-identified.
+
+    ``mask`` is (Columns, Rows, slices) in the case's voxel order (the order :func:`core_model.io.load_volume` gives
+    the series): frame k is ``mask[:, :, k].T``, the (Rows, Columns) plane of the k-th slice by position along the
+    slice normal, and references that slice's SOP instance. ExportError naming the case when the series no longer
+    loads (a slice missing...) or its slice count, size or geometry (``affine``: the case's) differ from the mask's.
+    """
+    layout = _series_layout(folder, series_uid, pseudo_id)
+    _check_series_layout(layout, np.shape(mask), affine, pseudo_id)
+    frames = np.transpose(np.asarray(mask), (2, 1, 0))  # mask[i, j, k] = row j, column i of slice k
+    return _write_seg(layout.headers, frames, pseudo_id, path, label)
+
+
+def _series_layout(folder: Path | str, series_uid: str | None, pseudo_id: str) -> SeriesLayout:
+    """The series' files in slice order (headers only); ExportError naming the case when it cannot be arranged."""
+    from core_model.errors import ImageReadError
+    from core_model.io import series_layout
+    try:
+        return series_layout(folder, series_uid=series_uid)
+    except ImageReadError as error:
+        raise ExportError(f"case {pseudo_id}: its DICOM series no longer loads, no DICOM-SEG: {error}") from error
+
+
+def _check_series_layout(layout: SeriesLayout, shape: tuple[int, ...], affine: Sequence[Sequence[float]] | None,
+                         pseudo_id: str) -> None:
+    """ExportError naming the case when the series on disk no longer matches the mask (voxels) or ``affine``."""
+    if tuple(layout.shape) != tuple(shape):
+        raise ExportError(f"case {pseudo_id}: its DICOM series now has {layout.shape[2]} slice(s) of "
+                          f"{layout.shape[1]}x{layout.shape[0]} (Rows x Columns) but the mask has {shape[2]} of "
+                          f"{shape[1]}x{shape[0]}: the series folder changed since import, no DICOM-SEG")
+    if affine is not None and not np.allclose(layout.affine, np.asarray(affine, dtype=np.float64), atol=1e-3):
+        raise ExportError(f"case {pseudo_id}: its DICOM series' slice positions or orientation changed since "
+                          "import, no DICOM-SEG")
+
+
+def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str) -> Path:
+    """The one DICOM-SEG builder: BINARY, frame n of ``frames`` (n, Rows, Columns) over ``sources[n]`` (pydicom
+    Datasets, pixel data optional), every frame kept, sources and the SEG de-identified with ``pseudo_id``."""
+    import highdicom as hd
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=(mask > 0).astype(np.uint8)[None],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
-        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="BiasCare", manufacturer_model_name="biascare-reader", software_versions="0.1",
-        device_serial_number="0", omit_empty_frames=False)
+        source_images=[deidentify(source, pseudo_id) for source in sources],
+        pixel_array=(np.asarray(frames) > 0).astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment_description(label)], series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="BiasCare",
+        manufacturer_model_name="biascare-reader", software_versions="0.1", device_serial_number="0",
+        omit_empty_frames=False)
     seg = deidentify(seg, pseudo_id)
     seg.save_as(str(path), enforce_file_format=True)
     return path
+
+
+def _segment_description(label: str) -> Any:
+    """Segment 1: a manually drawn lesion labelled ``label``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    return hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
 
 
 def export_masks(store_or_url: Store | str, out_dir: Path | str,
@@ -373,8 +443,14 @@ def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence
         if case.affine is None:
             raise ExportError(f"case {case.pseudo_id}: a volume without a source affine")
         paths["nifti"] = str(write_nifti_mask(mask, case.affine, Path(f"{base}.nii.gz")))
-    if case.format == "dicom" and case.depth is None and "dicom-seg" in formats:
-        paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, Path(f"{base}.seg.dcm")))
+    if "dicom-seg" in formats and case.format == "dicom":
+        seg = Path(f"{base}.seg.dcm")
+        _require_source(case)
+        if case.depth is None:
+            paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, seg))
+        elif is_series_case(case):
+            paths["dicom-seg"] = str(write_series_dicom_seg(mask, case.source_uri, case.series_uid, case.pseudo_id,
+                                                            seg, affine=case.affine))
     return paths
 
 
@@ -401,6 +477,13 @@ def is_series_case(case: Case) -> bool:
     return case.format == "dicom" and case.depth is not None and Path(case.source_uri).is_dir()
 
 
+def _require_source(case: Case) -> None:
+    """The case's source file or DICOM series folder must still exist: an export never silently drops it."""
+    if not Path(case.source_uri).exists():
+        raise ExportError(f"case {case.pseudo_id}: its source {case.source_uri} no longer exists "
+                          "(moved or deleted since import)")
+
+
 def _image_suffix(case: Case) -> str:
     source = case.source_uri.lower()
     if source.endswith(".nii.gz") or is_series_case(case):
@@ -414,10 +497,10 @@ def copy_image(case: Case, images_dir: Path) -> Path:
     A DICOM series case becomes one NIfTI (float32 modality values in the case's voxel order, with its affine), the
     geometry its NIfTI masks have; no DICOM header, hence no identifier, is copied.
     """
+    _require_source(case)
     target = images_dir / f"{case.pseudo_id}{_image_suffix(case)}"
     if is_series_case(case):
-        from core_model.io import load_volume
-        volume = load_volume(case.source_uri, series_uid=case.series_uid)
+        volume = source_volume(case)
         write_nifti_image(volume.data.astype(np.float32), volume.affine, target)
     elif case.format == "dicom":
         import pydicom

@@ -211,7 +211,9 @@ class AppService:
         self.idle_seconds = idle_seconds
         self.max_upload_bytes = max_upload_bytes
         self.model_version = str(getattr(model.info, "version", "unknown"))
-        self.embedding_dir = Path(embedding_dir or self.data_dir / "embeddings") / _safe_name(self.model_version)
+        # embeddings depend on the image-encoder weights only: a new decoder checkpoint keeps the cache
+        encoder = str(getattr(model, "encoder_version", self.model_version))
+        self.embedding_dir = Path(embedding_dir or self.data_dir / "embeddings") / _safe_name(encoder)
         self._predictor_cls = InteractivePredictor
         self.sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()

@@ -16,6 +16,7 @@ A project checkpoint (safetensors) written by ``training/`` then loads on top (a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,16 @@ EMBED_GRID = 64
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model" / "biascare_lite.safetensors"
 STOCK_VERSION = "litemedsam-stock"
+
+
+def encoder_version(tensors: dict[str, torch.Tensor]) -> str:
+    """A name for the image-encoder weights a checkpoint changes (its ``image_encoder.*`` tensors): embedding caches
+    are kept per encoder version, since an embedding is only valid for the weights that computed it."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in tensors if k.startswith("image_encoder.")):
+        digest.update(key.encode())
+        digest.update(tensors[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "encoder-" + digest.hexdigest()[:12]
 
 
 class CheckpointError(RuntimeError):
@@ -130,6 +141,7 @@ class BiasCareModel(nn.Module):
         label_sets = label_sets or {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
         self.classifiers = nn.ModuleDict({name: MultiLabelHead(classes) for name, classes in label_sets.items()})
         self.info = ModelInfo()
+        self.encoder_version = STOCK_VERSION  # the name embedding caches use for the current encoder weights
         self._dense_pe: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- vision pathway
@@ -198,15 +210,21 @@ class BiasCareModel(nn.Module):
         for prefix in ("image_encoder", "prompt_encoder", "mask_decoder"):
             part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
             getattr(self, prefix).load_state_dict(part, strict=True)
+        self.encoder_version = STOCK_VERSION
         self._dense_pe = None
 
-    def trainable_state(self, include_encoder: bool = False) -> dict[str, torch.Tensor]:
+    def trainable_state(self, include_encoder: bool | tuple[str, ...] = False) -> dict[str, torch.Tensor]:
         """The state a project checkpoint holds: decoder, prompt encoder, language pathway (without the frozen text
-        encoder) and classifiers; the image encoder too when ``include_encoder`` (e.g. LoRA merged into it)."""
-        skip = ("language.text_encoder.",) + (() if include_encoder else ("image_encoder.",))
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+        encoder) and classifiers; the image encoder too when ``include_encoder`` (e.g. LoRA merged into it): all of
+        it when True, or the encoder keys under the given prefixes (e.g. ``("image_encoder.layers.3.",)``)."""
+        state = self.state_dict()
+        kept = {k: v for k, v in state.items() if not k.startswith(("language.text_encoder.", "image_encoder."))}
+        if include_encoder:
+            prefixes = ("image_encoder.",) if include_encoder is True else tuple(include_encoder)
+            kept.update({k: v for k, v in state.items() if k.startswith(prefixes)})
+        return kept
 
-    def save_checkpoint(self, path: str | Path, info: ModelInfo, include_encoder: bool = False,
+    def save_checkpoint(self, path: str | Path, info: ModelInfo, include_encoder: bool | tuple[str, ...] = False,
                         dtype: torch.dtype = torch.float16) -> Path:
         """Write the project checkpoint as safetensors (floating tensors cast to ``dtype``) with ``info`` in its header."""
         path = Path(path)
@@ -235,6 +253,8 @@ class BiasCareModel(nn.Module):
             if own[key].shape != value.shape:
                 raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}")
             own[key].copy_(value.to(own[key].dtype))
+        if any(k.startswith("image_encoder.") for k in tensors):
+            self.encoder_version = encoder_version(tensors)
         self._dense_pe = None
         self.info = ModelInfo(**json.loads(header))
         self.language.trained = self.info.language_trained

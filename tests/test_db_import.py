@@ -155,6 +155,147 @@ def test_a_mask_on_a_series_case_exports_in_the_series_geometry(store: Store, sh
     assert np.array_equal(volume.volume_mask_to_slice(np.asarray(written.dataobj) > 0, 60), mask > 0)
 
 
+def _ct_with_rows_flipped(nifti: Path, out: Path) -> Path:
+    """The CT with its j axis reversed (same world, rows run the other way): i x j then points to the feet, so the
+    series loads with k descending in z, the reverse of this NIfTI's order."""
+    image = nib.load(str(nifti))
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    flip[1, 3] = image.shape[1] - 1
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, ::-1, :], image.affine @ flip), str(out))
+    return out
+
+
+def _lung_mask_on(shared_data: Path, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """The real lung mask carried onto a case's voxel grid (the CT's grid up to axis flips: an exact index map), plus
+    a block low in the volume."""
+    lung = nib.load(str(shared_data / "ct_nifti" / "example_ct_lung_mask.nii.gz"))
+    to_lung = np.linalg.inv(lung.affine) @ affine
+    assert np.allclose(to_lung, np.round(to_lung), atol=1e-3)
+    voxels = np.vstack([np.indices(shape).reshape(3, -1), np.ones((1, int(np.prod(shape))))])
+    i, j, k = np.round(to_lung @ voxels).astype(int)[:3]
+    mask = (np.asarray(lung.dataobj)[i, j, k] > 0).astype(np.uint8).reshape(shape)
+    mask[10:30, 5:15, 3:6] = 1  # off-centre in-plane, at three slices: a wrong transpose or order shows
+    return mask
+
+
+def _seg_frames(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(referenced source SOP Instance UID, Image Position (Patient), decoded frame) of each frame of a SEG."""
+    import highdicom as hd
+    seg = hd.seg.segread(str(path))
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    frames = []
+    for n, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        sources = group.DerivationImageSequence[0].SourceImageSequence
+        assert len(sources) == 1
+        position = np.array([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
+        frames.append((str(sources[0].ReferencedSOPInstanceUID), position, pixels[n]))
+    return frames
+
+
+def _assert_seg_is_the_nifti_mask(seg_path: Path, slice_files: list[Path], nifti_path: Path) -> None:
+    """Each SEG frame references one slice, at that slice's position, and equals the exported NIfTI mask's plane at
+    that position (k from the NIfTI affine; frame rows = j, columns = i, checked on the SEG's orientation)."""
+    import highdicom as hd
+    import pydicom
+    nifti_mask = nib.load(str(nifti_path))
+    exported = np.asarray(nifti_mask.dataobj)
+    lps_to_voxel = np.linalg.inv(nifti_mask.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    slices = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in slice_files)}
+    frames = _seg_frames(seg_path)
+    assert len(frames) == len(slices) == exported.shape[2]  # empty frames kept
+    assert sorted(uid for uid, _, _ in frames) == sorted(slices)  # every slice referenced exactly once
+    seen = set()
+    for uid, position, frame in frames:
+        source = slices[uid]
+        np.testing.assert_allclose(position, [float(v) for v in source.ImagePositionPatient], atol=1e-3)
+        i, j, k = (lps_to_voxel @ [*position, 1.0])[:3]  # the slice's first pixel, in the exported NIfTI's voxels
+        assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3
+        seen.add(round(k))
+        assert frame.shape == (source.Rows, source.Columns) == exported.shape[1::-1]
+        assert np.array_equal(frame, exported[:, :, round(k)].T), f"frame of slice k={round(k)}"
+    assert seen == set(range(exported.shape[2]))
+    seg = hd.seg.segread(str(seg_path))
+    cosines = np.array([float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                        .ImageOrientationPatient]).reshape(2, 3)
+    steps = np.diag([-1.0, -1.0, 1.0]) @ nifti_mask.affine[:3, :2]  # LPS mm per column (i) and per row (j)
+    np.testing.assert_allclose(cosines, (steps / np.linalg.norm(steps, axis=0)).T, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows_flipped", [False, True], ids=["k-up", "k-down"])
+def test_a_series_case_exports_a_dicom_seg_with_one_frame_per_slice(store: Store, shared_data: Path, tmp_path: Path,
+                                                                   rows_flipped: bool) -> None:
+    import highdicom as hd
+    from annotations_db.export import export_masks
+    nifti = shared_data / "ct_nifti" / "example_ct.nii.gz"
+    if rows_flipped:
+        nifti = _ct_with_rows_flipped(nifti, tmp_path / "flipped.nii.gz")
+    series = write_ct_series(nifti, tmp_path / "pacs" / "ct")
+    assert len(import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported) == 1
+    case = store.case_info(store.cases("ct")[0])
+    with store.read_session() as session:
+        affine = np.asarray(session.get(Case, case.id).affine)  # the case's voxel order, as imported
+    assert (affine[2, 2] < 0) == rows_flipped  # k-down: the volume's k runs head to feet, against the file's NIfTI
+    mask = _lung_mask_on(shared_data, (case.width, case.height, case.depth), affine)
+    assert int(mask.sum()) == 4226 + 600 and mask[:, :, :100].any() and not mask[:, :, 50].any()
+    store.save_annotation(case.id, store.create_reader("ada", "pw", "admin"), {"Pneumothorax": 1}, mask=mask)
+    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"))["masks"][case.pseudo_id]
+    assert np.array_equal(np.asarray(nib.load(files["nifti"]).dataobj), mask)
+    _assert_seg_is_the_nifti_mask(Path(files["dicom-seg"]), series.files, Path(files["nifti"]))
+    seg = hd.seg.segread(files["dicom-seg"])
+    assert (seg.SegmentationType, seg.Modality) == ("BINARY", "SEG") and seg.SeriesInstanceUID != series.series_uid
+    assert str(seg.PatientName) == f"{case.pseudo_id}^" and seg.PatientID == case.pseudo_id
+    assert seg.get("PatientBirthDate", "") == "" and seg.PatientIdentityRemoved == "YES"
+    blob = Path(files["dicom-seg"]).read_bytes()
+    assert not any(identifier in blob for identifier in (b"Doe", b"CT-SERIES-1", b"19600101"))
+
+
+def _annotated_ct_series(store: Store, shared_data: Path, tmp_path: Path):
+    """The CT written as a folder of single-frame slices, imported as one case, with a box mask saved by a reader."""
+    series = write_ct_series(shared_data / "ct_nifti" / "example_ct.nii.gz", tmp_path / "pacs" / "ct")
+    assert len(import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported) == 1
+    case = store.case_info(store.cases("ct")[0])
+    mask = np.zeros((case.width, case.height, case.depth), np.uint8)
+    mask[20:40, 30:50, 50:60] = 1
+    reader = store.create_reader("ada", "pw", "admin")
+    store.save_annotation(case.id, reader, {"Pneumothorax": 1}, mask=mask)
+    return series, case, mask, reader
+
+
+def test_a_series_folder_missing_a_slice_gives_an_export_error_naming_the_case(store: Store, shared_data: Path,
+                                                                               tmp_path: Path) -> None:
+    from annotations_db.errors import ExportError
+    from annotations_db.export import export_masks
+    series, case, mask, reader = _annotated_ct_series(store, shared_data, tmp_path)
+    for k, cause in ((56, "missing slice"), (0, "now has 111 slice(s)")):  # a gap; one end gone (spacing still even)
+        kept = series.files[k].read_bytes()
+        series.files[k].unlink()
+        with pytest.raises(ExportError, match=case.pseudo_id) as error:
+            export_masks(store, tmp_path / f"out{k}", formats=("dicom-seg",))
+        assert cause in str(error.value)
+        series.files[k].write_bytes(kept)
+    assert Path(export_masks(store, tmp_path / "ok", formats=("dicom-seg",))["masks"][case.pseudo_id]["dicom-seg"]
+                ).exists()
+    store.save_annotation(case.id, reader, {"Pneumothorax": 1}, mask=mask[:, :, 55].T, slice_index=55)
+    series.files[56].unlink()  # a mask drawn on one slice needs the series re-opened: the same typed error
+    with pytest.raises(ExportError, match=f"case {case.pseudo_id}: .*missing slice"):
+        export_masks(store, tmp_path / "out2d", formats=("nifti",))
+
+
+def test_a_moved_series_folder_gives_an_export_error_naming_the_case_not_a_silent_gap(store: Store, shared_data: Path,
+                                                                                       tmp_path: Path) -> None:
+    from annotations_db.errors import ExportError
+    from annotations_db.export import export_masks, export_training
+    series, case, _, _ = _annotated_ct_series(store, shared_data, tmp_path)
+    series.folder.rename(tmp_path / "pacs" / "moved")
+    with pytest.raises(ExportError, match=f"case {case.pseudo_id}: .*no longer exists"):
+        export_masks(store, tmp_path / "masks", formats=("nifti", "dicom-seg"))
+    with pytest.raises(ExportError, match=f"case {case.pseudo_id}: .*no longer exists"):
+        export_training(store, tmp_path / "training", formats=("nifti",))
+    (tmp_path / "pacs" / "moved").rename(series.folder)  # back in place: the same export now succeeds
+    files = export_masks(store, tmp_path / "masks", formats=("nifti", "dicom-seg"))["masks"][case.pseudo_id]
+    assert Path(files["dicom-seg"]).is_file() and Path(files["nifti"]).is_file()
+
+
 def test_two_series_in_one_folder_are_two_cases_and_a_broken_series_is_reported(store: Store, shared_data: Path,
                                                                                 tmp_path: Path) -> None:
     from core_model.io import load_volume

@@ -29,6 +29,7 @@ from core_model.io import (
     load_dicom_series,
     load_image,
     load_volume,
+    series_layout,
 )
 from tests.series_helpers import CtSeries, write_ct_series
 
@@ -99,6 +100,19 @@ def test_simpleitk_reads_the_same_series(series: CtSeries, volume: LoadedVolume)
     itk_lps = np.eye(4)
     itk_lps[:3, :3], itk_lps[:3, 3] = direction * np.array(image.GetSpacing()), image.GetOrigin()
     np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ itk_lps, volume.affine, atol=1e-3)
+
+
+def test_series_layout_is_the_loaders_slice_order_from_headers(series: CtSeries, volume: LoadedVolume,
+                                                               tmp_path: Path) -> None:
+    layout = series_layout(series.folder, series_uid=series.series_uid)
+    assert layout.files == [Path(p) for p in volume.metadata.extra["files"]] == series.files
+    assert layout.shape == volume.shape and np.array_equal(layout.affine, volume.affine)
+    assert [h.SOPInstanceUID for h in layout.headers] == volume.metadata.extra["sop_instance_uids"]
+    assert all("PixelData" not in h for h in layout.headers)
+    files = _copy(series, tmp_path / "gap")
+    files[56].unlink()
+    exc = _raises(CorruptImageError, series_layout, tmp_path / "gap")
+    assert exc.path == str(files[57]) and "missing slice" in exc.cause
 
 
 def test_folder_with_two_series_needs_a_series_uid(series: CtSeries, shared_data: Path, tmp_path: Path) -> None:

@@ -227,6 +227,11 @@ def test_eval_clicks_writes_the_protocol_json(shared_data, cache_dir, tmp_path):
         assert {"noc@90", "miou@1", "miou@3", "box_iou", "noc@90_failed"} <= set(result["grids"][grid])
     assert {"first_click", "all_clicks", "all_predictions"} <= set(result["uncertainty"])
     assert "auroc_iou_below_0.9" in result["uncertainty"]["all_predictions"]["iou_gap"]
+    intervals = result["bootstrap"]["intervals"]  # over image resamples: each point estimate lies inside
+    assert result["bootstrap"]["unit"] == "image" and result["bootstrap"]["n"] == 5000
+    for key in ("miou@1", "miou@3", "noc@90", "box_iou"):
+        low, high = intervals[key]
+        assert low <= result[key] + 1e-9 and result[key] - 1e-9 <= high, key
 
 
 def test_shipped_checkpoint_loads_and_beats_stock_with_clicks(shared_data, cache_dir):
@@ -243,7 +248,7 @@ def test_shipped_checkpoint_loads_and_beats_stock_with_clicks(shared_data, cache
              shared_data / "cxr_lungs" / "masks" / f"{Path(name).stem}_lung.png")]
     scores = {}
     for label, model in (("stock", build_model(None)), ("ours", ours)):
-        predictor = InteractivePredictor(model, disk_cache=cache_dir / "litemedsam-stock")
+        predictor = InteractivePredictor(model, disk_cache=cache_dir / model.encoder_version)
         scores[label] = evaluate(predictor, pair, max_clicks=5, refine_clicks=0, text=None)
     assert scores["ours"]["miou@5"] > scores["stock"]["miou@5"] + 0.1
     assert scores["ours"]["miou@1"] > scores["stock"]["miou@1"]
@@ -272,3 +277,70 @@ def test_non_finite_loss_is_skipped_and_counted(tiny_folder, cache_dir, tmp_path
     strict = SegTrainer(build_model(None), TrainConfig(**{**cfg.__dict__, "name": "nan2", "max_nan_steps": 0}), prepared)
     with pytest.raises(TrainingError, match="non-finite"):
         strict.train()
+
+
+def test_lora_on_the_last_stage_trains_on_cached_trunk_features(tiny_folder, cache_dir, tmp_path):
+    """--lora-stages 1: adapters on TinyViT's last stage only; the frozen trunk's output is cached once; the
+    sequence's later clicks reuse the first step's embeddings; validation re-encodes with the current head; the
+    checkpoint stores the last stage only, loads into a plain model and names a new encoder version."""
+    from core_model.model import STOCK_VERSION, BiasCareModel, build_model
+    from training.cli import train_main
+    from training.lora import EncoderSplit
+
+    images = torch.rand(2, 3, 256, 256)
+    stock = build_model(None)
+    with torch.no_grad():
+        split = EncoderSplit(stock, 1)
+        features = split.trunk(images)
+        assert features.shape == (2, 320, 64, 64)
+        assert torch.allclose(split.head(features), stock.encode_image(images), atol=1e-5)
+
+    args = _args(tiny_folder, cache_dir, tmp_path, "lora_head", "--lora", "--lora-stages", "1", "--lora-targets",
+                 "qkv,proj,fc1,fc2", "--holdout", "0.34", "--max-steps", "3", "--epochs", "1", "--steps-per-epoch",
+                 "3", "--modes", "box", "--sequence-max", "2", "--sequence-zero-prob", "0", "--lr-lora", "2e-3",
+                 "--no-progress", "--threads", "1")
+    assert train_main(args) == 0
+    trunk_dirs = [p for p in cache_dir.iterdir() if p.name.startswith("trunk3-")]
+    assert len(trunk_dirs) == 1 and any(trunk_dirs[0].rglob("*.pt"))  # the trunk features were cached
+    metrics = json.loads((tmp_path / "lora_head" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "lora_head" / "config.json").read_text())
+    assert config["lora_stages"] == 1 and config["lr_lora"] == 2e-3
+    assert metrics["segmentation"]["steps"] == 3 and metrics["segmentation"]["validation"]
+    checkpoint = tmp_path / "lora_head" / "checkpoint.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        encoder_keys = [k for k in handle.keys() if k.startswith("image_encoder.")]
+    assert encoder_keys and all(k.startswith("image_encoder.layers.3.") for k in encoder_keys)
+    assert any(k.endswith("mlp.fc1.weight") for k in encoder_keys)
+    fresh = BiasCareModel()
+    fresh.load_stock_weights()
+    assert fresh.encoder_version == STOCK_VERSION
+    fresh.load_checkpoint(checkpoint)
+    assert fresh.encoder_version.startswith("encoder-")
+    changed = fresh.image_encoder.state_dict()
+    original = stock.image_encoder.state_dict()
+    assert not torch.allclose(changed["layers.3.blocks.0.attn.qkv.weight"].float(),
+                              original["layers.3.blocks.0.attn.qkv.weight"].float())
+    assert torch.equal(changed["layers.2.blocks.0.attn.qkv.weight"], original["layers.2.blocks.0.attn.qkv.weight"])
+
+    # a later run from this checkpoint embeds through the cached trunk and the new head (the same embeddings as the
+    # whole encoder gives) and its checkpoint keeps the encoder weights its decoder was trained on
+    rc = train_main(_args(tiny_folder, cache_dir, tmp_path, "after_lora", "--init", str(checkpoint), "--modes", "text",
+                          "--freeze-vision", "--max-steps", "1", "--epochs", "1", "--no-hitl", "--no-progress",
+                          "--threads", "1"))
+    assert rc == 0
+    from core_model.preprocess import content_key, to_model_input
+    from training.cache import EmbeddingCache
+    from training.data import load_pixels
+
+    pixels = load_pixels(tiny_folder / "images" / TINY[0])
+    cached = EmbeddingCache(cache_dir, tag=fresh.encoder_version).load(content_key(pixels))
+    assert cached is not None
+    with torch.no_grad():
+        direct = fresh.eval().encode_image(to_model_input(pixels)[0])
+    assert torch.allclose(cached.float(), direct, atol=0.05, rtol=0.02)
+    after = BiasCareModel()
+    after.load_stock_weights()
+    after.load_checkpoint(tmp_path / "after_lora" / "checkpoint.safetensors")
+    assert after.encoder_version == fresh.encoder_version

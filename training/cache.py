@@ -5,7 +5,8 @@ the app reuse what training computed): ``<root>/<key[:2]>/<key>.pt`` holds the f
 the image whose :func:`core_model.preprocess.content_key` (SHA-256 of the pixels, shape and dtype) is ``key``. The
 horizontally flipped image is just another image: its pixels hash to their own key, so the flip augmentation is
 computed once and cached like the original. Embeddings depend on the encoder weights: the cache is valid for the
-frozen stock encoder only (``EmbeddingCache(root, tag=...)`` keeps a separate folder per encoder version).
+frozen stock encoder only (``EmbeddingCache(root, tag=...)`` keeps a separate folder per encoder version). The
+output of a frozen encoder trunk (:class:`training.lora.EncoderSplit`) is cached the same way, under its own tag.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,23 +65,44 @@ class EmbeddingCache:
 
     @torch.inference_mode()
     def embeddings(self, model, images: list[np.ndarray], device: str | torch.device = "cpu",
-                   batch_size: int = 4) -> list[torch.Tensor]:
-        """(256, 64, 64) float16 CPU embeddings of (H, W) images: from the cache, or encoded (and cached)."""
+                   batch_size: int = 4, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   split: "SplitCache | None" = None) -> list[torch.Tensor]:
+        """(256, 64, 64) float16 CPU embeddings of (H, W) images: from the cache, or encoded (and cached).
+        ``encode`` replaces ``model.encode_image`` (e.g. an encoder trunk: its (C, S, S) features are cached);
+        with ``split`` a missing embedding is the encoder head's output on the trunk features of ``split.cache``."""
+        encode = encode or model.encode_image
         keys = [content_key(image) for image in images]
         out: list[torch.Tensor | None] = [self.load(k) for k in keys]
         todo = [i for i, e in enumerate(out) if e is None]
         self.hits += len(images) - len(todo)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            batch = torch.cat([to_model_input(images[i])[0] for i in chunk]).to(device)
             t0 = time.perf_counter()
-            embedding = model.encode_image(batch).float().cpu()
+            if split is None:
+                embedding = encode(torch.cat([to_model_input(images[i])[0] for i in chunk]).to(device)).float().cpu()
+            else:
+                features = torch.stack(split.features(model, [images[i] for i in chunk], device))
+                embedding = split.head(features.float().to(device)).float().cpu()
             self.encode_seconds += time.perf_counter() - t0
             for j, i in enumerate(chunk):
                 self.save(keys[i], embedding[j])
                 out[i] = embedding[j].to(torch.float16)
             self.computed += len(chunk)
         return [e.reshape(e.shape[-3:]) for e in out]  # type: ignore[union-attr]
+
+
+@dataclass
+class SplitCache:
+    """An encoder cut into a frozen trunk and a head (:class:`training.lora.EncoderSplit`) with the trunk's output
+    cached per image content in ``cache`` (named after the trunk's weights)."""
+
+    cache: EmbeddingCache
+    trunk: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+    def features(self, model, images: list[np.ndarray], device: str | torch.device = "cpu") -> list[torch.Tensor]:
+        """(C, S, S) float16 trunk features of (H, W) images, cached."""
+        return self.cache.embeddings(model, images, device=device, encode=self.trunk)
 
 
 @dataclass
@@ -104,7 +127,8 @@ class PreparedImage:
     geometry: ResizePad
     objects: list[TargetObject]
     clicks: list[tuple[float, float, int]] = field(default_factory=list)  # recorded clicks, model grid (x, y, label)
-    image: torch.Tensor | None = None  # (3, 256, 256) float16 model input, kept only for encoder (LoRA) training
+    image: torch.Tensor | None = None  # encoder (LoRA) training only: the float16 model input (3, 256, 256), or
+    # the frozen trunk's output (C, S, S) when only the encoder's last stages train
 
     @property
     def valid(self) -> tuple[int, int]:
@@ -165,9 +189,11 @@ def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: boo
 def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips: SkipLog, flip: bool = True,
                    device: str | torch.device = "cpu", keep_images: bool = False,
                    min_object_fraction: float = 0.002, progress: bool = False, augment: int = 0,
-                   augment_seed: int = 0) -> list[PreparedImage]:
+                   augment_seed: int = 0, split: SplitCache | None = None) -> list[PreparedImage]:
     """Load, check, embed (cached) and convert every sample (its h-flip, and ``augment`` random variants of each:
-    :mod:`training.augment`) to :class:`PreparedImage`. Recorded clicks are kept on the unaugmented images only."""
+    :mod:`training.augment`) to :class:`PreparedImage`. Recorded clicks are kept on the unaugmented images only.
+    ``keep_images`` keeps each image's encoder input: the model input, or with ``split`` the frozen trunk's output
+    (and embeddings not cached yet are then computed by the head from the cached trunk output)."""
     prepared: list[PreparedImage] = []
     iterator = samples
     if progress:
@@ -180,8 +206,14 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
             continue
         pixels, mask = loaded
         variants = _variants(sample, pixels, mask, flip, augment, augment_seed)
-        embeddings = cache.embeddings(model, [v[0] for v in variants], device=device)
-        for (image, target, flipped, suffix), embedding in zip(variants, embeddings):
+        pixels_list = [v[0] for v in variants]
+        embeddings = cache.embeddings(model, pixels_list, device=device, split=split)
+        inputs: list[torch.Tensor | None] = [None] * len(variants)
+        if keep_images and split is not None:
+            inputs = list(split.features(model, pixels_list, device=device))
+        elif keep_images:
+            inputs = [to_model_input(image)[0][0].to(torch.float16) for image in pixels_list]
+        for (image, target, flipped, suffix), embedding, encoder_input in zip(variants, embeddings, inputs):
             geometry = ResizePad(*image.shape)
             objects = mask_objects(target, geometry, min_object_fraction)
             if not objects:
@@ -195,5 +227,5 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
             prepared.append(PreparedImage(
                 key=sample.key + suffix, source=sample.source, group=sample.group,
                 flipped=flipped, embedding=embedding, geometry=geometry, objects=objects, clicks=clicks,
-                image=to_model_input(image)[0][0].to(torch.float16) if keep_images else None))
+                image=encoder_input))
     return prepared

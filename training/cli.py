@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lora", action="store_true", help="train LoRA adapters on the image encoder (no embedding cache)")
     m.add_argument("--lora-r", type=int, default=8)
     m.add_argument("--lora-alpha", type=int, default=16)
+    m.add_argument("--lora-stages", type=int, default=None,
+                   help="LoRA on the last K (1-3) TinyViT stages only; the frozen stages' output is computed once "
+                        "per image and cached (default: all 4 stages, no cache)")
+    m.add_argument("--lora-targets", default="qkv,proj",
+                   help="comma list of the Linear layer names that get adapters (TinyViT: qkv, proj, fc1, fc2)")
     m.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     m.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (CPUs with bf16 units)")
     m.add_argument("--compile", action="store_true", help="torch.compile the mask decoder (CUDA)")
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--lr-vision", type=float, default=1e-5, help="paper: 1e-5")
     t.add_argument("--lr-language", type=float, default=5e-6, help="paper: 5e-6")
+    t.add_argument("--lr-lora", type=float, default=None, help="the encoder's LoRA adapters (default: --lr-vision)")
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--warmup-steps", type=int, default=10)
     t.add_argument("--modes", default=",".join(MODES), help="prompt starts: click,box,text")
@@ -143,16 +149,71 @@ def _config(args) -> TrainConfig:
         probs = tuple([1.0] * len(modes))
     return TrainConfig(name=args.name, runs_dir=args.runs_dir, epochs=args.epochs, batch_size=args.batch_size,
                        steps_per_epoch=args.steps_per_epoch, max_steps=args.max_steps, lr_vision=args.lr_vision,
-                       lr_language=args.lr_language, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                       lr_language=args.lr_language, lr_lora=args.lr_lora, weight_decay=args.weight_decay,
+                       warmup_steps=args.warmup_steps,
                        modes=modes, mode_probs=probs[: len(modes)], initial_prob=args.initial_prob,
                        max_clicks=args.max_clicks, rollout_max=args.rollout_max,
                        sequence_max=args.sequence_max, sequence_zero_prob=args.sequence_zero_prob,
                        cpu_bf16=args.cpu_bf16, val_initial=args.val_initial,
                        train_language=not args.freeze_language and "text" in modes,
                        train_decoder=not args.freeze_vision, train_prompt_encoder=not args.freeze_vision,
-                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, device=args.device,
+                       lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                       lora_stages=args.lora_stages, lora_targets=tuple(args.lora_targets.split(",")),
+                       device=args.device,
                        amp=not args.no_amp, compile=args.compile, seed=args.seed, save_every=args.save_every,
                        val_clicks=args.val_clicks, progress=not args.no_progress, loss=loss)
+
+
+def _init_encoder_stages(init: str | None) -> int | None:
+    """How many last TinyViT stages the start checkpoint changes: 0 (no encoder weights), 1..4, or None when it
+    holds other encoder weights too (patch embedding, neck: a whole-encoder checkpoint)."""
+    from training.lora import NUM_STAGES
+
+    if not init:
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(str(init), framework="pt") as handle:
+        keys = [k for k in handle.keys() if k.startswith("image_encoder.")]
+    if not keys:
+        return 0
+    if not all(k.startswith("image_encoder.layers.") for k in keys):
+        return None
+    return NUM_STAGES - min(int(k.split(".")[2]) for k in keys)
+
+
+def _stored_encoder(cfg: TrainConfig, init_stages: int | None) -> bool | tuple[str, ...]:
+    """The encoder weights the run's checkpoint stores: those its LoRA trained and those its start changed."""
+    from training.lora import NUM_STAGES
+
+    if init_stages is None:
+        return True
+    stages = max(init_stages, (cfg.lora_stages or NUM_STAGES) if cfg.lora else 0)
+    return tuple(f"image_encoder.layers.{i}." for i in range(NUM_STAGES - stages, NUM_STAGES)) or False
+
+
+def _split_stages(cfg: TrainConfig, init_stages: int | None) -> int | None:
+    """K when the encoder is used split before its last K stages: a LoRA run on the last K stages, or a start
+    checkpoint that changed those stages only (its embeddings are then the head's output on cached trunk features)."""
+    from training.lora import NUM_STAGES
+
+    if cfg.lora:
+        return cfg.lora_stages
+    return init_stages if init_stages and init_stages < NUM_STAGES else None
+
+
+def _split_cache(model, stages: int, cache_dir: str):
+    """The encoder split before its last ``stages`` stages, the trunk's output cached under a name of the trunk's
+    own weights (so runs with other heads reuse it)."""
+    from core_model.model import encoder_version
+    from training.cache import EmbeddingCache, SplitCache
+    from training.lora import NUM_STAGES, EncoderSplit
+
+    split = EncoderSplit(model, stages)
+    frozen = ("image_encoder.patch_embed.",) + tuple(f"image_encoder.layers.{i}." for i in range(NUM_STAGES - stages))
+    weights = {k: v for k, v in model.state_dict().items() if k.startswith(frozen)}
+    tag = f"trunk{NUM_STAGES - stages}-" + encoder_version(weights).removeprefix("encoder-")
+    return SplitCache(EmbeddingCache(cache_dir, tag=tag), split.trunk, split.head)
 
 
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
@@ -190,7 +251,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bottom)
     import torch
 
-    from core_model.model import build_model
+    from core_model.model import build_model, encoder_version
     from training.cache import EmbeddingCache, prepare_images
     from training.data import cxrlt_samples, folder_samples, manifest_samples, nifti_samples, split_by_group
     from training.distributed import barrier, cleanup, init_distributed
@@ -211,7 +272,10 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
         if not Path(args.init_state).is_file():
             raise DataError(f"{args.init_state}: --init-state file not found")
         load_trained_params(model, args.init_state)
-    cache = EmbeddingCache(args.cache_dir, tag="litemedsam-stock")
+    cache = EmbeddingCache(args.cache_dir, tag=model.encoder_version)
+    init_stages = _init_encoder_stages(args.init)
+    stages = _split_stages(cfg, init_stages)
+    encoder_split = _split_cache(model, stages, args.cache_dir) if stages else None
     results: dict = {"command": "python launch.py train " + shlex.join(args.argv),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "world_size": dist_info.world_size}
     seg_info: dict = {}
@@ -251,8 +315,9 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             if (turn == 0) == dist_info.is_main:
                 prepared = prepare_images(samples, model, cache, skips, flip=not args.no_flip, keep_images=cfg.lora,
                                           augment=args.augment, augment_seed=args.augment_seed,
-                                          progress=cfg.progress and dist_info.is_main)
-                val_prepared = prepare_images(held, model, cache, SkipLog(), flip=False, keep_images=False)
+                                          progress=cfg.progress and dist_info.is_main, split=encoder_split)
+                val_prepared = prepare_images(held, model, cache, SkipLog(), flip=False, keep_images=cfg.lora,
+                                              split=encoder_split)
             barrier(dist_info)
         log.info("%d training images (%d objects), %d held out; embeddings: %d cached, %d computed in %.1fs",
                  len(prepared), sum(len(p.objects) for p in prepared), len(val_prepared), cache.hits, cache.computed,
@@ -274,6 +339,8 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             from training.lora import merge_lora
 
             merge_lora(model)
+            model.encoder_version = encoder_version(model.state_dict())
+            cache = EmbeddingCache(args.cache_dir, tag=model.encoder_version)  # for the classifier below
         model.eval()
         if cfg.train_language:
             model.language.trained = True
@@ -306,7 +373,8 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
         info = finished_info(cfg, extra, classifier_trained)
         info.language_trained = bool(model.language.trained)
         info.clicks_trained = "seg" in tasks or bool(args.init and getattr(model, "info", None) and model.info.clicks_trained)
-        checkpoint = model.save_checkpoint(run_dir / "checkpoint.safetensors", info, include_encoder=cfg.lora)
+        checkpoint = model.save_checkpoint(run_dir / "checkpoint.safetensors", info,
+                                           include_encoder=_stored_encoder(cfg, init_stages))
         results.update({"segmentation": seg_info or None, "classification": cls_info, "skipped": skips.as_dict(),
                         "checkpoint": str(checkpoint), "checkpoint_mb": checkpoint.stat().st_size / 2**20,
                         "seconds": time.time() - started})

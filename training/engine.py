@@ -15,6 +15,7 @@ up to ``max_clicks`` — without re-running them from the start).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class StepBatch:
     concepts: list[str]  # the object's phrase, for u_sl (and the align loss)
     points: list[list[Click]]  # clicks so far, per sample (may be empty)
     embeddings: torch.Tensor | None = None  # (B, 256, 64, 64), or
-    images: torch.Tensor | None = None  # (B, 3, 256, 256) when the encoder (LoRA) is trained
+    images: torch.Tensor | None = None  # encoder inputs (images, or trunk features) when the encoder (LoRA) trains
     boxes: torch.Tensor | None = None  # (B, 4) model grid, or None
     phrases: list[str] | None = None  # text prompt per sample, or None
     prev_logits: torch.Tensor | None = None  # (B, 1, 256, 256), or None (initial phase)
@@ -50,20 +51,31 @@ class StepOutput:
     points: list[list[Click]] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (B, 1, 256, 256) final detached logits per sample
     iou: torch.Tensor | None = None  # (B,) real IoU of the first prediction
+    embeddings: torch.Tensor | None = None  # (B, 256, 64, 64) the image embeddings used, detached
 
 
 class SegStep(nn.Module):
-    """Loss of one step (see the module doc). ``encode``: run the image encoder (LoRA training) instead of
-    reading cached embeddings. ``autocast``: bf16 autocast device type ("cuda") or None."""
+    """Loss of one step (see the module doc). ``encode``: encoder input → image embedding (LoRA training: the whole
+    encoder or its head), run when a batch brings encoder inputs instead of embeddings. ``autocast``: bf16 autocast
+    device type ("cuda", "cpu") or None."""
 
-    def __init__(self, model: nn.Module, cfg: LossConfig, encode: bool = False, autocast: str | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, cfg: LossConfig, encode: Callable | None = None,
+                 autocast: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.encode = encode
         self.autocast = autocast
         self.rng = np.random.default_rng(seed)
+
+    def run_encoder(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The trained encoder (or its head) under this step's autocast."""
+        if self.encode is None:
+            raise RuntimeError("this step has no trained encoder: batches must bring embeddings")
+        if self.autocast:
+            with torch.autocast(self.autocast, dtype=torch.bfloat16):
+                return self.encode(inputs)
+        return self.encode(inputs)
 
     def decode(self, emb, points, boxes, prev, tokens):
         """The model's decode under this step's autocast; float32 (logits, iou)."""
@@ -76,10 +88,7 @@ class SegStep(nn.Module):
     def forward(self, batch: StepBatch) -> StepOutput:  # noqa: C901 (one readable recipe)
         cfg = self.cfg
         model = self.model
-        if self.encode:
-            emb = model.encode_image(batch.images)
-        else:
-            emb = batch.embeddings
+        emb = batch.embeddings if batch.embeddings is not None else self.run_encoder(batch.images)
         device = emb.device
         targets = batch.targets
         valid = targets.flatten(1).sum(1) > 0  # v_i
@@ -143,4 +152,5 @@ class SegStep(nn.Module):
                 parts["hitl_dice"] = hitl_total / hitl_count
         parts["loss"] = float(loss.detach())
         parts["iou"] = float(first_iou.mean())
-        return StepOutput(loss=loss, parts=parts, points=cur_points, logits=cur_logits, iou=first_iou)
+        return StepOutput(loss=loss, parts=parts, points=cur_points, logits=cur_logits, iou=first_iou,
+                          embeddings=emb.detach())

@@ -20,7 +20,9 @@ exactly as the app runs the model:
   ``--text`` ("lungs") for the whole mask, then corrective clicks;
 * uncertainty: for each prediction its score (``iou_gap`` = 1 − SAM's predicted IoU; ``ranking`` = the predictor's
   worklist score; ``u_sl`` for text prompts) against the real IoU: AUROC of flagging IoU < 0.9 and
-  Spearman(score, 1 − IoU), over the first-click predictions, over all click predictions, and over all predictions.
+  Spearman(score, 1 − IoU), over the first-click predictions, over all click predictions, and over all predictions;
+* ``bootstrap``: 95 % percentile intervals of the headline figures (original grid) over ``--bootstrap`` resamples of
+  the *images* (the unit that was split; its objects move together), seed ``--seed``.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-box", action="store_true")
     p.add_argument("--cache-dir", default=".cache/embeddings", help="embedding cache (shared with training)")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--bootstrap", type=int, default=5000, help="image resamples for the 95 %% intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -170,6 +174,29 @@ def _uncertainty_block(records: list[dict]) -> dict:
         out[key] = {"auroc_iou_below_0.9": auroc(scores, [int(r["iou"] < 0.9) for r in rows]),
                     "spearman_vs_1_minus_iou": spearman(scores, [1 - r["iou"] for r in rows]), "n": len(rows)}
     return out
+
+
+def bootstrap_intervals(objects: list[dict], n_boot: int = 5000, seed: int = 0,
+                        max_clicks: int = 20) -> dict[str, list[float]]:
+    """95 % percentile intervals of mIoU@k, NoC@85/90, box and side-text IoU over image resamples: each replicate
+    draws the images with replacement and takes all objects of each drawn image (``objects``: ``result["objects"]``)."""
+    images = sorted({o["image"] for o in objects})
+    rows = {name: [o for o in objects if o["image"] == name] for name in images}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        drawn = [o for i in rng.integers(0, len(images), len(images)) for o in rows[images[i]]]
+        ious = np.array([o["ious"] for o in drawn])
+        figures = {f"miou@{k}": ious[:, k - 1].mean() for k in REPORT_AT if k <= ious.shape[1]}
+        for thr in THRESHOLDS:
+            figures[f"noc@{int(thr * 100)}"] = np.mean([_noc(list(r), thr, max_clicks)[0] for r in ious])
+        for key in ("box_iou", "text_iou"):
+            values = [o[key] for o in drawn if o.get(key) is not None]
+            if values:
+                figures[key] = float(np.mean(values))
+        for key, value in figures.items():
+            samples.setdefault(key, []).append(float(value))
+    return {key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in samples.items()}
 
 
 def evaluate(predictor, pairs: list[tuple[Path, Path]], max_clicks: int = 20, refine_clicks: int = 5,
@@ -292,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # CheckpointError names the file
         print(f"eval-clicks: {exc}", file=sys.stderr)
         return 2
-    cache = Path(args.cache_dir) / "litemedsam-stock" if args.cache_dir else None
+    cache = Path(args.cache_dir) / model.encoder_version if args.cache_dir else None
     predictor = InteractivePredictor(model, device=args.device, disk_cache=cache)
     result = evaluate(predictor, pairs, args.max_clicks, args.refine_clicks, args.rule, args.click_grid,
                       args.min_object_fraction, None if args.no_text else args.text, not args.no_box)
     result["checkpoint"] = "stock" if checkpoint is None or not Path(checkpoint).is_file() else str(checkpoint)
     result["model_version"] = model.info.version
     result["images_without_mask"] = missing
+    if args.bootstrap:
+        result["bootstrap"] = {"n": args.bootstrap, "seed": args.seed, "unit": "image", "level": 0.95,
+                               "intervals": bootstrap_intervals(result["objects"], args.bootstrap, args.seed,
+                                                                args.max_clicks)}
     result["protocol"] = {"rule": args.rule, "click_grid": args.click_grid, "max_clicks": args.max_clicks,
                           "refine_clicks": args.refine_clicks, "min_object_fraction": args.min_object_fraction}
     text = json.dumps(result, indent=1)

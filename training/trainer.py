@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,15 @@ from training.losses import LossConfig, pad_points, simulated_click
 
 log = logging.getLogger("training")
 
+
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU has bf16 arithmetic units (Linux ``/proc/cpuinfo`` flags); None where that cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
 MODES = ("click", "box", "text")
 
 
@@ -45,6 +54,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps in total (for quick runs / tests)
     lr_vision: float = 1e-5
     lr_language: float = 5e-6
+    lr_lora: float | None = None  # the encoder's LoRA adapters (default: lr_vision)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
@@ -68,6 +78,8 @@ class TrainConfig:
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_stages: int | None = None  # LoRA on the last K TinyViT stages only (frozen trunk cached); None = all
+    lora_targets: tuple[str, ...] = ("qkv", "proj")
     device: str = "cpu"
     amp: bool = True  # bf16 autocast when CUDA
     cpu_bf16: bool = False  # bf16 autocast on the CPU too (≈1.4× faster decoder passes where the CPU has bf16 units)
@@ -89,7 +101,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         data = dict(data)
         loss = LossConfig(**data.pop("loss", {}))
-        for key in ("modes", "mode_probs"):
+        for key in ("modes", "mode_probs", "lora_targets"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(loss=loss, **data)
@@ -126,12 +138,13 @@ def set_trainable(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         vision += list(model.mask_decoder.parameters())
     if cfg.train_prompt_encoder:
         vision += list(model.prompt_encoder.parameters())
-    if cfg.lora:
-        vision += [p for n, p in model.image_encoder.named_parameters() if "lora_" in n]
+    lora = [p for n, p in model.image_encoder.named_parameters() if "lora_" in n] if cfg.lora else []
     language = list(model.language.parameters()) if cfg.train_language else []
-    for p in vision + language:
+    for p in vision + lora + language:
         p.requires_grad_(True)
     groups = [{"params": vision, "lr": cfg.lr_vision, "name": "vision"}] if vision else []
+    if lora:
+        groups.append({"params": lora, "lr": cfg.lr_lora or cfg.lr_vision, "name": "lora"})
     if language:
         groups.append({"params": language, "lr": cfg.lr_language, "name": "language"})
     return groups
@@ -175,11 +188,13 @@ class SegTrainer:
         self.step = 0
         self.nan_steps = 0
         self.use_cuda = self.device.type == "cuda"
+        self.encode = None  # encoder input → embedding, when the encoder trains
         if cfg.lora:
-            from training.lora import add_lora, has_lora
+            from training.lora import EncoderSplit, add_lora, has_lora
 
             if not has_lora(model):
-                add_lora(model, cfg.lora_r, cfg.lora_alpha)
+                add_lora(model, cfg.lora_r, cfg.lora_alpha, targets=cfg.lora_targets, stages=cfg.lora_stages)
+            self.encode = EncoderSplit(model, cfg.lora_stages).head if cfg.lora_stages else model.encode_image
         model.to(self.device)
         model.train()
         model.image_encoder.eval()  # frozen BatchNorm statistics, also under LoRA
@@ -189,7 +204,10 @@ class SegTrainer:
         if cfg.compile and self.use_cuda:
             model.mask_decoder = torch.compile(model.mask_decoder)
         autocast = "cuda" if (cfg.amp and self.use_cuda) else ("cpu" if cfg.cpu_bf16 else None)
-        self.step_module: nn.Module = SegStep(model, cfg.loss, encode=cfg.lora, autocast=autocast,
+        if autocast == "cpu" and cpu_has_bf16() is False:
+            log.warning("--cpu-bf16 on a CPU without bf16 units (no avx512_bf16/amx_bf16 flag): bf16 is emulated "
+                        "there and runs several times slower than float32; drop the flag on this machine")
+        self.step_module: nn.Module = SegStep(model, cfg.loss, encode=self.encode, autocast=autocast,
                                               seed=cfg.seed + self.dist.rank)
         self.sequence: tuple[StepBatch, list[tuple[int, int]]] | None = None
         self.sequence_left = 0
@@ -327,8 +345,10 @@ class SegTrainer:
         points = [list(p) for p in out.points]
         self._add_clicks(points, out.logits, batch, self.cfg.max_clicks)
         nxt = StepBatch(targets=batch.targets, valid_hw=batch.valid_hw, concepts=batch.concepts, points=points,
-                        embeddings=batch.embeddings, images=batch.images, boxes=batch.boxes, phrases=batch.phrases,
+                        embeddings=out.embeddings, boxes=batch.boxes, phrases=batch.phrases,
                         prev_logits=out.logits, mode=batch.mode)  # SegStep's logits: detached float32
+        # with a trained encoder the sequence's later clicks reuse its first step's (detached) embeddings: the
+        # encoder learns from first predictions, the decoder from every click, at one encoder pass per sequence
         self.sequence = (nxt, ids)
 
     def _remember(self, ids, batch: StepBatch, out) -> None:
@@ -393,7 +413,7 @@ class SegTrainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", iou=f"{record['iou']:.3f}", mode=batch.mode[:1])
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 if self.val_images and self.dist.is_main:
-                    metrics = quick_validate(self.model, self.val_images, self.cfg.val_clicks, self.device)
+                    metrics = quick_validate(self.model, self.validation_images(), self.cfg.val_clicks, self.device)
                     metrics["step"] = self.step
                     metrics["epoch"] = self.step / self.steps_per_epoch
                     self.val_history.append(metrics)
@@ -407,6 +427,24 @@ class SegTrainer:
         elapsed = time.perf_counter() - t0
         return {"steps": self.step, "seconds": elapsed, "samples_per_second": samples * self.dist.world_size / max(elapsed, 1e-9),
                 "nan_steps": self.nan_steps}
+
+    @torch.no_grad()
+    def validation_images(self, batch_size: int = 8) -> list[PreparedImage]:
+        """The held-out images with embeddings of the current encoder (re-encoded from their kept encoder inputs
+        when the encoder trains; their cached embeddings otherwise)."""
+        if self.encode is None or not all(im.image is not None for im in self.val_images):
+            return self.val_images
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for start in range(0, len(self.val_images), batch_size):
+            chunk = self.val_images[start:start + batch_size]
+            inputs = torch.stack([im.image for im in chunk]).float().to(self.device)
+            embeddings = self.step_module.run_encoder(inputs).float().cpu()
+            out += [replace(im, embedding=e.to(torch.float16)) for im, e in zip(chunk, embeddings)]
+        self.model.train(was_training)
+        self.model.image_encoder.eval()
+        return out
 
     # ------------------------------------------------------------------ state
     def _trainable_state(self) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from core_model.errors import MaskShapeError, UnsupportedFormatError
 from core_model.io.dicom import load_dicom, parse_age
-from core_model.io.dicom_series import list_dicom_series, load_dicom_directory
+from core_model.io.dicom_series import SeriesLayout, list_dicom_series, load_dicom_directory, series_layout
 from core_model.io.dicom_series import load_dicom_series as _load_dicom_series
 from core_model.io.dicom_volume import load_dicom_volume
 from core_model.io.raster import load_raster, read_raster_array
@@ -36,8 +36,8 @@ from core_model.io.volume import LoadedVolume, SliceDisplay, load_nifti_volume, 
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "WINDOW_PRESETS", "ImageMetadata", "LoadedImage", "LoadedVolume",
-    "SliceDisplay", "apply_window", "detect_format", "list_dicom_series", "load_any", "load_dicom_series", "load_image",
-    "load_mask", "load_volume", "parse_age", "sha256_file",
+    "SeriesLayout", "SliceDisplay", "apply_window", "detect_format", "list_dicom_series", "load_any",
+    "load_dicom_series", "load_image", "load_mask", "load_volume", "parse_age", "series_layout", "sha256_file",
 ]
 
 

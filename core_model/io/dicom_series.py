@@ -33,7 +33,9 @@ Positions agree when they differ by at most ``POSITION_TOLERANCE_MM`` + ``SPACIN
 A folder (:func:`load_dicom_directory`) is searched recursively; files that are not DICOM are skipped unless their
 name ends in ``.dcm`` (then they raise), as are DICOM objects without an image (DICOMDIR, SR, presentation states).
 It must hold one series, or ``series_uid`` picks one; a folder whose only image file is a multi-frame DICOM loads
-that file as :func:`~core_model.io.dicom_volume.load_dicom_volume` does.
+that file as :func:`~core_model.io.dicom_volume.load_dicom_volume` does. :func:`series_layout` gives the files in
+slice order k with the affine and shape from the headers alone (the same checks, nothing decoded), e.g. to reference
+each slice from a DICOM-SEG.
 
 Built on the module's pydicom pipeline rather than SimpleITK's ImageSeriesReader: ITK loads a series with a missing
 slice (a warning and an averaged spacing), names no file in its errors and decodes with GDCM instead of the pydicom
@@ -267,22 +269,32 @@ def _source(paths: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([os.path.abspath(p.parent) for p in paths]))
 
 
-def _load_slices(source: Path, slices: Sequence[_Slice], max_voxels: int) -> LoadedVolume:
-    """Check, sort and decode ``slices`` into a LoadedVolume (see module docstring)."""
+def _checked_planes(source: Path, slices: Sequence[_Slice]) -> tuple[list[_Plane], int, int]:
+    """The planes of ``slices`` (one series, each like the reference slice) and the series' (Rows, Columns)."""
     _check_one_series(slices, source)
     planes = [_plane(item) for item in slices]
     ref = _reference(slices, planes)
     for item, plane in zip(slices, planes):
         _check_like_reference(slices[ref], planes[ref], item, plane)
-    rows, cols = int(slices[ref].header.Rows), int(slices[ref].header.Columns)
-    check_dims(source, (cols, rows, len(slices)), max_voxels, what="voxels")
+    return planes, int(slices[ref].header.Rows), int(slices[ref].header.Columns)
+
+
+def _arrange(slices: Sequence[_Slice], planes: Sequence[_Plane]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(slice indices in k order, LPS step from slice k to k + 1, voxel -> RAS+ affine) of checked ``slices``."""
     order = _sorted_by_position(slices, planes)
     step = _step(slices, planes, order)
+    first = planes[order[0]]
+    return order, step, plane_affine(first.cosines, first.spacing, first.position, step)
+
+
+def _load_slices(source: Path, slices: Sequence[_Slice], max_voxels: int) -> LoadedVolume:
+    """Check, sort and decode ``slices`` into a LoadedVolume (see module docstring)."""
+    planes, rows, cols = _checked_planes(source, slices)
+    check_dims(source, (cols, rows, len(slices)), max_voxels, what="voxels")
+    order, step, affine = _arrange(slices, planes)
     data = np.empty((cols, rows, len(order)), dtype=np.float32)
     for k, index in enumerate(order):
         data[:, :, k] = _slice_values(slices[index], max_voxels).T
-    first = order[0]
-    affine = plane_affine(planes[first].cosines, planes[first].spacing, planes[first].position, step)
     return LoadedVolume(data=data, affine=affine, metadata=_metadata(source, [slices[i] for i in order], step))
 
 
@@ -322,3 +334,34 @@ def load_dicom_directory(directory: PathLike, *, series_uid: str | None = None, 
     if len(slices) == 1 and frame_count(slices[0].header) > 1:
         return load_dicom_volume(slices[0].path, max_voxels=max_voxels, raw_dataset=slices[0].raw)
     return _load_slices(folder, slices, max_voxels)
+
+
+@dataclass(frozen=True)
+class SeriesLayout:
+    """How the single-frame files of a series make up its volume, from the headers alone (no pixel decoded).
+
+    ``files[k]`` / ``headers[k]`` (pydicom Datasets without Pixel Data) hold slice k of the volume that
+    :func:`load_dicom_directory` loads: ``data[:, :, k]`` is that file's (Rows, Columns) plane transposed, i.e.
+    ``data[i, j, k]`` = row j, column i of ``files[k]``. ``shape`` = (Columns, Rows, slices); ``affine`` as loaded.
+    """
+
+    files: list[Path]
+    headers: list[Dataset]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def series_layout(directory: PathLike, *, series_uid: str | None = None) -> SeriesLayout:
+    """The files of the single-frame series in ``directory`` (``series_uid`` picks one) in the loader's slice order.
+
+    The same selection, checks and sort as :func:`load_dicom_directory`, with the same typed errors (a missing slice
+    is a CorruptImageError); UnsupportedFormatError when the folder's series is one multi-frame file.
+    """
+    folder = _folder(directory)
+    slices = _select(folder, _scan(folder), series_uid)
+    if len(slices) == 1 and frame_count(slices[0].header) > 1:
+        raise UnsupportedFormatError(slices[0].path, "a multi-frame file, not a series of single-frame slices")
+    planes, rows, cols = _checked_planes(folder, slices)
+    order, _, affine = _arrange(slices, planes)
+    return SeriesLayout(files=[slices[i].path for i in order], headers=[slices[i].header for i in order],
+                        shape=(cols, rows, len(order)), affine=affine)
