@@ -57,24 +57,30 @@ def training_curves(history: list[dict], val_history: list[dict], cls: dict | No
 
 
 def clicks_curve(results: dict[str, dict], path: str | Path, title: str = "IoU vs clicks (held-out CXR lungs)") -> Path:
-    """``results``: label → eval-clicks JSON; plots mean IoU per click on both grids."""
+    """``results``: label → eval-clicks JSON; plots mean IoU per click on both grids (left: the whole range; right:
+    the original grid zoomed to 0.85–1, where trained checkpoints differ)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10, 4))
     for label, res in results.items():
+        curves = res.get("curves", {})
         for grid, style in (("original", "-"), ("model", "--")):
-            curve = res.get("curves", {}).get(grid)
-            if curve:
-                ax.plot(range(1, len(curve) + 1), curve, style, marker="o", markersize=3, label=f"{label} ({grid} grid)")
-    ax.axhline(0.9, color="gray", lw=0.8, ls=":")
-    ax.set_xlabel("number of clicks")
-    ax.set_ylabel("mean IoU")
-    ax.set_ylim(0, 1)
+            if curves.get(grid):
+                ax.plot(range(1, len(curves[grid]) + 1), curves[grid], style, marker="o", markersize=3,
+                        label=f"{label} ({grid} grid)")
+        if curves.get("original") and max(curves["original"]) >= 0.85:
+            zoom.plot(range(1, len(curves["original"]) + 1), curves["original"], marker="o", markersize=3, label=label)
+    for axis, low in ((ax, 0.0), (zoom, 0.85)):
+        axis.axhline(0.9, color="gray", lw=0.8, ls=":")
+        axis.set_xlabel("number of clicks")
+        axis.set_ylabel("mean IoU")
+        axis.set_ylim(low, 1)
+        axis.legend(fontsize=7)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    zoom.set_title("zoom: original grid, IoU ≥ 0.85")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
