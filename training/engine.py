@@ -14,6 +14,7 @@ up to ``max_clicks`` — without re-running them from the start).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -68,22 +69,22 @@ class SegStep(nn.Module):
         self.autocast = autocast
         self.rng = np.random.default_rng(seed)
 
+    def _precision(self) -> AbstractContextManager:
+        """This step's bf16 autocast, or nothing (float32)."""
+        return torch.autocast(self.autocast, dtype=torch.bfloat16) if self.autocast else nullcontext()
+
     def run_encoder(self, inputs: torch.Tensor) -> torch.Tensor:
         """The trained encoder (or its head) under this step's autocast."""
         if self.encode is None:
             raise RuntimeError("this step has no trained encoder: batches must bring embeddings")
-        if self.autocast:
-            with torch.autocast(self.autocast, dtype=torch.bfloat16):
-                return self.encode(inputs)
-        return self.encode(inputs)
+        with self._precision():
+            return self.encode(inputs)
 
     def decode(self, emb, points, boxes, prev, tokens):
         """The model's decode under this step's autocast; float32 (logits, iou)."""
-        if self.autocast:
-            with torch.autocast(self.autocast, dtype=torch.bfloat16):
-                logits, iou = self.model.decode(emb, points, boxes, prev, tokens)
-            return logits.float(), iou.float()
-        return self.model.decode(emb, points, boxes, prev, tokens)
+        with self._precision():
+            logits, iou = self.model.decode(emb, points, boxes, prev, tokens)
+        return logits.float(), iou.float()
 
     def forward(self, batch: StepBatch) -> StepOutput:  # noqa: C901 (one readable recipe)
         cfg = self.cfg

@@ -23,7 +23,7 @@ NUM_STAGES = 4  # TinyViT: one conv stage, three transformer stages
 
 def _check_stages(stages: int | None) -> int:
     stages = NUM_STAGES if stages is None else int(stages)
-    if not 1 <= stages <= NUM_STAGES - 1 and stages != NUM_STAGES:
+    if not 1 <= stages <= NUM_STAGES:
         raise ValueError(f"LoRA stages must be 1..{NUM_STAGES - 1} (a split encoder) or {NUM_STAGES} (all), "
                          f"got {stages}")
     return stages
