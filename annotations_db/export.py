@@ -21,7 +21,8 @@ Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with
     masks/<case>.nii.gz      volumes: uint8 0/1 in the source voxel order with the source affine
     masks/<case>.seg.dcm     DICOM sources: DICOM-SEG (highdicom, binary, every frame kept); a 2-D case has one
                              frame referencing its source SOP instance, a volume imported from a folder of single-frame
-                             slices one frame per slice (slice order k), each referencing its slice's SOP instance
+                             slices one frame per slice (slice order k), each referencing its slice's SOP instance,
+                             a multi-frame (enhanced) volume one frame per source frame, referencing that frame
     coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
@@ -361,6 +362,29 @@ def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str
     return _write_seg(layout.headers, frames, pseudo_id, path, label)
 
 
+def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
+                               label: str = "annotation") -> Path:
+    """A binary DICOM-SEG of a volume imported from one multi-frame DICOM (e.g. an enhanced CT); de-identified.
+
+    ``mask`` is (Columns, Rows, frames) in the file's frame order (as :func:`core_model.io.load_volume` gives it):
+    SEG frame n is ``mask[:, :, n].T`` and references frame n + 1 of the source. ExportError naming the case when the
+    file's frame count or size no longer match the mask, or when it lacks the plane geometry a SEG needs.
+    """
+    import pydicom
+    source = pydicom.dcmread(str(source_path))
+    shape = (int(source.Columns), int(source.Rows), int(source.get("NumberOfFrames") or 1))
+    if shape != tuple(np.shape(mask)):
+        raise ExportError(f"case {pseudo_id}: its DICOM file now has {shape[2]} frame(s) of {shape[1]}x{shape[0]} "
+                          f"(Rows x Columns) but the mask is {np.shape(mask)}: the file changed since import, "
+                          "no DICOM-SEG")
+    frames = np.transpose(np.asarray(mask), (2, 1, 0))
+    try:
+        return _write_seg([source], frames, pseudo_id, path, label)
+    except (ValueError, AttributeError, KeyError) as error:  # highdicom: no plane positions / orientation to derive
+        raise ExportError(f"case {pseudo_id}: no DICOM-SEG for its multi-frame source {source_path}: {error}") \
+            from error
+
+
 def _series_layout(folder: Path | str, series_uid: str | None, pseudo_id: str) -> SeriesLayout:
     """The series' files in slice order (headers only); ExportError naming the case when it cannot be arranged."""
     from core_model.errors import ImageReadError
@@ -385,7 +409,8 @@ def _check_series_layout(layout: SeriesLayout, shape: tuple[int, ...], affine: S
 
 def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str) -> Path:
     """The one DICOM-SEG builder: BINARY, frame n of ``frames`` (n, Rows, Columns) over ``sources[n]`` (pydicom
-    Datasets, pixel data optional), every frame kept, sources and the SEG de-identified with ``pseudo_id``."""
+    Datasets, pixel data optional) or over frame n of one multi-frame source, every frame kept, sources and the SEG
+    de-identified with ``pseudo_id``."""
     import highdicom as hd
     seg = hd.seg.Segmentation(
         source_images=[deidentify(source, pseudo_id) for source in sources],
@@ -451,6 +476,8 @@ def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence
         elif is_series_case(case):
             paths["dicom-seg"] = str(write_series_dicom_seg(mask, case.source_uri, case.series_uid, case.pseudo_id,
                                                             seg, affine=case.affine))
+        else:
+            paths["dicom-seg"] = str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg))
     return paths
 
 

@@ -80,3 +80,16 @@ def write_ct_series(nifti: Path, folder: Path, *, seed: int = 0, prefix: str = "
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return CtSeries(folder, files, uids["series"], voxels, np.asarray(image.affine, dtype=np.float64))
+
+
+def write_enhanced_ct(series: CtSeries, path: Path) -> Path:
+    """The series as ONE multi-frame Legacy Converted Enhanced CT file (highdicom's converter; per-frame plane
+    positions and rescale values in the functional groups), identifiers kept."""
+    import highdicom as hd
+    import pydicom
+    slices = [pydicom.dcmread(p) for p in series.files]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    enhanced.save_as(path, enforce_file_format=True)
+    return path

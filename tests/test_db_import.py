@@ -19,7 +19,7 @@ from annotations_db.importers import import_cxr_lt, import_dicom, import_images,
 from annotations_db.models import Case, CaseIdentity, CaseLabel, CaseMask
 from annotations_db.store import Store
 from tests.db_helpers import REPO_ROOT
-from tests.series_helpers import write_ct_series
+from tests.series_helpers import CtSeries, write_ct_series, write_enhanced_ct
 
 
 @pytest.fixture()
@@ -169,13 +169,19 @@ def _lung_mask_on(shared_data: Path, shape: tuple[int, int, int], affine: np.nda
     """The real lung mask carried onto a case's voxel grid (the CT's grid up to axis flips: an exact index map), plus
     a block low in the volume."""
     lung = nib.load(str(shared_data / "ct_nifti" / "example_ct_lung_mask.nii.gz"))
-    to_lung = np.linalg.inv(lung.affine) @ affine
-    assert np.allclose(to_lung, np.round(to_lung), atol=1e-3)
-    voxels = np.vstack([np.indices(shape).reshape(3, -1), np.ones((1, int(np.prod(shape))))])
-    i, j, k = np.round(to_lung @ voxels).astype(int)[:3]
-    mask = (np.asarray(lung.dataobj)[i, j, k] > 0).astype(np.uint8).reshape(shape)
+    mask = (_carried(np.asarray(lung.dataobj), lung.affine, shape, affine) > 0).astype(np.uint8)
     mask[10:30, 5:15, 3:6] = 1  # off-centre in-plane, at three slices: a wrong transpose or order shows
     return mask
+
+
+def _carried(data: np.ndarray, data_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """``data`` (voxel -> RAS+ by ``data_affine``) on the grid ``shape``/``affine``, which must be the same grid up
+    to axis flips and order (an exact index map)."""
+    to_data = np.linalg.inv(data_affine) @ affine
+    assert np.allclose(to_data, np.round(to_data), atol=1e-3)
+    voxels = np.vstack([np.indices(shape).reshape(3, -1), np.ones((1, int(np.prod(shape))))])
+    i, j, k = np.round(to_data @ voxels).astype(int)[:3]
+    return data[i, j, k].reshape(shape)
 
 
 def _seg_frames(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -247,6 +253,66 @@ def test_a_series_case_exports_a_dicom_seg_with_one_frame_per_slice(store: Store
     assert seg.get("PatientBirthDate", "") == "" and seg.PatientIdentityRemoved == "YES"
     blob = Path(files["dicom-seg"]).read_bytes()
     assert not any(identifier in blob for identifier in (b"Doe", b"CT-SERIES-1", b"19600101"))
+
+
+def test_a_multiframe_ct_case_exports_a_dicom_seg_over_its_frames(store: Store, shared_data: Path,
+                                                                  tmp_path: Path) -> None:
+    """One enhanced (multi-frame) CT file is one volume case; its DICOM-SEG frame n references source frame n + 1,
+    lies at that frame's plane position and equals the exported NIfTI mask there."""
+    import highdicom as hd
+    import pydicom
+    from annotations_db.export import export_masks
+    from core_model.io import load_volume
+    series = write_ct_series(shared_data / "ct_nifti" / "example_ct.nii.gz", tmp_path / "slices")
+    source = write_enhanced_ct(series, tmp_path / "pacs" / "ct" / "enhanced.dcm")
+    assert len(import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported) == 1
+    case = store.case_info(store.cases("ct")[0])
+    with store.read_session() as session:
+        affine = np.asarray(session.get(Case, case.id).affine)
+    assert (case.width, case.height, case.depth) == series.voxels.shape
+    volume = load_volume(source)  # per-frame positions and rescale values read from the functional groups
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-3)
+    assert np.array_equal(volume.data, _carried(series.voxels, series.affine, volume.data.shape, volume.affine))
+    mask = _lung_mask_on(shared_data, (case.width, case.height, case.depth), affine)
+    store.save_annotation(case.id, store.create_reader("ada", "pw", "admin"), {"Pneumothorax": 1}, mask=mask)
+    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"))["masks"][case.pseudo_id]
+    nifti = nib.load(files["nifti"])
+    exported = np.asarray(nifti.dataobj)
+    assert np.array_equal(exported, mask)
+    lps_to_voxel = np.linalg.inv(nifti.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    seg = hd.seg.segread(files["dicom-seg"])
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    enhanced = pydicom.dcmread(source, stop_before_pixels=True)
+    assert len(pixels) == int(enhanced.NumberOfFrames) == case.depth  # empty frames kept
+    for n, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        reference = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert (reference.ReferencedSOPInstanceUID, int(reference.ReferencedFrameNumber)) == \
+            (enhanced.SOPInstanceUID, n + 1)
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        source_position = enhanced.PerFrameFunctionalGroupsSequence[n].PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose(position, [float(v) for v in source_position], atol=1e-3)
+        i, j, k = (lps_to_voxel @ [*position, 1.0])[:3]
+        assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - n) < 1e-3  # frame n is the volume's slice k = n
+        assert np.array_equal(pixels[n], exported[:, :, n].T), f"frame {n}"
+    assert seg.PatientID == case.pseudo_id and seg.PatientIdentityRemoved == "YES"
+    assert not any(identifier in Path(files["dicom-seg"]).read_bytes()
+                   for identifier in (b"Doe", b"CT-SERIES-1", b"19600101"))
+
+
+def test_a_multiframe_file_changed_since_import_gives_an_export_error_naming_the_case(store: Store, shared_data: Path,
+                                                                                     tmp_path: Path) -> None:
+    from annotations_db.errors import ExportError
+    from annotations_db.export import export_masks
+    series = write_ct_series(shared_data / "ct_nifti" / "example_ct.nii.gz", tmp_path / "slices")
+    source = write_enhanced_ct(series, tmp_path / "pacs" / "ct" / "enhanced.dcm")
+    assert len(import_dicom(store, tmp_path / "pacs", "ct", progress=False).imported) == 1
+    case = store.case_info(store.cases("ct")[0])
+    store.save_annotation(case.id, store.create_reader("ada", "pw", "admin"), {"Pneumothorax": 1},
+                          mask=np.ones((case.width, case.height, case.depth), np.uint8))
+    shorter = CtSeries(series.folder, series.files[:-1], series.series_uid, series.voxels, series.affine)
+    write_enhanced_ct(shorter, source)  # one frame fewer, same path
+    with pytest.raises(ExportError, match=rf"case {case.pseudo_id}: its DICOM file now has {case.depth - 1} frame"):
+        export_masks(store, tmp_path / "out", formats=("dicom-seg",))
 
 
 def _annotated_ct_series(store: Store, shared_data: Path, tmp_path: Path):

@@ -132,8 +132,9 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """The functional-group item ``sequence`` for ``frame`` (per-frame first, then shared), enhanced multi-frame."""
     for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         items = ds.get(groups)
-        if items is not None and len(items) > idx and sequence in items[idx] and len(items[idx][sequence]):
-            return items[idx][sequence][0]
+        found = items[idx].get(sequence) if items is not None and len(items) > idx else None
+        if found:
+            return found[0]
     return None
 
 

@@ -6,14 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 V2=${V2:-runs/biascare_lite_v2.safetensors}   # git show 7f6c829:assets/model/biascare_lite.safetensors > $V2
 [ -f "$V2" ] || { mkdir -p runs; git show 7f6c829:assets/model/biascare_lite.safetensors > "$V2"; }
-THREADS=${THREADS:-2}
-# bf16 autocast on the CPU only where it has bf16 units (AVX-512-BF16 / AMX): elsewhere it is emulated, ~5x slower
-BF16=$(grep -qE "avx512_bf16|amx_bf16" /proc/cpuinfo && echo --cpu-bf16 || true)
-DATA="--folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
-  --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
-  --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 2"
-SEQ="--hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
-  --val-clicks 10 --save-every 50 --threads $THREADS"
+source training/recipes/settings.sh
 
 lora() {  # clicks and boxes; LoRA (r 8, alpha 16) on qkv/proj/fc1/fc2 of the last stage; decoder + prompt encoder too
   python launch.py train --name biascare_lora --task seg --init "$V2" $DATA $SEQ \
@@ -24,20 +17,13 @@ lora() {  # clicks and boxes; LoRA (r 8, alpha 16) on qkv/proj/fc1/fc2 of the la
 
 text() {  # the language pathway alone on the LoRA stage's encoder (its embeddings = head(cached trunk features))
   python launch.py train --name biascare_lora_text --task seg --init runs/biascare_lora/checkpoint.safetensors $DATA \
-    --no-hitl --modes text --mode-probs 1 --freeze-vision --epochs 2 --steps-per-epoch 150 --batch-size 8 \
-    --lr-language 2e-3 --warmup-steps 5 --initial-prob 1 --val-clicks 1 --threads "$THREADS" --resume \
-    --export assets/model/biascare_lite.safetensors
-}
-
-evaluate() {  # evaluate CHECKPOINT OUT.json: the RITM protocol on the 12 held-out CXRs
-  python launch.py eval-clicks --images ../shared/data/cxr_lungs/images --masks ../shared/data/cxr_lungs/masks \
-    --mask-suffix _lung.png --only assets/model/heldout_images.txt --checkpoint "$1" --refine-clicks 3 --json "$2"
+    $TEXT --resume --export assets/model/biascare_lite.safetensors
 }
 
 case "${1:-all}" in
   lora) lora ;;
   text) text ;;
-  eval) evaluate "$2" "$3" ;;
-  all) lora; text; evaluate assets/model/biascare_lite.safetensors assets/model/eval_biascare_lite.json ;;
+  eval) evaluate_heldout "$2" "$3" ;;
+  all) lora; text; evaluate_heldout assets/model/biascare_lite.safetensors assets/model/eval_biascare_lite.json ;;
   *) echo "usage: $0 [lora|text|eval CKPT OUT|all]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,17 @@
+# Settings shared by the checkpoint recipes (sourced, not run): data, click-sequence training, text stage, evaluation.
+THREADS=${THREADS:-2}
+# bf16 autocast on the CPU only where it has bf16 units (AVX-512-BF16 / AMX): elsewhere it is emulated, ~5x slower
+BF16=$(grep -qE "avx512_bf16|amx_bf16" /proc/cpuinfo && echo --cpu-bf16 || true)
+DATA="--folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
+  --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
+  --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 2"
+SEQ="--hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
+  --val-clicks 10 --save-every 50 --threads $THREADS"
+# language pathway alone (decoder, prompt encoder and image encoder frozen: clicks and boxes stay exactly as they are)
+TEXT="--no-hitl --modes text --mode-probs 1 --freeze-vision --epochs 2 --steps-per-epoch 150 --batch-size 8 \
+  --lr-language 2e-3 --warmup-steps 5 --initial-prob 1 --val-clicks 1 --threads $THREADS"
+
+evaluate_heldout() {  # evaluate_heldout CHECKPOINT OUT.json: the RITM protocol on the 12 held-out CXRs
+  python launch.py eval-clicks --images ../shared/data/cxr_lungs/images --masks ../shared/data/cxr_lungs/masks \
+    --mask-suffix _lung.png --only assets/model/heldout_images.txt --checkpoint "$1" --refine-clicks 3 --json "$2"
+}
