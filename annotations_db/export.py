@@ -278,8 +278,12 @@ def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
         return mask
     if mask.ndim == 3:
         return mask
+    from core_model.io.volume import axial_axis
     volume = source_volume(case)
-    return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index or 0)).astype(np.uint8)
+    if annotation.slice_index is None:
+        raise ExportError(f"case {case.pseudo_id}: a 2-D mask on a volume without its slice index")
+    return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index),
+                                       axis=axial_axis(volume.affine)).astype(np.uint8)
 
 
 def source_volume(case: Case) -> LoadedVolume:

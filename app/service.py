@@ -85,6 +85,7 @@ class CaseImage:
     pixels: np.ndarray
     geometry: DisplayGeometry
     base_png: bytes
+    slice_index: int | None = None  # volumes: the shown slice along the axial voxel axis (a mask is saved on it)
 
 
 @dataclass
@@ -270,27 +271,30 @@ class AppService:
             if case_id in self._images:
                 self._images.move_to_end(case_id)
                 return self._images[case_id]
-        from core_model.io import load_image
+        from core_model.io import load_image, load_volume
 
-        path, series_uid = self._case_source(case_id)
-        pixels = load_image(path, series_uid=series_uid).pixels  # a DICOM series folder: its middle axial slice
+        path, series_uid, is_volume = self._case_source(case_id)
+        # a volume (NIfTI, DICOM series folder, multi-frame DICOM) is read on its middle axial slice
+        loaded = load_volume(path, series_uid=series_uid).middle_axial() if is_volume else load_image(path)
+        pixels = loaded.pixels
         geometry = DisplayGeometry.for_shape(*pixels.shape[:2])
-        image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)))
+        image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)),
+                          loaded.metadata.extra.get("slice_index") if is_volume else None)
         with self._images_lock:
             self._images[case_id] = image
             while len(self._images) > self._image_cache:
                 self._images.popitem(last=False)
         return image
 
-    def _case_source(self, case_id: int) -> tuple[Path, str | None]:
-        """(source path, SeriesInstanceUID): the series picks the volume when the source is a DICOM series folder."""
+    def _case_source(self, case_id: int) -> tuple[Path, str | None, bool]:
+        """(source path, SeriesInstanceUID, is a volume): the series picks the volume of a DICOM series folder."""
         from annotations_db.models import Case
 
         with self.store.read_session() as session:
             row = session.get(Case, case_id)
             if row is None:
                 raise Missing(f"no case {case_id}")
-            return Path(row.source_uri), row.series_uid
+            return Path(row.source_uri), row.series_uid, row.depth is not None
 
     # ------------------------------------------------------------------ worklist
     def worklist(self, session: Session, *, status: str = "open", class_name: str | None = None,
@@ -564,6 +568,7 @@ class AppService:
             try:
                 annotation_id = self.store.save_annotation(
                     view.target, session.reader, view.labels or {c: 0 for c in CLASSES}, mask=mask,
+                    slice_index=view.image.slice_index if mask is not None else None,
                     accepted_as_is=bool(view.accepted and view.clicks == 0 and view.shows_ai),
                     model_version=self.model_version if view.shows_ai else None, label_set=LABEL_SET)
             except AlreadySubmitted as error:

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -360,3 +361,58 @@ def test_admin_exports_and_users(server):
     assert csv.status_code in (200, 404)
     if csv.status_code == 200:
         assert csv.text.startswith("reader,case,arm,class")
+
+
+# ----------------------------------------------------------------------------------------------- volumes
+@pytest.mark.parametrize("source", ["nifti", "enhanced-dicom"])
+def test_a_ct_volume_is_read_on_its_middle_axial_slice_and_its_mask_exports_on_that_slice(server, shared_data,
+                                                                                         tmp_path, source):
+    """A CT case (a NIfTI file, or one multi-frame enhanced DICOM) opens on its middle axial slice; the reader's
+    mask is saved with that slice's index and exported into the volume on that slice only."""
+    import shutil
+
+    from annotations_db import rle
+    from annotations_db.export import export_masks
+    from annotations_db.importers import import_dicom, import_nifti
+    from app.testing import PASSWORD
+    from core_model.io import load_volume
+    from tests.series_helpers import write_ct_series, write_enhanced_ct
+
+    store = server.service.store
+    ct = shared_data / "ct_nifti" / "example_ct.nii.gz"
+    if source == "nifti":
+        (tmp_path / "ct").mkdir()
+        path = Path(shutil.copy(ct, tmp_path / "ct" / ct.name))
+        report = import_nifti(store, tmp_path / "ct", f"ct-{source}", with_masks=False, progress=False)
+    else:
+        path = write_enhanced_ct(write_ct_series(ct, tmp_path / "slices"), tmp_path / "pacs" / "enhanced.dcm")
+        report = import_dicom(store, tmp_path / "pacs", f"ct-{source}", progress=False)
+    assert len(report.imported) == 1 and not report.errors
+    case = store.cases(f"ct-{source}")[0].pseudo_id
+    volume = load_volume(path)
+    shown = volume.middle_axial()
+    middle = shown.metadata.extra["slice_index"]
+    assert middle == volume.shape[2] // 2  # this CT's axial axis is k
+
+    reader = f"vol-{source}"
+    store.create_reader(reader, PASSWORD, role="reader")
+    server.credentials[reader] = PASSWORD
+    http = server.login(reader)
+    client = server.gradio_client(http)
+    view = client.predict(case, api_name="/open_case")
+    assert (view["height"], view["width"]) == shown.pixels.shape == (101, 122)
+    click = http.post(f"{server.url}/api/v1/click", timeout=60, json={
+        "nonce": view["nonce"], "x": view["display_width"] * 0.3, "y": view["display_height"] * 0.5,
+        "positive": True})
+    assert (_layer(click) > 0).any()
+    client.predict([], api_name="/submit")
+
+    answer = store.answers(store.reader(reader))[-1]
+    assert answer.slice_index == middle
+    drawn = rle.decode(answer.mask_rle)
+    assert drawn.shape == (101, 122) and drawn.any()
+    files = export_masks(store, tmp_path / "out", formats=("nifti",))["masks"][case]
+    exported = np.asarray(nib.load(files["nifti"]).dataobj)
+    assert exported.shape == volume.shape
+    assert set(np.flatnonzero(exported.any(axis=(0, 1)))) == {middle}  # that slice only
+    assert np.array_equal(volume.volume_mask_to_slice(exported > 0, middle), drawn > 0)
