@@ -542,7 +542,8 @@ def copy_image(case: Case, images_dir: Path) -> Path:
 
 
 def effective_clicks(events: Sequence[EventRecord]) -> list[dict[str, Any]]:
-    """Clicks replayed up to the last submit: undo drops the last click, reset clears; t from the first shown."""
+    """Clicks replayed up to the last submit: undo drops the last click, reset or another slice clears; t from the
+    first shown."""
     start = next((e for e in events if e.kind == "case_shown"), events[0] if events else None)
     clicks: list[dict[str, Any]] = []
     last_submit = max((i for i, e in enumerate(events) if e.kind == "submit"), default=len(events) - 1)
@@ -554,7 +555,7 @@ def effective_clicks(events: Sequence[EventRecord]) -> list[dict[str, Any]]:
                            "positive": bool(event.payload["positive"]), "t": round(t, 6)})
         elif event.kind == "undo" and clicks:
             clicks.pop()
-        elif event.kind == "reset":
+        elif event.kind in ("reset", "slice_shown"):  # clicks on another slice of a volume do not make its mask
             clicks.clear()
     return clicks
 

@@ -54,7 +54,7 @@ DESIGNS = ("crossover", "sequential")
 UNAIDED_ARM_NAMES = frozenset({"unaided", "no_ai", "without_ai", "control"})
 EVENT_KINDS = frozenset({
     "case_shown", "case_hidden", "click", "box", "text_prompt", "undo", "reset", "accept", "label_toggled",
-    "ai_shown", "ai_hidden", "idle_start", "idle_end", "submit",
+    "ai_shown", "ai_hidden", "idle_start", "idle_end", "submit", "slice_shown",
 })
 
 

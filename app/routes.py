@@ -187,6 +187,15 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         except AppError as error:
             return _error(error)
 
+    @router.post("/api/v1/slice")
+    async def show_slice(request: Request) -> Response:
+        try:
+            session, body = current(request), await _json(request)
+            return JSONResponse(await run_in_threadpool(service.show_slice, session, body.get("nonce"),
+                                                        body.get("index")))
+        except AppError as error:
+            return _error(error)
+
     @router.post("/api/v1/event")
     async def event(request: Request) -> Response:
         try:

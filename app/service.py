@@ -41,6 +41,7 @@ from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26
+from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Click, Prediction
 from core_model.triage import Triage
 
@@ -52,6 +53,7 @@ SESSION_COOKIE = "biascare_session"
 SESSION_TTL_S = 12 * 3600
 CLIENT_EVENT_KINDS = frozenset({"idle_start", "idle_end", "case_hidden", "ai_hidden", "ai_shown"})
 PREFETCH_AHEAD = 3
+VOLUMES_KEPT = 2  # volumes held in memory for slice scrolling (a 512² × 300 CT is 300 MB as float32)
 
 
 class AppError(Exception):
@@ -86,6 +88,7 @@ class CaseImage:
     geometry: DisplayGeometry
     base_png: bytes
     slice_index: int | None = None  # volumes: the shown slice along the axial voxel axis (a mask is saved on it)
+    slice_count: int | None = None  # volumes: how many axial slices there are
 
 
 @dataclass
@@ -111,6 +114,11 @@ class View:
     @property
     def in_study(self) -> bool:
         return isinstance(self.target, AssignmentView)
+
+
+def view_slices(view: View) -> dict[str, Any]:
+    """The open case's slice position for the page: {"slice", "slices"} (None for 2-D images)."""
+    return {"slice": view.image.slice_index, "slices": view.image.slice_count}
 
 
 @dataclass
@@ -218,7 +226,8 @@ class AppService:
         self._predictor_cls = InteractivePredictor
         self.sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
-        self._images: OrderedDict[int, CaseImage] = OrderedDict()
+        self._images: OrderedDict[tuple[int, int | None], CaseImage] = OrderedDict()
+        self._volumes: OrderedDict[int, LoadedVolume] = OrderedDict()
         self._images_lock = threading.Lock()
         self._image_cache = image_cache
         self.events = EventWriter(store)
@@ -265,26 +274,51 @@ class AppService:
             raise Forbidden("this page is for administrators")
 
     # ------------------------------------------------------------------ images
-    def case_image(self, case_id: int) -> CaseImage:
-        """Pixels + display rendering of a case, from the database's source path (never a browser-given path)."""
+    def case_image(self, case_id: int, slice_index: int | None = None) -> CaseImage:
+        """Pixels + display rendering of a case, from the database's source path (never a browser-given path).
+
+        A volume (NIfTI, DICOM series folder, multi-frame DICOM) is shown on one axial slice: ``slice_index`` along
+        its axial voxel axis, the middle one when None; AppError when out of range. 2-D cases ignore it."""
+        key = (case_id, slice_index)
         with self._images_lock:
-            if case_id in self._images:
-                self._images.move_to_end(case_id)
-                return self._images[case_id]
-        from core_model.io import load_image, load_volume
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        from core_model.io import load_image
 
         path, series_uid, is_volume = self._case_source(case_id)
-        # a volume (NIfTI, DICOM series folder, multi-frame DICOM) is read on its middle axial slice
-        loaded = load_volume(path, series_uid=series_uid).middle_axial() if is_volume else load_image(path)
+        if is_volume:
+            volume = self._volume(case_id, path, series_uid)
+            count = volume.num_slices(axial_axis(volume.affine))
+            if slice_index is not None and not 0 <= slice_index < count:
+                raise AppError(f"slice {slice_index} is out of range: this volume has slices 0..{count - 1}")
+            loaded = volume.axial(slice_index)
+        else:
+            loaded, count = load_image(path), None
         pixels = loaded.pixels
         geometry = DisplayGeometry.for_shape(*pixels.shape[:2])
         image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)),
-                          loaded.metadata.extra.get("slice_index") if is_volume else None)
+                          loaded.metadata.extra["slice_index"] if is_volume else None, count)
         with self._images_lock:
-            self._images[case_id] = image
+            self._images[key] = image
             while len(self._images) > self._image_cache:
                 self._images.popitem(last=False)
         return image
+
+    def _volume(self, case_id: int, path: Path, series_uid: str | None) -> LoadedVolume:
+        """The case's volume, the last few kept in memory (scrolling through slices re-reads nothing)."""
+        from core_model.io import load_volume
+
+        with self._images_lock:
+            if case_id in self._volumes:
+                self._volumes.move_to_end(case_id)
+                return self._volumes[case_id]
+        volume = load_volume(path, series_uid=series_uid)
+        with self._images_lock:
+            self._volumes[case_id] = volume
+            while len(self._volumes) > VOLUMES_KEPT:
+                self._volumes.popitem(last=False)
+        return volume
 
     def _case_source(self, case_id: int) -> tuple[Path, str | None, bool]:
         """(source path, SeriesInstanceUID, is a volume): the series picks the volume of a DICOM series folder."""
@@ -487,6 +521,29 @@ class AppService:
             self.events.flush(session.token)
             return layer
 
+    def show_slice(self, session: Session, nonce: str | None, index: Any) -> dict[str, Any]:
+        """Show another axial slice of the open volume: the clicks start over there, from the AI's mask of that
+        slice (the initial prompt's pass); the answer's mask is saved on the slice shown at submit."""
+        try:
+            index = int(index)
+        except (TypeError, ValueError):
+            raise AppError("the slice index must be an integer") from None
+        with session.lock:
+            view = self._view(session, nonce, need_ai=False)
+            if view.image.slice_count is None:
+                raise AppError("this case is a 2-D image: it has no slices")
+            image = self.case_image(view.case_id, index)
+            previous, view.image = view.image.slice_index, image
+            view.clicks, view.accepted = 0, False
+            if view.shows_ai:
+                view.initial_prompt = self._initial_prompt(image)
+                session.predictor.set_image(image.pixels)
+                view.ai_mask = session.predictor.predict(**view.initial_prompt).mask
+            self.events.put(session.token, view.target, session.reader, "slice_shown",
+                            {"slice": image.slice_index, "previous": previous})
+            self.events.flush(session.token)
+            return view_slices(view)
+
     def accept(self, session: Session, nonce: str | None) -> dict[str, Any]:
         with session.lock:
             view = self._view(session, nonce)
@@ -588,7 +645,15 @@ class AppService:
         if not view.shows_ai:
             return None
         return {"probabilities": view.ai_probabilities, "suggested": view.ai_suggested,
-                "model_version": view.model_version}
+                "model_version": view.model_version,
+                "why_none": None if view.ai_probabilities else self._why_none(view)}
+
+    def _why_none(self, view: View) -> str:
+        if view.image.slice_count is not None:
+            return "The findings classifier reads chest radiographs: no probabilities for a CT/MR volume."
+        if not self.model.info.classifier_trained.get(LABEL_SET):
+            return "No classifier probabilities for this model (segmentation only)."
+        return "No finding probabilities for this case yet (the model has not read it)."
 
     def close(self) -> None:
         if self.background:
@@ -685,7 +750,9 @@ class BackgroundWorker:
                        "total": float(result.uncertainty.ranking)}
         if result.uncertainty.u_sl is not None:
             uncertainty["u_sl"] = float(result.uncertainty.u_sl)
-        service.store.record_prediction(ref.id, service.model_version, result.probabilities or {}, mask, uncertainty)
+        # the CXR-LT heads read radiographs: a CT/MR slice gets a mask and its uncertainty, no finding probabilities
+        probabilities = (result.probabilities or {}) if image.slice_count is None else {}
+        service.store.record_prediction(ref.id, service.model_version, probabilities, mask, uncertainty)
 
 
 def _top(probabilities: dict[str, float]) -> str:

@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from app import admin
-from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View
+from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_slices
 
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
@@ -60,8 +60,10 @@ def viewer_html(view: View | None, idle_seconds: float) -> str:
     if view is None:
         return EMPTY_VIEWER
     g = view.image.geometry
+    slices = view.image.slice_count or 0
     return (f'<div class="bc-slot" data-nonce="{html.escape(view.nonce)}" data-w="{g.disp_width}" '
-            f'data-h="{g.disp_height}" data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}"></div>')
+            f'data-h="{g.disp_height}" data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}" '
+            f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}"></div>')
 
 
 def case_info(view: View | None) -> str:
@@ -80,7 +82,7 @@ def ai_markdown(service: AppService, view: View | None) -> str:
     lines = [f"**AI** (`{panel['model_version']}`)"]
     probabilities = panel["probabilities"]
     if not probabilities:
-        lines.append("No classifier probabilities for this model (segmentation only).")
+        lines.append(panel["why_none"])
     else:
         top = sorted(probabilities.items(), key=lambda kv: -kv[1])[:8]
         lines += ["| finding | p |", "|---|---|"] + [f"| {name} | {p:.2f} |" for name, p in top]
@@ -220,9 +222,7 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         view = session.view
         if view is None:
             return {}
-        g = view.image.geometry
-        return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width,
-                "height": g.height, "display_width": g.disp_width, "display_height": g.disp_height}
+        return view_payload(view)
 
     # ------------------------------------------------------------ admin handlers
     def guarded(fn):  # type: ignore[no-untyped-def]
@@ -310,7 +310,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                         viewer = gr.HTML(EMPTY_VIEWER, elem_id="bc-viewer-html")
                         gr.Markdown("Keys: **P**/**N** positive/negative · **T** toggle · right-click = other mode · "
                                     "**U** or Ctrl+Z undo · **R** reset · **A** accept as is · **O** overlay · "
-                                    "**+**/**−**/**0** zoom · Ctrl+Enter submit & next · **J** next case",
+                                    "**+**/**−**/**0** zoom · **↑**/**↓** (PageUp/PageDown: 10) slice of a "
+                                    "volume · Ctrl+Enter submit & next · **J** next case",
                                     elem_id="bc-keys")
                     with gr.Column(scale=1, min_width=260):
                         ai_panel = gr.Markdown(visible=False, elem_id="bc-ai-panel")
@@ -419,9 +420,14 @@ def _api_open(service: AppService, case: str, request: gr.Request) -> dict[str, 
         view = service.open_case(session, case)
     except AppError as error:
         raise _fail(error) from None
+    return view_payload(view)
+
+
+def view_payload(view: View) -> dict[str, Any]:
+    """The open case for API clients: nonce, sizes (original and display) and, for volumes, the slice shown."""
     g = view.image.geometry
     return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width, "height": g.height,
-            "display_width": g.disp_width, "display_height": g.disp_height}
+            "display_width": g.disp_width, "display_height": g.disp_height, **view_slices(view)}
 
 
 def _downloadable(path: Path) -> str:

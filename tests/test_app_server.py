@@ -365,14 +365,15 @@ def test_admin_exports_and_users(server):
 
 # ----------------------------------------------------------------------------------------------- volumes
 @pytest.mark.parametrize("source", ["nifti", "enhanced-dicom"])
-def test_a_ct_volume_is_read_on_its_middle_axial_slice_and_its_mask_exports_on_that_slice(server, shared_data,
-                                                                                         tmp_path, source):
-    """A CT case (a NIfTI file, or one multi-frame enhanced DICOM) opens on its middle axial slice; the reader's
-    mask is saved with that slice's index and exported into the volume on that slice only."""
+def test_a_ct_volume_opens_on_its_middle_slice_scrolls_and_its_mask_exports_on_the_slice_shown(server, shared_data,
+                                                                                              tmp_path, source):
+    """A CT case (a NIfTI file, or one multi-frame enhanced DICOM) opens on its middle axial slice; the reader moves
+    to another slice, where the clicks start over; the mask is saved with that slice's index and exported into the
+    volume on that slice only, and the training manifest keeps only that slice's clicks."""
     import shutil
 
     from annotations_db import rle
-    from annotations_db.export import export_masks
+    from annotations_db.export import export_training
     from annotations_db.importers import import_dicom, import_nifti
     from app.testing import PASSWORD
     from core_model.io import load_volume
@@ -390,9 +391,12 @@ def test_a_ct_volume_is_read_on_its_middle_axial_slice_and_its_mask_exports_on_t
     assert len(report.imported) == 1 and not report.errors
     case = store.cases(f"ct-{source}")[0].pseudo_id
     volume = load_volume(path)
-    shown = volume.middle_axial()
-    middle = shown.metadata.extra["slice_index"]
-    assert middle == volume.shape[2] // 2  # this CT's axial axis is k
+    middle, chosen = volume.shape[2] // 2, 70  # this CT's axial axis is k
+    server.service.background.triage_missing()
+    assert server.service.background.wait(600)
+    triaged = store.prediction(store.case(case).id, server.service.model_version)
+    assert rle.decode(triaged.mask_rle).shape == (101, 122)  # the middle slice's AI mask, ranked by its uncertainty
+    assert triaged.probabilities == {} and triaged.uncertainty["total"] >= 0  # no CXR findings read off a CT
 
     reader = f"vol-{source}"
     store.create_reader(reader, PASSWORD, role="reader")
@@ -400,19 +404,48 @@ def test_a_ct_volume_is_read_on_its_middle_axial_slice_and_its_mask_exports_on_t
     http = server.login(reader)
     client = server.gradio_client(http)
     view = client.predict(case, api_name="/open_case")
-    assert (view["height"], view["width"]) == shown.pixels.shape == (101, 122)
-    click = http.post(f"{server.url}/api/v1/click", timeout=60, json={
-        "nonce": view["nonce"], "x": view["display_width"] * 0.3, "y": view["display_height"] * 0.5,
-        "positive": True})
-    assert (_layer(click) > 0).any()
+    assert (view["slice"], view["slices"]) == (middle, volume.shape[2])
+    assert (view["height"], view["width"]) == volume.axial(middle).pixels.shape == (101, 122)
+    nonce, url = view["nonce"], f"{server.url}/api/v1"
+    middle_png = http.get(f"{url}/view/{nonce}/base.png", timeout=30).content
+
+    def click(x: float, y: float) -> np.ndarray:
+        return _layer(http.post(f"{url}/click", timeout=60, json={
+            "nonce": nonce, "x": view["display_width"] * x, "y": view["display_height"] * y, "positive": True}))
+
+    assert (click(0.3, 0.5) > 0).any()  # a click on the middle slice, then the reader moves on
+    for bad in (-1, volume.shape[2], "x"):
+        refused = http.post(f"{url}/slice", json={"nonce": nonce, "index": bad}, timeout=30)
+        assert refused.status_code == 400 and "slice" in refused.json()["error"]
+    moved = http.post(f"{url}/slice", json={"nonce": nonce, "index": chosen}, timeout=60)
+    assert moved.json() == {"slice": chosen, "slices": volume.shape[2]}
+    assert http.get(f"{url}/view/{nonce}/base.png", timeout=30).content != middle_png
+    assert _layer(http.get(f"{url}/view/{nonce}/layer.png", timeout=30)).shape == (view["display_height"],
+                                                                                  view["display_width"])
+    assert (click(0.7, 0.5) > 0).any()
     client.predict([], api_name="/submit")
 
     answer = store.answers(store.reader(reader))[-1]
-    assert answer.slice_index == middle
+    assert answer.slice_index == chosen
     drawn = rle.decode(answer.mask_rle)
     assert drawn.shape == (101, 122) and drawn.any()
-    files = export_masks(store, tmp_path / "out", formats=("nifti",))["masks"][case]
-    exported = np.asarray(nib.load(files["nifti"]).dataobj)
+    kinds = [e.kind for e in store.events(store.case(case), store.reader(reader))]
+    assert kinds.count("slice_shown") == 1 and kinds.count("click") == 2
+    manifest = json.loads(export_training(store, tmp_path / "out", formats=("nifti",)).read_text())
+    item = next(i for i in manifest["items"] if i["case_id"] == case)
+    assert item["slice_index"] == chosen and len(item["clicks"]) == 1  # the middle slice's click is not this mask's
+    exported = np.asarray(nib.load(tmp_path / "out" / item["mask"]).dataobj)
     assert exported.shape == volume.shape
-    assert set(np.flatnonzero(exported.any(axis=(0, 1)))) == {middle}  # that slice only
-    assert np.array_equal(volume.volume_mask_to_slice(exported > 0, middle), drawn > 0)
+    assert set(np.flatnonzero(exported.any(axis=(0, 1)))) == {chosen}  # that slice only
+    assert np.array_equal(volume.volume_mask_to_slice(exported > 0, chosen), drawn > 0)
+
+
+def test_a_2d_case_has_no_slices(server):
+    from app.testing import PASSWORD
+    server.service.store.create_reader("flat", PASSWORD, role="reader")
+    server.credentials["flat"] = PASSWORD
+    http = server.login("flat")
+    view = server.gradio_client(http).predict(_case_2000(server), api_name="/open_case")
+    assert (view["slice"], view["slices"]) == (None, None)
+    refused = http.post(f"{server.url}/api/v1/slice", json={"nonce": view["nonce"], "index": 1}, timeout=30)
+    assert refused.status_code == 400 and "2-D" in refused.json()["error"]

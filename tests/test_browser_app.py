@@ -237,3 +237,50 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
     assert store.time_per_case(first[0]) > 0
     assert not errors, errors
     context.close()
+
+
+def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots, shared_data, tmp_path):
+    """A CT case opens on its middle axial slice; the slice slider and the arrow keys move through the volume (new
+    image, new AI mask); the submitted mask is saved on the slice shown."""
+    import shutil
+
+    from annotations_db.importers import import_nifti
+
+    store = server.service.store
+    (tmp_path / "ct").mkdir()
+    shutil.copy(shared_data / "ct_nifti" / "example_ct.nii.gz", tmp_path / "ct")
+    assert len(import_nifti(store, tmp_path / "ct", "ct", with_masks=False, progress=False).imported) == 1
+    case = store.cases("ct")[0].pseudo_id
+    store.create_reader("vera", PASSWORD, role="reader")
+    server.credentials["vera"] = PASSWORD
+    context, page, errors = _login(browser, server, "vera")
+    _open_case(page, case)
+    assert page.get_attribute(".bc-slot", "data-slices") == "112"
+    assert page.locator("#bc-slice-label").inner_text() == "57 / 112"  # slice 56 of 0..111, shown 1-based
+    assert "no probabilities for a CT/MR volume" in page.locator("#bc-ai-panel").inner_text()
+    stage = page.locator("#bc-stage").bounding_box()
+    assert page.locator("#bc-base").bounding_box()["width"] > 0.9 * stage["width"]  # enlarged to fit, not 122 px
+    base = "() => Array.from(document.querySelector('#bc-base').getContext('2d').getImageData(0, 0, 122, 101).data)"
+    middle = page.evaluate(base)
+    page.evaluate("""() => { const s = document.querySelector('#bc-slice'); s.value = 70;
+                             s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); }""")
+    page.wait_for_selector("#bc-base[data-slice='70']", timeout=60_000)
+    assert page.locator("#bc-slice-label").inner_text() == "71 / 112"
+    assert page.evaluate(base) != middle, "the slice's own image is drawn"
+    page.locator("#bc-stage").focus()
+    page.keyboard.press("ArrowDown")
+    page.wait_for_selector("#bc-base[data-slice='69']", timeout=60_000)
+    assert page.locator("#bc-slice-label").inner_text() == "70 / 112"
+    page.screenshot(path=str(shots / "08_ct_slice.png"))
+    _click_canvas(page, 0.3, 0.5)
+    page.wait_for_function("window.__bcStats.some(s => s.kind === 'click')", timeout=120_000)
+    assert page.evaluate(OVERLAY_PIXELS) > 0
+    page.click("#bc-submit")
+    page.wait_for_function("document.querySelector('#bc-message').innerText.includes('Submitted')", timeout=120_000)
+    answer = store.answers(store.reader("vera"))[-1]
+    assert answer.slice_index == 69 and answer.mask_rle is not None and answer.mask_rle["size"] == [101, 122]
+    shown = [e.payload["slice"] for e in store.events(store.case(case), store.reader("vera"))
+             if e.kind == "slice_shown"]
+    assert shown == [70, 69]
+    assert not errors, errors
+    context.close()

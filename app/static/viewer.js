@@ -50,6 +50,11 @@
     toolbar.appendChild(group("Window", win));
     toolbar.appendChild(group("Level", lvl));
     if (ai) toolbar.appendChild(group("Opacity", opa));
+    const slices = parseInt(slot.dataset.slices || "0", 10);
+    const sliceInput = mk("bc-slice", 0, Math.max(0, slices - 1), parseInt(slot.dataset.slice || "0", 10), 1);
+    const sliceLabel = el("span", {class: "bc-slice-label", id: "bc-slice-label"});
+    if (slices > 1) toolbar.appendChild(el("label", {class: "bc-range", title: "slice (↑/↓ or PageUp/PageDown)"},
+                                           [document.createTextNode("Slice"), sliceInput, sliceLabel]));
     toolbar.appendChild(status);
     const base = el("canvas", {id: "bc-base", width: w, height: h});
     const overlay = el("canvas", {id: "bc-overlay-canvas", width: w, height: h});
@@ -60,7 +65,8 @@
 
     const state = V = {nonce, w, h, ai, base, overlay, inner, stage, status, zoom: 1, positive: true, busy: 0,
                        gray: null, baseData: null, overlayOn: true, idle: false, last: performance.now(), idleMs,
-                       pos, neg, win, lvl, opa, queue: Promise.resolve()};
+                       pos, neg, win, lvl, opa, queue: Promise.resolve(), slices, sliceInput, sliceLabel,
+                       slice: +sliceInput.value};
     setMode(true);
     fit();
     loadBase(state);
@@ -78,7 +84,33 @@
     toggle.onclick = () => { state.overlayOn = !state.overlayOn; applyOpacity(); };
     win.oninput = lvl.oninput = () => applyWindow(state);
     opa.oninput = applyOpacity;
+    sliceInput.oninput = () => showSliceLabel(state, +sliceInput.value);
+    sliceInput.onchange = () => showSlice(state, +sliceInput.value);
+    showSliceLabel(state, state.slice);
     applyOpacity();
+  }
+
+  // ------------------------------------------------------------------ volumes: one axial slice at a time
+  function showSliceLabel(state, index) {
+    state.sliceLabel.textContent = `${index + 1} / ${state.slices}`;
+  }
+
+  function showSlice(state, index) {
+    if (state.slices < 2) return;
+    index = Math.max(0, Math.min(state.slices - 1, index));
+    state.sliceInput.value = String(index);
+    showSliceLabel(state, index);
+    touch();
+    state.queue = state.queue.then(async () => {
+      const r = await post("/api/v1/slice", {nonce: state.nonce, index});
+      if (!r.ok) { state.status.textContent = "could not show that slice"; return; }
+      state.slice = (await r.json()).slice;
+      state.base.dataset.loaded = "0";
+      await loadBase(state, `?slice=${state.slice}`);
+      if (state.ai) await fetch(`/api/v1/view/${state.nonce}/layer.png`, {credentials: "same-origin"})
+        .then((layer) => paint(state, layer, performance.now(), "slice"));
+      state.base.dataset.slice = String(state.slice);
+    });
   }
 
   function setMode(positive) {
@@ -93,7 +125,8 @@
   function fit() {
     if (!V) return;
     const avail = Math.max(200, (V.stage.clientWidth || 800) - 4);
-    V.fitScale = Math.min(1, avail / V.w);
+    const tall = Math.max(200, window.innerHeight * 0.82 - 4);  // the stage's max-height: the whole image in view
+    V.fitScale = Math.min(avail / V.w, tall / V.h);  // small images (a 512² CT slice) are enlarged to fit too
     setZoom(1);
   }
 
@@ -110,8 +143,9 @@
     V.overlay.style.opacity = V.overlayOn ? String(V.opa.value / 100) : "0";
   }
 
-  async function loadBase(state) {
-    const resp = await fetch(`/api/v1/view/${state.nonce}/base.png`, {credentials: "same-origin"});
+  async function loadBase(state, query) {
+    // a volume's slices share the nonce: the query names the slice, so the browser cache keeps them apart
+    const resp = await fetch(`/api/v1/view/${state.nonce}/base.png${query || ""}`, {credentials: "same-origin"});
     if (!resp.ok) { state.status.textContent = "could not load the image"; return; }
     const bmp = await createImageBitmap(await resp.blob());
     const ctx = state.base.getContext("2d", {willReadFrequently: true});
@@ -231,7 +265,10 @@
       r: () => act(V, "reset"), a: () => doAccept(V), o: () => { V.overlayOn = !V.overlayOn; applyOpacity(); },
       "+": () => setZoom(V.zoom * 1.25), "=": () => setZoom(V.zoom * 1.25), "-": () => setZoom(V.zoom / 1.25),
       "0": () => fit(), j: () => clickId("bc-next"),
-    }[k];
+    }[k] || (V.slices > 1 && tag !== "INPUT" && {  // a focused slider keeps its own arrow keys
+      arrowup: () => showSlice(V, V.slice + 1), arrowdown: () => showSlice(V, V.slice - 1),
+      pageup: () => showSlice(V, V.slice + 10), pagedown: () => showSlice(V, V.slice - 10),
+    }[k]);
     if (handled) { handled(); e.preventDefault(); }
   });
 

@@ -179,12 +179,17 @@ class LoadedVolume:
         if tuple(np.shape(mask3d)) != self.data.shape:
             raise ValueError(f"mask shape {np.shape(mask3d)} does not match volume shape {self.data.shape}")
 
-    def middle_axial(self, window: WindowArg = None) -> LoadedImage:
-        """The middle slice along the voxel axis closest to S/I; window None -> 'lung' for HU data, else auto."""
+    def axial(self, index: int | None = None, window: WindowArg = None) -> LoadedImage:
+        """Slice ``index`` (None: the middle one) along the voxel axis closest to S/I, as :meth:`slice` shows it;
+        window None -> 'lung' for HU data, else auto."""
         axis = axial_axis(self.affine)
         if window is None and looks_like_hu(self.data):
             window = "lung"
-        return self.slice(self.num_slices(axis) // 2, axis=axis, window=window)
+        return self.slice(self.num_slices(axis) // 2 if index is None else index, axis=axis, window=window)
+
+    def middle_axial(self, window: WindowArg = None) -> LoadedImage:
+        """The middle slice along the voxel axis closest to S/I (see :meth:`axial`)."""
+        return self.axial(None, window)
 
 
 _NIB_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError,
