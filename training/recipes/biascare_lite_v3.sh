@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The stages that made assets/model/biascare_lite.safetensors v3, from the repository root, on a 2-core CPU.
+# The stages that made assets/model/biascare_lite.safetensors v3 (superseded by v4: biascare_lite_v4.sh; "all" here
+# overwrites the shipped checkpoint with v3), from the repository root, on a 2-core CPU.
 # v3 = v2 (the committed checkpoint before it, see the model card) + LoRA on the image encoder's last TinyViT stage
 # (its trunk's features cached once) + a language-only stage. Usage: bash training/recipes/biascare_lite_v3.sh [stage]
 set -euo pipefail

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Candidate v4 of assets/model/biascare_lite.safetensors, from the repository root, on a 2-core CPU:
+# The stages that made assets/model/biascare_lite.safetensors v4, from the repository root, on a 2-core CPU:
 # v3 (commit 1598232) + LoRA on the image encoder's last *two* TinyViT stages (the frozen trunk = patch embedding and
-# stages 1-2, its output cached once) + a language-only stage on the new encoder.
-# Usage: bash training/recipes/biascare_lite_v4.sh [lora|text|eval CKPT OUT|all]
+# stages 1-2, its output cached once) + a language-only stage on the new encoder + the classifier heads on it.
+# Usage: bash training/recipes/biascare_lite_v4.sh [lora|text|heads|eval CKPT OUT|all]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 V3=${V3:-runs/biascare_lite_v3.safetensors}
@@ -21,10 +21,17 @@ text() {  # the language pathway alone on the new encoder
     $DATA $TEXT --resume
 }
 
+heads() {  # the CXR-LT heads again, on the new encoder's embeddings (logit-adjusted BCE, 300 full-batch epochs)
+  python launch.py train --name biascare_lite_v4 --task cls --init runs/biascare_lora2_text/checkpoint.safetensors \
+    --cls-csv ../shared/data/nih_cxr14_sample/labels_cxrlt2024_format.csv --threads "$THREADS" \
+    --export assets/model/biascare_lite.safetensors
+}
+
 case "${1:-all}" in
   lora) lora ;;
   text) text ;;
+  heads) heads ;;
   eval) evaluate_heldout "$2" "$3" ;;
-  all) lora; text; evaluate_heldout runs/biascare_lora2_text/checkpoint.safetensors runs/eval_v4.json ;;
-  *) echo "usage: $0 [lora|text|eval CKPT OUT|all]" >&2; exit 2 ;;
+  all) lora; text; heads; evaluate_heldout assets/model/biascare_lite.safetensors assets/model/eval_biascare_lite.json ;;
+  *) echo "usage: $0 [lora|text|heads|eval CKPT OUT|all]" >&2; exit 2 ;;
 esac
