@@ -65,14 +65,16 @@ def clicks_curve(results: dict[str, dict], path: str | Path, title: str = "IoU v
     import matplotlib.pyplot as plt
 
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, res in results.items():
-        curves = res.get("curves", {})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (label, res) in enumerate(results.items()):
+        curves, colour = res.get("curves", {}), colours[n % len(colours)]  # one colour per model, on both panels
         for grid, style in (("original", "-"), ("model", "--")):
             if curves.get(grid):
-                ax.plot(range(1, len(curves[grid]) + 1), curves[grid], style, marker="o", markersize=3,
+                ax.plot(range(1, len(curves[grid]) + 1), curves[grid], style, color=colour, marker="o", markersize=3,
                         label=f"{label} ({grid} grid)")
         if curves.get("original") and max(curves["original"]) >= 0.85:
-            zoom.plot(range(1, len(curves["original"]) + 1), curves["original"], marker="o", markersize=3, label=label)
+            zoom.plot(range(1, len(curves["original"]) + 1), curves["original"], color=colour, marker="o",
+                      markersize=3, label=label)
     for axis, low in ((ax, 0.0), (zoom, 0.85)):
         axis.axhline(0.9, color="gray", lw=0.8, ls=":")
         axis.set_xlabel("number of clicks")
