@@ -375,12 +375,9 @@ def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo
     file's frame count or size no longer match the mask, or when it lacks the plane geometry a SEG needs.
     """
     import pydicom
-    source = pydicom.dcmread(str(source_path))
+    source = pydicom.dcmread(str(source_path), stop_before_pixels=True)  # the SEG needs the header only
     shape = (int(source.Columns), int(source.Rows), int(source.get("NumberOfFrames") or 1))
-    if shape != tuple(np.shape(mask)):
-        raise ExportError(f"case {pseudo_id}: its DICOM file now has {shape[2]} frame(s) of {shape[1]}x{shape[0]} "
-                          f"(Rows x Columns) but the mask is {np.shape(mask)}: the file changed since import, "
-                          "no DICOM-SEG")
+    _require_mask_shape(shape, np.shape(mask), pseudo_id, "file", "frame")
     frames = np.transpose(np.asarray(mask), (2, 1, 0))
     try:
         return _write_seg([source], frames, pseudo_id, path, label)
@@ -402,13 +399,19 @@ def _series_layout(folder: Path | str, series_uid: str | None, pseudo_id: str) -
 def _check_series_layout(layout: SeriesLayout, shape: tuple[int, ...], affine: Sequence[Sequence[float]] | None,
                          pseudo_id: str) -> None:
     """ExportError naming the case when the series on disk no longer matches the mask (voxels) or ``affine``."""
-    if tuple(layout.shape) != tuple(shape):
-        raise ExportError(f"case {pseudo_id}: its DICOM series now has {layout.shape[2]} slice(s) of "
-                          f"{layout.shape[1]}x{layout.shape[0]} (Rows x Columns) but the mask has {shape[2]} of "
-                          f"{shape[1]}x{shape[0]}: the series folder changed since import, no DICOM-SEG")
+    _require_mask_shape(layout.shape, shape, pseudo_id, "series", "slice")
     if affine is not None and not np.allclose(layout.affine, np.asarray(affine, dtype=np.float64), atol=1e-3):
         raise ExportError(f"case {pseudo_id}: its DICOM series' slice positions or orientation changed since "
                           "import, no DICOM-SEG")
+
+
+def _require_mask_shape(found: Sequence[int], shape: Sequence[int], pseudo_id: str, source: str, unit: str) -> None:
+    """ExportError naming the case when its DICOM ``source`` (file or series) now has another (Columns, Rows,
+    frames or slices) shape than the mask."""
+    if tuple(found) != tuple(shape):
+        raise ExportError(f"case {pseudo_id}: its DICOM {source} now has {found[2]} {unit}(s) of {found[1]}x{found[0]} "
+                          f"(Rows x Columns) but the mask has {shape[2]} of {shape[1]}x{shape[0]}: the {source} "
+                          "changed since import, no DICOM-SEG")
 
 
 def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str) -> Path:

@@ -116,6 +116,29 @@ class View:
         return isinstance(self.target, AssignmentView)
 
 
+class LruCache:
+    """A small thread-safe least-recently-used map: ``get`` refreshes an entry, ``put`` evicts the oldest beyond
+    ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
 def view_slices(view: View) -> dict[str, Any]:
     """The open case's slice position for the page: {"slice", "slices"} (None for 2-D images)."""
     return {"slice": view.image.slice_index, "slices": view.image.slice_count}
@@ -226,10 +249,8 @@ class AppService:
         self._predictor_cls = InteractivePredictor
         self.sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
-        self._images: OrderedDict[tuple[int, int | None], CaseImage] = OrderedDict()
-        self._volumes: OrderedDict[int, LoadedVolume] = OrderedDict()
-        self._images_lock = threading.Lock()
-        self._image_cache = image_cache
+        self._images = LruCache(image_cache)  # (case id, requested slice) -> CaseImage
+        self._volumes = LruCache(VOLUMES_KEPT)  # case id -> LoadedVolume, for slice scrolling
         self.events = EventWriter(store)
         self.background = BackgroundWorker(self) if background else None
 
@@ -279,11 +300,9 @@ class AppService:
 
         A volume (NIfTI, DICOM series folder, multi-frame DICOM) is shown on one axial slice: ``slice_index`` along
         its axial voxel axis, the middle one when None; AppError when out of range. 2-D cases ignore it."""
-        key = (case_id, slice_index)
-        with self._images_lock:
-            if key in self._images:
-                self._images.move_to_end(key)
-                return self._images[key]
+        cached = self._images.get((case_id, slice_index))
+        if cached is not None:
+            return cached
         from core_model.io import load_image
 
         path, series_uid, is_volume = self._case_source(case_id)
@@ -299,25 +318,17 @@ class AppService:
         geometry = DisplayGeometry.for_shape(*pixels.shape[:2])
         image = CaseImage(case_id, pixels, geometry, encode_base_png(display_image(pixels, geometry)),
                           loaded.metadata.extra["slice_index"] if is_volume else None, count)
-        with self._images_lock:
-            self._images[key] = image
-            while len(self._images) > self._image_cache:
-                self._images.popitem(last=False)
+        self._images.put((case_id, slice_index), image)
         return image
 
     def _volume(self, case_id: int, path: Path, series_uid: str | None) -> LoadedVolume:
         """The case's volume, the last few kept in memory (scrolling through slices re-reads nothing)."""
         from core_model.io import load_volume
 
-        with self._images_lock:
-            if case_id in self._volumes:
-                self._volumes.move_to_end(case_id)
-                return self._volumes[case_id]
-        volume = load_volume(path, series_uid=series_uid)
-        with self._images_lock:
-            self._volumes[case_id] = volume
-            while len(self._volumes) > VOLUMES_KEPT:
-                self._volumes.popitem(last=False)
+        volume = self._volumes.get(case_id)
+        if volume is None:
+            volume = load_volume(path, series_uid=series_uid)
+            self._volumes.put(case_id, volume)
         return volume
 
     def _case_source(self, case_id: int) -> tuple[Path, str | None, bool]:
