@@ -1,6 +1,7 @@
 """The schema of a human–AI reader study, as SQLAlchemy 2 ORM classes.
 
-readers ─┐                    label_sets ── model_versions ── predictions (case × model version)
+readers ─┬─ login_sessions (sha256 of the cookie token, idle + absolute expiry; the raw token is never stored)
+         │                    label_sets ── model_versions ── predictions (case × model version)
          ├─ assignments (reader × case × arm, order, session) ── studies ── study_arms
 datasets ── cases ── case_identities (the re-identification mapping; never exported)
                ├── case_labels (ground truth per class)   ├── case_masks (reference masks, RLE)
@@ -158,6 +159,7 @@ class Study(Base):
     allow_revisit: Mapped[bool] = mapped_column(Boolean, default=False)
     label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    rating_max: Mapped[int] = mapped_column(Integer, default=100, server_default="100")  # 0 = binary answers only
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     arms: Mapped[list[StudyArm]] = relationship(order_by="StudyArm.position", cascade="all, delete-orphan")
 
@@ -218,3 +220,16 @@ class Event(Base):
     mono_ns: Mapped[int] = mapped_column(BigInteger)
     clock_id: Mapped[str] = mapped_column(String(80))  # host + boot id: monotonic times compare only within one
     idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
+class LoginSession(Base):
+    """A server-side login: only the sha256 of the cookie token is stored; idle and absolute expiry, revocation."""
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)  # absolute expiry, whatever the activity
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    user_agent: Mapped[str | None] = mapped_column(String(256))

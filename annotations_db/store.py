@@ -25,6 +25,7 @@ whenever both ends share a clock id.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import random
 import secrets
 import socket
@@ -38,24 +39,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotations_db import events as event_log
 from annotations_db import migrate, rle
 from annotations_db.engine import DEFAULT_URL, WRITE, make_engine
+from annotations_db.events import EventRecord, derive_time_s
 from annotations_db.errors import (AccessDenied, AlreadySubmitted, InvalidEvent, NotFound, StudyDesignError)
-from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
-                                   Reader, Study, StudyArm, utcnow)
+from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, LoginSession,
+                                   ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
 from annotations_db.security import hash_password, verify_password
 
 ROLES = ("admin", "reader")
 DESIGNS = ("crossover", "sequential")
 UNAIDED_ARM_NAMES = frozenset({"unaided", "no_ai", "without_ai", "control"})
-EVENT_KINDS = frozenset({
-    "case_shown", "case_hidden", "click", "box", "text_prompt", "undo", "reset", "accept", "label_toggled",
-    "ai_shown", "ai_hidden", "idle_start", "idle_end", "submit", "slice_shown",
-})
+EVENT_KINDS = event_log.KINDS
+SESSION_TOUCH_S = 30.0  # a login's last_seen_at is written at most this often (idle expiry is that coarse)
 
 
 def _clock_id() -> str:
@@ -110,16 +111,6 @@ class WorklistItem:
     uncertainty: float | None
     probabilities: dict[str, float]
     annotated: bool
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: int
-    kind: str
-    payload: dict[str, Any]
-    wall_at: datetime
-    mono_ns: int
-    clock_id: str
 
 
 @dataclass(frozen=True)
@@ -270,6 +261,55 @@ class Store:
         if row is None:
             raise NotFound(f"no reader {reader!r}")
         return ReaderRef(row.id, row.name, row.role)
+
+    # -- login sessions -------------------------------------------------------------------------------------------
+    def create_login_session(self, reader: ReaderLike, *, absolute_s: float, user_agent: str | None = None) -> str:
+        """A new login of ``reader`` valid for at most ``absolute_s``; returns the token (only its sha256 is stored)."""
+        token = secrets.token_urlsafe(32)
+        now = self.now()
+        with self.write_session() as session:
+            me = self._reader(session, reader)
+            session.add(LoginSession(token_hash=token_hash(token), reader_id=me.id, created_at=now, last_seen_at=now,
+                                     expires_at=now + timedelta(seconds=absolute_s),
+                                     user_agent=user_agent[:256] if user_agent else None))
+        return token
+
+    def login_session(self, token: str | None, *, idle_s: float) -> ReaderRef | None:
+        """The reader of a live login, or None (unknown, revoked, idle over ``idle_s``, expired, inactive reader).
+
+        Refreshes ``last_seen_at`` at most once per :data:`SESSION_TOUCH_S`, so a busy page is not a write per request.
+        """
+        if not token:
+            return None
+        now = self.now()
+        with self.read_session() as session:
+            row = session.execute(select(LoginSession.id.label("login_id"), LoginSession.last_seen_at,
+                                         LoginSession.expires_at, LoginSession.revoked_at,
+                                         Reader.id.label("reader_id"), Reader.name, Reader.role, Reader.active)
+                                  .join(Reader, Reader.id == LoginSession.reader_id)
+                                  .where(LoginSession.token_hash == token_hash(token))).one_or_none()
+        if row is None or not _login_alive(row, now, idle_s):
+            return None
+        if (now - row.last_seen_at).total_seconds() >= SESSION_TOUCH_S:
+            with self.write_session() as session:
+                session.execute(update(LoginSession).where(LoginSession.id == row.login_id).values(last_seen_at=now))
+        return ReaderRef(row.reader_id, row.name, row.role)
+
+    def revoke_login_session(self, token: str | None) -> None:
+        """End one login (no-op for an unknown or already revoked token)."""
+        if token:
+            self._revoke(LoginSession.token_hash == token_hash(token))
+
+    def revoke_reader_sessions(self, reader: ReaderLike) -> int:
+        """End every login of ``reader`` (e.g. after a password change); returns how many were live."""
+        reader_id = reader.id if isinstance(reader, ReaderRef) else int(reader)
+        return self._revoke(LoginSession.reader_id == reader_id)
+
+    def _revoke(self, clause: Any) -> int:
+        with self.write_session() as session:
+            result = session.execute(update(LoginSession).where(clause, LoginSession.revoked_at.is_(None))
+                                     .values(revoked_at=self.now()))
+            return int(result.rowcount or 0)
 
     # -- cases, label sets, model versions ---------------------------------------------------------------------------
     @staticmethod
@@ -642,6 +682,17 @@ class Store:
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------------
+def token_hash(token: str) -> str:
+    """What the database keeps of a login token: its sha256 (hex)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _login_alive(row: Any, now: datetime, idle_s: float) -> bool:
+    """A login row (with its reader's ``active``) is usable at ``now``."""
+    return (row.revoked_at is None and bool(row.active) and now < row.expires_at
+            and (now - row.last_seen_at).total_seconds() <= idle_s)
+
+
 def _keep(item: WorklistItem, status: str, class_name: str | None, min_probability: float,
           min_uncertainty: float | None) -> bool:
     if status == "open" and item.annotated or status == "done" and not item.annotated:
@@ -696,22 +747,8 @@ def plan_assignments(case_ids: Sequence[int], reader_ids: Sequence[int], n_arms:
 
 
 def validate_event(kind: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload as a plain dict, or InvalidEvent naming what is wrong."""
-    if kind not in EVENT_KINDS:
-        raise InvalidEvent(f"unknown event kind {kind!r}; known: {sorted(EVENT_KINDS)}")
-    body = dict(payload or {})
-    if kind == "click":
-        missing = {"x", "y", "positive"} - body.keys()
-        if missing:
-            raise InvalidEvent(f"click event needs x, y and positive; missing {sorted(missing)}")
-        try:
-            body["x"], body["y"] = float(body["x"]), float(body["y"])
-        except (TypeError, ValueError):
-            raise InvalidEvent(f"click x, y must be numbers, got {body['x']!r}, {body['y']!r}") from None
-        body["positive"] = bool(body["positive"])
-    if kind == "label_toggled" and ("class" not in body or body.get("value") not in (0, 1, True, False)):
-        raise InvalidEvent("label_toggled needs 'class' and 'value' (0/1)")
-    return body
+    """The payload as a plain dict, or InvalidEvent naming what is wrong (see :mod:`annotations_db.events`)."""
+    return event_log.validate(kind, payload)
 
 
 def validate_labels(labels: Mapping[str, int], classes: Sequence[str]) -> dict[str, int]:
@@ -735,30 +772,3 @@ def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None) 
     if case.depth is not None and len(shape) == 3 and shape != [case.width, case.height, case.depth]:
         raise ValueError(f"mask of volume case {case.pseudo_id} must be {[case.width, case.height, case.depth]}, "
                          f"got {shape}")
-
-
-def derive_time_s(events: Sequence[EventRecord]) -> float | None:
-    """Σ over viewing segments (case_shown → submit/case_hidden) minus idle inside them; None if never submitted."""
-    total_ns, shown, idle_since, submitted = 0, None, None, False
-    for event in events:
-        if event.kind == "case_shown" and shown is None:
-            shown = event
-        elif event.kind == "idle_start" and shown is not None and idle_since is None:
-            idle_since = event
-        elif event.kind == "idle_end" and idle_since is not None:
-            total_ns -= _elapsed_ns(idle_since, event)
-            idle_since = None
-        elif event.kind in ("submit", "case_hidden") and shown is not None:
-            if idle_since is not None:
-                total_ns -= _elapsed_ns(idle_since, event)
-                idle_since = None
-            total_ns += _elapsed_ns(shown, event)
-            shown = None
-            submitted = submitted or event.kind == "submit"
-    return total_ns / 1e9 if submitted else None
-
-
-def _elapsed_ns(start: EventRecord, end: EventRecord) -> int:
-    if start.clock_id == end.clock_id:
-        return end.mono_ns - start.mono_ns
-    return int((end.wall_at - start.wall_at).total_seconds() * 1e9)
