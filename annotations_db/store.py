@@ -43,10 +43,8 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotations_db import events as event_log
 from annotations_db import migrate, rle
 from annotations_db.engine import DEFAULT_URL, WRITE, make_engine
-from annotations_db.events import EventRecord, derive_time_s
 from annotations_db.errors import (AccessDenied, AlreadySubmitted, InvalidEvent, NotFound, StudyDesignError)
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, LoginSession,
                                    ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
@@ -55,7 +53,10 @@ from annotations_db.security import hash_password, verify_password
 ROLES = ("admin", "reader")
 DESIGNS = ("crossover", "sequential")
 UNAIDED_ARM_NAMES = frozenset({"unaided", "no_ai", "without_ai", "control"})
-EVENT_KINDS = event_log.KINDS
+EVENT_KINDS = frozenset({
+    "case_shown", "case_hidden", "click", "box", "text_prompt", "undo", "reset", "accept", "label_toggled",
+    "ai_shown", "ai_hidden", "idle_start", "idle_end", "submit", "slice_shown",
+})
 SESSION_TOUCH_S = 30.0  # a login's last_seen_at is written at most this often (idle expiry is that coarse)
 
 
@@ -111,6 +112,16 @@ class WorklistItem:
     uncertainty: float | None
     probabilities: dict[str, float]
     annotated: bool
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    wall_at: datetime
+    mono_ns: int
+    clock_id: str
 
 
 @dataclass(frozen=True)
@@ -747,8 +758,22 @@ def plan_assignments(case_ids: Sequence[int], reader_ids: Sequence[int], n_arms:
 
 
 def validate_event(kind: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload as a plain dict, or InvalidEvent naming what is wrong (see :mod:`annotations_db.events`)."""
-    return event_log.validate(kind, payload)
+    """The payload as a plain dict, or InvalidEvent naming what is wrong."""
+    if kind not in EVENT_KINDS:
+        raise InvalidEvent(f"unknown event kind {kind!r}; known: {sorted(EVENT_KINDS)}")
+    body = dict(payload or {})
+    if kind == "click":
+        missing = {"x", "y", "positive"} - body.keys()
+        if missing:
+            raise InvalidEvent(f"click event needs x, y and positive; missing {sorted(missing)}")
+        try:
+            body["x"], body["y"] = float(body["x"]), float(body["y"])
+        except (TypeError, ValueError):
+            raise InvalidEvent(f"click x, y must be numbers, got {body['x']!r}, {body['y']!r}") from None
+        body["positive"] = bool(body["positive"])
+    if kind == "label_toggled" and ("class" not in body or body.get("value") not in (0, 1, True, False)):
+        raise InvalidEvent("label_toggled needs 'class' and 'value' (0/1)")
+    return body
 
 
 def validate_labels(labels: Mapping[str, int], classes: Sequence[str]) -> dict[str, int]:
@@ -772,3 +797,30 @@ def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None) 
     if case.depth is not None and len(shape) == 3 and shape != [case.width, case.height, case.depth]:
         raise ValueError(f"mask of volume case {case.pseudo_id} must be {[case.width, case.height, case.depth]}, "
                          f"got {shape}")
+
+
+def derive_time_s(events: Sequence[EventRecord]) -> float | None:
+    """Σ over viewing segments (case_shown → submit/case_hidden) minus idle inside them; None if never submitted."""
+    total_ns, shown, idle_since, submitted = 0, None, None, False
+    for event in events:
+        if event.kind == "case_shown" and shown is None:
+            shown = event
+        elif event.kind == "idle_start" and shown is not None and idle_since is None:
+            idle_since = event
+        elif event.kind == "idle_end" and idle_since is not None:
+            total_ns -= _elapsed_ns(idle_since, event)
+            idle_since = None
+        elif event.kind in ("submit", "case_hidden") and shown is not None:
+            if idle_since is not None:
+                total_ns -= _elapsed_ns(idle_since, event)
+                idle_since = None
+            total_ns += _elapsed_ns(shown, event)
+            shown = None
+            submitted = submitted or event.kind == "submit"
+    return total_ns / 1e9 if submitted else None
+
+
+def _elapsed_ns(start: EventRecord, end: EventRecord) -> int:
+    if start.clock_id == end.clock_id:
+        return end.mono_ns - start.mono_ns
+    return int((end.wall_at - start.wall_at).total_seconds() * 1e9)
