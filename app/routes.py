@@ -86,7 +86,7 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
 
     def set_cookie(response: Response, session: Session) -> None:
         response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="lax", secure=secure_cookie,
-                            path="/", max_age=12 * 3600)
+                            path="/", max_age=int(service.session_absolute_s))
 
     def current(request: Request) -> Session:
         return service.session(_token(request))
@@ -105,7 +105,8 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     async def login_form(request: Request) -> Response:
         form = await request.form()
         try:
-            session = service.login(str(form.get("username", "")), str(form.get("password", "")))
+            session = service.login(str(form.get("username", "")), str(form.get("password", "")),
+                                    request.headers.get("user-agent"))
         except Unauthorized:
             page = LOGIN_PAGE.format(error=f'<p class="error" id="login-error">{html.escape("Unknown reader or wrong password.")}</p>')
             return HTMLResponse(page, status_code=401)
@@ -117,15 +118,17 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     async def login_json(request: Request) -> Response:
         try:
             body = await _json(request)
-            session = service.login(str(body.get("username", "")), str(body.get("password", "")))
+            session = service.login(str(body.get("username", "")), str(body.get("password", "")),
+                                    request.headers.get("user-agent"))
         except AppError as error:
             return _error(error)
         response = JSONResponse({"reader": session.reader.name, "role": session.reader.role})
         set_cookie(response, session)
         return response
 
-    @router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    @router.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
+        """POST only (a GET is 405): a link or an image on another page cannot sign the reader out."""
         service.logout(_token(request))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")

@@ -50,7 +50,8 @@ log = logging.getLogger("biascare.app")
 LABEL_SET = "cxr-lt-26"
 CLASSES: tuple[str, ...] = CXR_LT_26
 SESSION_COOKIE = "biascare_session"
-SESSION_TTL_S = 12 * 3600
+SESSION_TTL_S = 12 * 3600  # absolute lifetime of a login (the cookie's max-age), whatever the activity
+SESSION_IDLE_S = 2 * 3600  # a login unused for this long is refused
 CLIENT_EVENT_KINDS = frozenset({"idle_start", "idle_end", "case_hidden", "ai_hidden", "ai_shown"})
 PREFETCH_AHEAD = 3
 VOLUMES_KEPT = 2  # volumes held in memory for slice scrolling (a 512² × 300 CT is 300 MB as float32)
@@ -233,7 +234,8 @@ class AppService:
 
     def __init__(self, store: Store, model: Any, data_dir: Path, *, device: str = "cpu",
                  image_cache: int = 12, idle_seconds: float = 60.0, background: bool = True,
-                 max_upload_bytes: int = 64 * 1024 * 1024, embedding_dir: Path | None = None) -> None:
+                 max_upload_bytes: int = 64 * 1024 * 1024, embedding_dir: Path | None = None,
+                 session_idle_s: float = SESSION_IDLE_S, session_absolute_s: float = SESSION_TTL_S) -> None:
         from core_model.predictor import InteractivePredictor
 
         self.store = store
@@ -242,6 +244,8 @@ class AppService:
         self.data_dir = Path(data_dir)
         self.idle_seconds = idle_seconds
         self.max_upload_bytes = max_upload_bytes
+        self.session_idle_s = float(session_idle_s)
+        self.session_absolute_s = float(session_absolute_s)
         self.model_version = str(getattr(model.info, "version", "unknown"))
         # embeddings depend on the image-encoder weights only: a new decoder checkpoint keeps the cache
         encoder = str(getattr(model, "encoder_version", self.model_version))
@@ -255,28 +259,48 @@ class AppService:
         self.background = BackgroundWorker(self) if background else None
 
     # ------------------------------------------------------------------ sessions
-    def login(self, name: str, password: str) -> Session:
+    def login(self, name: str, password: str, user_agent: str | None = None) -> Session:
+        """Check the password and open a login stored in the database (survives a restart; see :meth:`session`)."""
         reader = self.store.authenticate(str(name or ""), str(password or ""))
         if reader is None:
             raise Unauthorized("unknown reader or wrong password")
-        token = secrets.token_urlsafe(32)
-        predictor = self._predictor_cls(self.model, self.device, cache_size=2, disk_cache=self.embedding_dir)
-        session = Session(token, reader, time.time(), predictor)
+        token = self.store.create_login_session(reader, absolute_s=self.session_absolute_s, user_agent=user_agent)
+        session = self._new_session(token, reader)
         with self._sessions_lock:
             self._expire()
             self.sessions[token] = session
         return session
 
     def logout(self, token: str | None) -> None:
+        """Revoke the login in the database (refused from now on, also after a restart) and drop it from memory."""
+        self.store.revoke_login_session(token)
         with self._sessions_lock:
             self.sessions.pop(token or "", None)
 
     def session(self, token: str | None) -> Session:
-        session = self.sessions.get(token or "")
-        if session is None or time.time() - session.last_seen > SESSION_TTL_S:
+        """The live session of ``token``; the database decides (revocation and expiry apply at once).
+
+        A token valid in the database but unknown in memory (the server restarted) gets a fresh :class:`Session`:
+        a new predictor, no open view.
+        """
+        reader = self.store.login_session(token, idle_s=self.session_idle_s) if token else None
+        if reader is None:
+            with self._sessions_lock:
+                self.sessions.pop(token or "", None)
             raise Unauthorized("not logged in (or the session expired)")
+        session = self.sessions.get(token)
+        if session is None:
+            fresh = self._new_session(token, reader)
+            with self._sessions_lock:
+                session = self.sessions.setdefault(token, fresh)
+        session.reader = reader  # a role changed by an admin applies at once
         session.last_seen = time.time()
         return session
+
+    def _new_session(self, token: str, reader: ReaderRef) -> Session:
+        """The in-memory side of a login: its own predictor (click history), no open view."""
+        predictor = self._predictor_cls(self.model, self.device, cache_size=2, disk_cache=self.embedding_dir)
+        return Session(token, reader, time.time(), predictor)
 
     def reader_name(self, token: str | None) -> str | None:
         try:
@@ -285,8 +309,9 @@ class AppService:
             return None
 
     def _expire(self) -> None:
+        """Free the memory of sessions idle past the idle limit (the database refuses them anyway)."""
         now = time.time()
-        for token in [t for t, s in self.sessions.items() if now - s.last_seen > SESSION_TTL_S]:
+        for token in [t for t, s in self.sessions.items() if now - s.last_seen > self.session_idle_s]:
             self.sessions.pop(token, None)
 
     @staticmethod

@@ -23,6 +23,9 @@ from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, 
 
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
+# sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
+SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
+                 '<button id="bc-signout" type="submit">Sign out</button></form>')
 EMPTY_VIEWER = '<div class="bc-empty">No case open. Pick one from the worklist or start your reader study.</div>'
 
 
@@ -105,7 +108,7 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         is_admin = session.reader.is_admin
         model = f"model `{service.model_version}` · " if is_admin else ""
         who = (f"Signed in as **{html.escape(session.reader.name)}** ({session.reader.role}) · {model}"
-               "[sign out](/logout)")
+               f"{SIGN_OUT_FORM}")
         return who, gr.update(visible=is_admin)
 
     def worklist(status: str, class_name: str, u_min: float, u_max: float, request: gr.Request):

@@ -105,7 +105,9 @@ def test_login_required_and_login_flow(server):
     assert "httponly" in cookie and "samesite=lax" in cookie
     assert anon.get(f"{server.url}/ui/", timeout=30).status_code == 200
     assert anon.get(f"{server.url}/api/v1/me", timeout=30).json()["reader"] == "ada"
-    anon.get(f"{server.url}/logout", timeout=30)
+    assert anon.get(f"{server.url}/logout", timeout=30).status_code == 405  # sign-out is a POST
+    out = anon.post(f"{server.url}/logout", allow_redirects=False, timeout=30)
+    assert out.status_code == 303 and out.headers["location"] == "/login"
     assert anon.get(f"{server.url}/api/v1/me", timeout=30).status_code == 401
 
 
