@@ -5,16 +5,22 @@ patients stays in the database), no patient name, ID, birth date or other direct
 de-identified DICOM image copies included).
 
 Results (long format; :func:`results_frame`, :func:`export_results` → CSV and/or Parquet), one row per
-reader × case × arm × class of every submitted assignment:
+reader × case × arm × class of every submitted assignment of one study:
 
-    reader, case, arm, class, answer (0/1), truth (0/1 or empty), ai_probability (float; empty in unaided arms),
-    ai_uncertainty (case-level total of the study's model, in both arms; float or empty), time_s (submit − shown −
-    idle, from events), clicks, order (the reader's reading order), shown_at, submitted_at (ISO 8601 UTC), sex, age,
-    race
+    study (the study's name), reader, case, arm, class, answer (0/1), score (the reader's confidence rating that the
+    finding is present, the raw integer 0..the study's rating_max as the reader gave it, not rescaled; empty when the
+    answer has no ratings, e.g. a binary-only study), truth (0/1 or empty), ai_probability (float; empty in unaided
+    arms), ai_uncertainty (case-level total of the study's model, in both arms; float or empty), time_s (submit −
+    shown − idle, from events), clicks, order (the reader's reading order), shown_at, submitted_at (ISO 8601 UTC),
+    sex, age, race
 
-iMRMC (:func:`export_imrmc`): one class per file; header ``N0/N1/NR/NM``, ``BEGIN DATA:``, truth rows
-``-1,case,truth,0|1`` then ``reader,case,arm,score`` (score = the reader's confidence for that class when recorded,
-else the 0/1 answer), the layout of shared/data/mrmc_vandyke/vandyke_ratings.imrmc.
+iMRMC (:func:`export_imrmc`, one class; :func:`export_imrmc_classes`, one file per class): header ``N0/N1/NR/NM``,
+``BEGIN DATA:``, truth rows ``-1,case,truth,0|1`` then ``reader,case,arm,score`` (score = the reader's rating when
+every read of the class has one, the 0/1 answer when none has; a mix is refused), the layout of
+shared/data/mrmc_vandyke/vandyke_ratings.imrmc.
+
+An export with nothing to write (no submitted read, no mask, no annotation) raises :class:`ExportError` instead of
+writing an empty file or folder (masks: with ``require_any=True``, which the command line and the app pass).
 
 Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with a mask per case:
     masks/<case>.png         2-D cases: uint8 0/255, the source image's height × width
@@ -44,8 +50,10 @@ and reset (clears), in original-image pixel coordinates.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,13 +66,14 @@ from annotations_db import rle
 from annotations_db.errors import ExportError
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
                                    Reader, Study, StudyArm, utcnow)
-from annotations_db.store import EventRecord, Store, derive_time_s
+from annotations_db.events import EventRecord, derive_time_s, effective_clicks, submitted_session
+from annotations_db.store import Store
 
 if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not with this module
     from core_model.io import LoadedVolume, SeriesLayout
 
-RESULT_COLUMNS = ["reader", "case", "arm", "class", "answer", "truth", "ai_probability", "ai_uncertainty", "time_s",
-                  "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
+RESULT_COLUMNS = ["study", "reader", "case", "arm", "class", "answer", "score", "truth", "ai_probability",
+                  "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
 MANIFEST_SCHEMA = "biascare/training-manifest@1"
 DIRECT_IDENTIFIERS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence",
@@ -99,14 +108,58 @@ def results_frame(store_or_url: Store | str, study: str | int | None = None) -> 
             store.close()
 
 
+@dataclass(frozen=True)
+class StudyInfo:
+    """A study as the exports and the analysis name it: id, name, creation time and rating scale (None: unknown)."""
+    id: int
+    name: str
+    created_at: datetime | None
+    rating_max: int | None
+
+    @property
+    def described(self) -> str:
+        """``NAME (id N, created ISO)`` for messages."""
+        created = self.created_at.isoformat(timespec="seconds") if self.created_at else "unknown"
+        return f"{self.name} (id {self.id}, created {created})"
+
+
+def _info(study: Study) -> StudyInfo:
+    return StudyInfo(study.id, study.name, study.created_at, getattr(study, "rating_max", None))
+
+
+def list_studies(store_or_url: Store | str) -> list[StudyInfo]:
+    """Every study of the database, oldest first."""
+    store, owned = _store(store_or_url)
+    try:
+        with store.read_session() as session:
+            return [_info(s) for s in session.scalars(select(Study).order_by(Study.id))]
+    finally:
+        if owned:
+            store.close()
+
+
+def resolve_study(store_or_url: Store | str, study: str | int | None = None) -> StudyInfo:
+    """The study named (or with the id) ``study``, default the most recently created; ExportError if none."""
+    store, owned = _store(store_or_url)
+    try:
+        with store.read_session() as session:
+            return _info(_pick_study(session, study))
+    finally:
+        if owned:
+            store.close()
+
+
 def _pick_study(session: Any, study: str | int | None) -> Study:
     query = select(Study)
     if study is None:
         found = session.scalar(query.order_by(Study.id.desc()).limit(1))
     else:
         found = session.scalar(query.where(Study.name == study if isinstance(study, str) else Study.id == study))
+    if found is None and study is None:
+        raise ExportError("the database has no study")
     if found is None:
-        raise ExportError(f"no study {study!r}" if study is not None else "the database has no study")
+        names = list(session.scalars(select(Study.name).order_by(Study.id)))
+        raise ExportError(f"no study {study!r}; the database has: {', '.join(names) or 'no study'}")
     return found
 
 
@@ -131,12 +184,14 @@ def _results(session: Any, study: Study) -> pd.DataFrame:
         probabilities, uncertainty = predictions.get(read.case_id, ({}, None))
         log = events.get(read.id, [])
         shown = next((e.wall_at for e in log if e.kind == "case_shown"), None)
-        common = dict(reader=read.reader, case=read.pseudo_id, arm=read.arm, ai_uncertainty=uncertainty,
+        ratings = (answers[read.id].confidence if read.id in answers else None) or {}
+        common = dict(study=study.name, reader=read.reader, case=read.pseudo_id, arm=read.arm,
+                      ai_uncertainty=uncertainty,
                       time_s=derive_time_s(log), clicks=sum(e.kind == "click" for e in log), order=read.order_index,
                       shown_at=_iso(shown), submitted_at=_iso(read.submitted_at), sex=read.sex, age=read.age,
                       race=read.race)
         for name in classes:
-            rows.append({**common, "class": name, "answer": int(labels.get(name, 0)),
+            rows.append({**common, "class": name, "answer": int(labels.get(name, 0)), "score": ratings.get(name),
                          "truth": truth.get((read.case_id, name)),
                          "ai_probability": probabilities.get(name) if read.shows_ai else None})
     return _typed(pd.DataFrame(rows, columns=RESULT_COLUMNS))
@@ -145,7 +200,7 @@ def _results(session: Any, study: Study) -> pd.DataFrame:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame["answer"] = frame["answer"].astype("int64")
     frame["truth"] = frame["truth"].astype("Int64")
-    for column in ("ai_probability", "ai_uncertainty", "time_s", "age"):
+    for column in ("score", "ai_probability", "ai_uncertainty", "time_s", "age"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["clicks"] = frame["clicks"].astype("int64")
     frame["order"] = frame["order"].astype("int64")
@@ -197,8 +252,18 @@ def _chunks(items: Sequence[int], size: int = 500) -> list[list[int]]:
 
 def export_results(store_or_url: Store | str, out: Path | str, study: str | int | None = None,
                    formats: Sequence[str] = ("csv", "parquet")) -> list[Path]:
-    """Write the long-format results as ``out`` with each suffix of ``formats``; returns the written paths."""
-    frame = results_frame(store_or_url, study)
+    """Write the long-format results as ``out`` with each suffix of ``formats``; returns the written paths.
+
+    ExportError (and nothing written) when the study has no submitted read."""
+    store, owned = _store(store_or_url)
+    try:
+        frame = results_frame(store, study)
+        if frame.empty:
+            raise ExportError(f"study {resolve_study(store, study).described} has no submitted read yet: "
+                              "no results to export")
+    finally:
+        if owned:
+            store.close()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -216,41 +281,57 @@ def export_results(store_or_url: Store | str, out: Path | str, study: str | int 
 
 def export_imrmc(store_or_url: Store | str, out: Path | str, class_name: str, study: str | int | None = None,
                  frame: pd.DataFrame | None = None) -> Path:
-    """iMRMC input for one class: cases with known truth, every submitted read of them."""
-    store, owned = _store(store_or_url)
-    try:
-        frame = results_frame(store, study) if frame is None else frame
-        confidence = _confidences(store, study)
-    finally:
-        if owned:
-            store.close()
+    """iMRMC input for one class: cases with known truth, every submitted read of them (scores: see the module
+    docstring). ``frame`` (a :func:`results_frame`) is used instead of reading the database when given."""
+    if frame is None:
+        frame = results_frame(store_or_url, study)
+    return _imrmc_class(frame, Path(out), class_name)
+
+
+def _imrmc_class(frame: pd.DataFrame, out: Path, class_name: str) -> Path:
     rows = frame[(frame["class"] == class_name) & frame["truth"].notna()]
     if rows.empty:
-        raise ExportError(f"no reads with known truth for class {class_name!r}")
-    return _write_imrmc(Path(out), rows, class_name, confidence)
+        raise ExportError(f"no reads with known truth for class {class_name!r}: no iMRMC file to write")
+    return _write_imrmc(out, rows, class_name)
 
 
-def _confidences(store: Store, study: str | int | None) -> dict[tuple[str, str, str], dict[str, float]]:
-    with store.read_session() as session:
-        chosen = _pick_study(session, study)
-        query = (select(Reader.name, Case.pseudo_id, StudyArm.name, Annotation.confidence)
-                 .join(Assignment, Assignment.id == Annotation.assignment_id)
-                 .join(Reader, Reader.id == Annotation.reader_id).join(Case, Case.id == Annotation.case_id)
-                 .join(StudyArm, StudyArm.id == Assignment.arm_id)
-                 .where(Assignment.study_id == chosen.id).order_by(Annotation.id))
-        return {(r, c, a): conf for r, c, a, conf in session.execute(query) if conf}
+def export_imrmc_classes(store_or_url: Store | str, out_dir: Path | str, study: str | int | None = None,
+                         frame: pd.DataFrame | None = None) -> dict[str, Path]:
+    """One iMRMC file per class with positive and negative cases, ``OUT_DIR/<class>.imrmc`` (non-alphanumerics → _);
+    returns {class: path}. ExportError when no class has both (or the study has no submitted read)."""
+    if frame is None:
+        frame = results_frame(store_or_url, study)
+    known = frame[frame["truth"].notna()]
+    both = known.groupby("class")["truth"].nunique()
+    classes = [name for name in dict.fromkeys(known["class"]) if both.get(name, 0) == 2]
+    if not classes:
+        raise ExportError("no class has submitted reads of both positive and negative cases (known truth): "
+                          "no iMRMC file to write")
+    out = Path(out_dir)
+    return {name: _imrmc_class(frame, out / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.imrmc", name)
+            for name in classes}
 
 
-def _write_imrmc(path: Path, rows: pd.DataFrame, class_name: str,
-                 confidence: dict[tuple[str, str, str], dict[str, float]]) -> Path:
+def _imrmc_scores(rows: pd.DataFrame, class_name: str) -> tuple[pd.Series, str]:
+    """The score of every row (ratings when all rows have one, else the 0/1 answers) and its description."""
+    rated = rows["score"].notna() if "score" in rows else pd.Series(False, index=rows.index)
+    if rated.all():
+        return rows["score"].astype(float), "score = the reader's confidence rating (raw, 0..the study's rating_max)"
+    if rated.any():
+        raise ExportError(f"class {class_name!r}: {int(rated.sum())} of {len(rows)} reads have a confidence rating "
+                          "and the others only a 0/1 answer; an iMRMC file needs one scale")
+    return rows["answer"].astype(float), "score = the 0/1 answer (no confidence ratings recorded)"
+
+
+def _write_imrmc(path: Path, rows: pd.DataFrame, class_name: str) -> Path:
     truth = rows.drop_duplicates("case").set_index("case")["truth"].astype(int)
-    lines = [f"BiasCare reader study export, class {class_name}; score = confidence if recorded, else the 0/1 answer",
+    scores, described = _imrmc_scores(rows, class_name)
+    lines = [f"BiasCare reader study export, class {class_name}; {described}",
              f"N0:{int((truth == 0).sum())}", f"N1:{int((truth == 1).sum())}", f"NR:{rows['reader'].nunique()}",
              f"NM:{rows['arm'].nunique()}", "BEGIN DATA:"]
     lines += [f"-1,{case},truth,{value}" for case, value in truth.items()]
-    for row in rows.itertuples(index=False):
-        score = confidence.get((row.reader, row.case, row.arm), {}).get(class_name, row.answer)
-        lines.append(f"{row.reader},{row.case},{row.arm},{float(score):.6f}")
+    lines += [f"{reader},{case},{arm},{score:.6f}"
+              for reader, case, arm, score in zip(rows["reader"], rows["case"], rows["arm"], scores)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -441,16 +522,22 @@ def _segment_description(label: str) -> Any:
 
 
 def export_masks(store_or_url: Store | str, out_dir: Path | str,
-                 formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco")) -> dict[str, Any]:
-    """Final masks at source geometry (see the module docstring); returns {case: {format: path}} and the COCO path."""
+                 formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco"), *,
+                 require_any: bool = False) -> dict[str, Any]:
+    """Final masks at source geometry (see the module docstring); returns {case: {format: path}} and the COCO path.
+
+    ``require_any``: ExportError, before anything is written, when no final mask can be written in ``formats``."""
     store, owned = _store(store_or_url)
     out = Path(out_dir)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, str]] = {}
     coco_items = []
     try:
         with store.read_session() as session:
-            for case, annotation in final_annotations(session):
+            finals = final_annotations(session)
+            if require_any:
+                _require_writable_masks(finals, formats)
+            (out / "masks").mkdir(parents=True, exist_ok=True)
+            for case, annotation in finals:
                 mask = mask_at_source(case, annotation)
                 if mask is None:
                     continue
@@ -464,6 +551,32 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
     if "coco" in formats:
         result["coco"] = str(write_coco(coco_items, out / "coco.json"))
     return result
+
+
+def _require_writable_masks(finals: Sequence[tuple[Case, Annotation]], formats: Sequence[str]) -> None:
+    """ExportError unless some final annotation has a mask that one of ``formats`` applies to."""
+    masked = [case for case, annotation in finals if annotation.mask_rle is not None]
+    if not masked:
+        raise ExportError(f"no masks to export: none of the {len(finals)} final annotations has a mask")
+    applies = {"png": lambda c: c.depth is None, "coco": lambda c: c.depth is None,
+               "nifti": lambda c: c.depth is not None, "dicom-seg": lambda c: c.format == "dicom"}
+    if not any(applies.get(fmt, lambda c: False)(case) for case in masked for fmt in formats):
+        raise ExportError(f"no masks to export as {', '.join(formats)}: the {len(masked)} masks are of other kinds "
+                          "(png/coco: 2-D cases, nifti: volumes, dicom-seg: DICOM sources)")
+
+
+def require_final_annotations(store_or_url: Store | str) -> int:
+    """The number of annotated cases (what a training export writes); ExportError when there is none."""
+    store, owned = _store(store_or_url)
+    try:
+        with store.read_session() as session:
+            count = len(final_annotations(session))
+    finally:
+        if owned:
+            store.close()
+    if not count:
+        raise ExportError("no annotations yet: no training manifest to export")
+    return count
 
 
 def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str]) -> dict[str, str]:
@@ -544,35 +657,14 @@ def copy_image(case: Case, images_dir: Path) -> Path:
     return target
 
 
-def effective_clicks(events: Sequence[EventRecord]) -> list[dict[str, Any]]:
-    """Clicks replayed up to the last submit: undo drops the last click, reset or another slice clears; t from the
-    first shown."""
-    start = next((e for e in events if e.kind == "case_shown"), events[0] if events else None)
-    clicks: list[dict[str, Any]] = []
-    last_submit = max((i for i, e in enumerate(events) if e.kind == "submit"), default=len(events) - 1)
-    for event in events[:last_submit + 1]:
-        if event.kind == "click":
-            t = (event.mono_ns - start.mono_ns) / 1e9 if start and start.clock_id == event.clock_id else \
-                (event.wall_at - start.wall_at).total_seconds() if start else 0.0
-            clicks.append({"x": event.payload["x"], "y": event.payload["y"],
-                           "positive": bool(event.payload["positive"]), "t": round(t, 6)})
-        elif event.kind == "undo" and clicks:
-            clicks.pop()
-        elif event.kind in ("reset", "slice_shown"):  # clicks on another slice of a volume do not make its mask
-            clicks.clear()
-    return clicks
-
-
 def _annotation_events(session: Any, annotation: Annotation) -> list[EventRecord]:
+    """The case session that ended with ``annotation``'s submit."""
     query = select(Event).where(Event.case_id == annotation.case_id, Event.reader_id == annotation.reader_id)
     query = query.where(Event.assignment_id == annotation.assignment_id if annotation.assignment_id is not None
                         else Event.assignment_id.is_(None))
     events = [EventRecord(e.id, e.kind, e.payload, e.wall_at, e.mono_ns, e.clock_id)
               for e in session.scalars(query.order_by(Event.id))]
-    submit = next((i for i, e in enumerate(events)
-                   if e.kind == "submit" and e.payload.get("annotation_id") == annotation.id), len(events) - 1)
-    previous = max((i for i, e in enumerate(events[:submit]) if e.kind == "submit"), default=-1)
-    return events[previous + 1:submit + 1]
+    return submitted_session(events, annotation.id)
 
 
 def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: str = "copy",

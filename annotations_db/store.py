@@ -43,20 +43,20 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotations_db import events as event_log
 from annotations_db import migrate, rle
 from annotations_db.engine import DEFAULT_URL, WRITE, make_engine
+from annotations_db.events import EventRecord, derive_time_s
 from annotations_db.errors import (AccessDenied, AlreadySubmitted, InvalidEvent, NotFound, StudyDesignError)
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, LoginSession,
                                    ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
 from annotations_db.security import hash_password, verify_password
+from core_model.classes import label_rules
 
 ROLES = ("admin", "reader")
 DESIGNS = ("crossover", "sequential")
 UNAIDED_ARM_NAMES = frozenset({"unaided", "no_ai", "without_ai", "control"})
-EVENT_KINDS = frozenset({
-    "case_shown", "case_hidden", "click", "box", "text_prompt", "undo", "reset", "accept", "label_toggled",
-    "ai_shown", "ai_hidden", "idle_start", "idle_end", "submit", "slice_shown",
-})
+EVENT_KINDS = event_log.KINDS
 SESSION_TOUCH_S = 30.0  # a login's last_seen_at is written at most this often (idle expiry is that coarse)
 
 
@@ -106,22 +106,34 @@ class AssignmentView:
 
 
 @dataclass(frozen=True)
+class StudySettings:
+    id: int
+    name: str
+    design: str
+    rating_max: int  # 0: binary answers only
+    allow_revisit: bool
+    washout_days: int
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """One reading session of a reader in a study."""
+    number: int
+    arms: tuple[str, ...]
+    reads: int
+    submitted: int
+    available: bool
+    unlocks_at: datetime | None  # a later session: when its washout ends (None until the previous one is done)
+
+
+@dataclass(frozen=True)
 class WorklistItem:
     case_id: int
     case: str
     uncertainty: float | None
     probabilities: dict[str, float]
     annotated: bool
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: int
-    kind: str
-    payload: dict[str, Any]
-    wall_at: datetime
-    mono_ns: int
-    clock_id: str
 
 
 @dataclass(frozen=True)
@@ -465,8 +477,12 @@ class Store:
     def create_study(self, name: str, case_ids: Sequence[CaseLike], reader_ids: Sequence[ReaderLike],
                      arms: Sequence[str] = ("unaided", "ai_aided"), design: str = "crossover", seed: int = 0,
                      washout_days: int = 28, allow_revisit: bool = False, label_set: str = "cxr-lt-26",
-                     model_version: str | None = None) -> int:
+                     model_version: str | None = None, rating_max: int = 100) -> int:
         """Create a study with seeded per-reader assignments; returns the study id.
+
+        ``rating_max``: each positive finding is rated 1..rating_max (the reader's confidence, for the ROC analysis);
+        0 collects binary answers only. Check :meth:`ai_exposure` first: a reader who has seen a case with the AI
+        outside the study is not blind to it in the unaided arm.
 
         crossover: every reader reads every case in every arm, one arm per session, arm order rotated across
         readers (Latin square), sessions separated by ``washout_days``. sequential: one session, each case read
@@ -484,7 +500,9 @@ class Store:
             readers = [self._reader(session, r).id for r in reader_ids]
             if not cases or not readers or len(set(readers)) != len(readers):
                 raise StudyDesignError("a study needs at least one case and distinct readers")
-            study = Study(name=name, design=design, seed=seed, washout_days=washout_days,
+            if not 0 <= int(rating_max) <= 1000:
+                raise StudyDesignError(f"rating_max must be 0 (binary answers) or up to 1000, not {rating_max}")
+            study = Study(name=name, design=design, seed=seed, washout_days=washout_days, rating_max=int(rating_max),
                           allow_revisit=allow_revisit, label_set_id=self.label_set_id(session, label_set),
                           model_version_id=self.model_version_id(session, model_version) if model_version else None)
             study.arms = [StudyArm(name=a, shows_ai=a not in UNAIDED_ARM_NAMES, position=i) for i, a in enumerate(arms)]
@@ -496,6 +514,75 @@ class Store:
                     for r, c, a, s, o in plan_assignments(cases, readers, len(arms), design, seed)]
             session.execute(insert(Assignment), rows)
             return study.id
+
+    def ai_exposure(self, case_ids: Sequence[CaseLike], reader_ids: Sequence[ReaderLike]) -> list[tuple[str, str]]:
+        """(reader name, case pseudo id) pairs where the reader was shown the AI output on the case outside any
+        study (an ``ai_shown`` event of free annotation): such reads are not blind in a study's unaided arm."""
+        with self.read_session() as session:
+            cases = {self._case(session, c).id for c in case_ids}
+            readers = {self._reader(session, r).id for r in reader_ids}
+            rows = session.execute(
+                select(Reader.name, Case.pseudo_id).distinct()
+                .join(Reader, Reader.id == Event.reader_id).join(Case, Case.id == Event.case_id)
+                .where(Event.kind == "ai_shown", Event.assignment_id.is_(None), Event.case_id.in_(cases or [-1]),
+                       Event.reader_id.in_(readers or [-1]))).all()
+        return sorted((row[0], row[1]) for row in rows)
+
+    def study_settings(self, study_id: int) -> StudySettings:
+        """The rules of one study that its reads need (ratings, revisits, washout, label set)."""
+        with self.read_session() as session:
+            study = session.get(Study, study_id)
+            if study is None:
+                raise NotFound(f"no study {study_id}")
+            classes = tuple(session.get(LabelSet, study.label_set_id).classes)
+            return StudySettings(study.id, study.name, study.design, study.rating_max, study.allow_revisit,
+                                 study.washout_days, classes)
+
+    def study_sessions(self, reader: ReaderLike, study_id: int) -> list[SessionStatus]:
+        """The reader's reading sessions of a study: reads, submitted, arms, whether open, and when a locked one
+        unlocks (None while the previous session is unfinished)."""
+        views = self.assignments_for(reader, study_id, include_locked=True)
+        settings = self.study_settings(study_id)
+        submitted_at = self._submitted_at([v.id for v in views])
+        out = []
+        for number in sorted({v.session for v in views}):
+            reads = [v for v in views if v.session == number]
+            previous = [v for v in views if v.session == number - 1]
+            unlock = None
+            if previous and all(v.status == "submitted" for v in previous):
+                unlock = max(submitted_at[v.id] for v in previous) + timedelta(days=settings.washout_days)
+            out.append(SessionStatus(number, tuple(sorted({v.arm for v in reads})), len(reads),
+                                     sum(v.status == "submitted" for v in reads), reads[0].available,
+                                     None if number == 1 else unlock))
+        return out
+
+    def _submitted_at(self, assignment_ids: Sequence[int]) -> dict[int, datetime]:
+        with self.read_session() as session:
+            rows = session.execute(select(Assignment.id, Assignment.submitted_at)
+                                   .where(Assignment.id.in_(list(assignment_ids) or [-1]))).all()
+        return {row.id: row.submitted_at for row in rows}
+
+    def last_open_target(self, reader: ReaderLike) -> AssignmentView | CaseRef | None:
+        """The case the reader last had on screen, if its case session is still open (no submit, no
+        ``case_hidden`` after it) — what a reload, a new login or a restarted server reopens."""
+        with self.read_session() as session:
+            me = self._reader(session, reader)
+            shown = session.execute(select(Event.case_id, Event.assignment_id, Event.id)
+                                    .where(Event.reader_id == me.id, Event.kind == "case_shown")
+                                    .order_by(Event.id.desc()).limit(1)).first()
+            if shown is None:
+                return None
+            same = Event.assignment_id == shown.assignment_id if shown.assignment_id is not None \
+                else Event.assignment_id.is_(None)
+            closed = session.scalar(select(Event.id).where(
+                Event.reader_id == me.id, Event.case_id == shown.case_id, same, Event.id > shown.id,
+                Event.kind.in_(sorted(event_log.SEGMENT_END))).limit(1))
+            if closed is not None:
+                return None
+            if shown.assignment_id is None:
+                return self._case(session, shown.case_id)
+        target = self.assignment(me, shown.assignment_id)
+        return target if target.status != "submitted" and target.available else None
 
     def study_id(self, name: str) -> int:
         with self.read_session() as session:
@@ -633,18 +720,23 @@ class Store:
                         model_version: str | None = None, label_set: str = "cxr-lt-40") -> int:
         """Save a final answer and its 'submit' event in one transaction; returns the annotation id.
 
-        Labels are {class: 0/1} from the study's label set (or ``label_set`` outside a study). A second answer to an
-        assignment is refused unless the study allows revisits.
+        Labels are {class: 0/1} from the study's label set (or ``label_set`` outside a study), checked with its rules
+        ('Normal' excludes findings). In a study that collects ratings (``rating_max`` > 0), ``confidence`` must rate
+        every positive finding 1..rating_max (see :func:`validate_ratings`); outside studies it is optional. A second
+        answer to an assignment is refused unless the study allows revisits.
         """
         mask_rle = rle.encode(mask) if isinstance(mask, np.ndarray) else mask
         with self.write_session() as session:
             me = self._reader(session, reader)
             if isinstance(target, AssignmentView):
-                case_id, assignment_id, classes = self._claim_assignment(session, target, me)
+                case_id, assignment_id, study = self._claim_assignment(session, target, me)
+                classes = session.get(LabelSet, study.label_set_id).classes
+                clean = validate_labels(labels, classes)
+                confidence = validate_ratings(confidence, clean, classes, study.rating_max) if study.rating_max \
+                    else confidence
             else:
                 case_id, assignment_id = self._case(session, target).id, None
-                classes = session.get(LabelSet, self.label_set_id(session, label_set)).classes
-            clean = validate_labels(labels, classes)
+                clean = validate_labels(labels, session.get(LabelSet, self.label_set_id(session, label_set)).classes)
             if mask_rle is not None:
                 check_mask_geometry(session.get(Case, case_id), mask_rle, slice_index)
             version_id = self.model_version_id(session, model_version) if model_version else None
@@ -661,7 +753,7 @@ class Store:
             return annotation.id
 
     def _claim_assignment(self, session: Session, target: AssignmentView,
-                          me: ReaderRef) -> tuple[int, int, list[str]]:
+                          me: ReaderRef) -> tuple[int, int, Study]:
         assignment = session.get(Assignment, target.id)
         if assignment is None:
             raise NotFound(f"no assignment {target.id}")
@@ -672,7 +764,7 @@ class Store:
             raise AlreadySubmitted(f"assignment {target.id} was submitted already and study {study.name!r} "
                                    "does not allow revisits")
         assignment.status, assignment.submitted_at = "submitted", self.now()
-        return assignment.case_id, assignment.id, session.get(LabelSet, study.label_set_id).classes
+        return assignment.case_id, assignment.id, study
 
     def answers(self, requester: ReaderLike, reader: ReaderLike | None = None) -> list[Annotation]:
         """A reader's saved answers (latest last); AccessDenied for another reader's unless requester is admin."""
@@ -758,32 +850,42 @@ def plan_assignments(case_ids: Sequence[int], reader_ids: Sequence[int], n_arms:
 
 
 def validate_event(kind: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload as a plain dict, or InvalidEvent naming what is wrong."""
-    if kind not in EVENT_KINDS:
-        raise InvalidEvent(f"unknown event kind {kind!r}; known: {sorted(EVENT_KINDS)}")
-    body = dict(payload or {})
-    if kind == "click":
-        missing = {"x", "y", "positive"} - body.keys()
-        if missing:
-            raise InvalidEvent(f"click event needs x, y and positive; missing {sorted(missing)}")
-        try:
-            body["x"], body["y"] = float(body["x"]), float(body["y"])
-        except (TypeError, ValueError):
-            raise InvalidEvent(f"click x, y must be numbers, got {body['x']!r}, {body['y']!r}") from None
-        body["positive"] = bool(body["positive"])
-    if kind == "label_toggled" and ("class" not in body or body.get("value") not in (0, 1, True, False)):
-        raise InvalidEvent("label_toggled needs 'class' and 'value' (0/1)")
-    return body
+    """The payload as a plain dict, or InvalidEvent naming what is wrong (see :mod:`annotations_db.events`)."""
+    return event_log.validate(kind, payload)
 
 
 def validate_labels(labels: Mapping[str, int], classes: Sequence[str]) -> dict[str, int]:
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise ValueError(f"unknown class name(s) {unknown}; the label set has {len(classes)} classes")
+    """{class: 0/1} checked against the label set's classes and rules (ValueError says what is wrong)."""
     bad = {k: v for k, v in labels.items() if v not in (0, 1, True, False)}
     if bad:
         raise ValueError(f"answers must be 0 or 1, got {bad}")
+    label_rules("answer", classes).check(k for k, v in labels.items() if v)
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ValueError(f"unknown class name(s) {unknown}; the label set has {len(classes)} classes")
     return {k: int(v) for k, v in labels.items()}
+
+
+def validate_ratings(ratings: Mapping[str, Any] | None, labels: Mapping[str, int], classes: Sequence[str],
+                     rating_max: int) -> dict[str, int] | None:
+    """Per-class confidence ratings for a study that collects them (``rating_max`` > 0), else None.
+
+    A rating is the reader's confidence that the finding is present, 1..rating_max for every finding answered
+    positive; findings answered negative are rated 0 (the lowest rank of the ROC analysis)."""
+    if rating_max <= 0:
+        return None
+    given = dict(ratings or {})
+    unknown = sorted(set(given) - set(classes))
+    if unknown:
+        raise ValueError(f"ratings for unknown class(es) {unknown}")
+    missing = [c for c in classes if labels.get(c) and not _in_range(given.get(c), 1, rating_max)]
+    if missing:
+        raise ValueError(f"rate your confidence (1–{rating_max}) for: {', '.join(missing)}")
+    return {c: int(given[c]) if labels.get(c) else 0 for c in classes}
+
+
+def _in_range(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None) -> None:
@@ -797,30 +899,3 @@ def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None) 
     if case.depth is not None and len(shape) == 3 and shape != [case.width, case.height, case.depth]:
         raise ValueError(f"mask of volume case {case.pseudo_id} must be {[case.width, case.height, case.depth]}, "
                          f"got {shape}")
-
-
-def derive_time_s(events: Sequence[EventRecord]) -> float | None:
-    """Σ over viewing segments (case_shown → submit/case_hidden) minus idle inside them; None if never submitted."""
-    total_ns, shown, idle_since, submitted = 0, None, None, False
-    for event in events:
-        if event.kind == "case_shown" and shown is None:
-            shown = event
-        elif event.kind == "idle_start" and shown is not None and idle_since is None:
-            idle_since = event
-        elif event.kind == "idle_end" and idle_since is not None:
-            total_ns -= _elapsed_ns(idle_since, event)
-            idle_since = None
-        elif event.kind in ("submit", "case_hidden") and shown is not None:
-            if idle_since is not None:
-                total_ns -= _elapsed_ns(idle_since, event)
-                idle_since = None
-            total_ns += _elapsed_ns(shown, event)
-            shown = None
-            submitted = submitted or event.kind == "submit"
-    return total_ns / 1e9 if submitted else None
-
-
-def _elapsed_ns(start: EventRecord, end: EventRecord) -> int:
-    if start.clock_id == end.clock_id:
-        return end.mono_ns - start.mono_ns
-    return int((end.wall_at - start.wall_at).total_seconds() * 1e9)

@@ -19,7 +19,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from annotations_db.errors import AccessDenied, NotFound
-from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized)
+from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized,
+                         view_payload)
 
 UI_PATH = "/ui"
 
@@ -91,6 +92,15 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     def current(request: Request) -> Session:
         return service.session(_token(request))
 
+    async def _json_route(request: Request, action) -> Response:  # type: ignore[no-untyped-def]
+        """Parse the session and JSON body, run ``action(session, body)`` off the event loop (it waits for its
+        events' commit) and answer its result as JSON; refusals keep their status (409 for a stale view)."""
+        try:
+            session, body = current(request), await _json(request)
+            return JSONResponse(await run_in_threadpool(action, session, body))
+        except AppError as error:
+            return _error(error)
+
     # -------------------------------------------------------------- login / logout
     @router.get("/", include_in_schema=False)
     def root(request: Request) -> Response:
@@ -142,8 +152,16 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             return _error(error)
         view = session.view
         return JSONResponse({"reader": session.reader.name, "role": session.reader.role,
-                             "view": None if view is None else {"nonce": view.nonce, "case": view.case,
-                                                                "shows_ai": view.shows_ai}})
+                             "view": None if view is None else view_payload(view)})
+
+    @router.post("/api/v1/resume")
+    async def resume(request: Request) -> Response:
+        """Reopen the case this reader has open (after a reload, a new login or a server restart), restored from its
+        events; ``{"view": null}`` when there is none."""
+        def action(session: Session, body: dict[str, Any]) -> dict[str, Any]:
+            view = service.resume(session)
+            return {"view": None if view is None else view_payload(view)}
+        return await _json_route(request, action)
 
     # -------------------------------------------------------------- the viewer
     @router.get("/api/v1/view/{nonce}/base.png")
@@ -184,31 +202,39 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
 
     @router.post("/api/v1/accept")
     async def accept(request: Request) -> Response:
-        try:
-            session, body = current(request), await _json(request)
-            return JSONResponse(await run_in_threadpool(service.accept, session, body.get("nonce")))
-        except AppError as error:
-            return _error(error)
+        return await _json_route(request, lambda session, body: service.accept(session, body.get("nonce")))
 
     @router.post("/api/v1/slice")
     async def show_slice(request: Request) -> Response:
-        try:
-            session, body = current(request), await _json(request)
-            return JSONResponse(await run_in_threadpool(service.show_slice, session, body.get("nonce"),
-                                                        body.get("index")))
-        except AppError as error:
-            return _error(error)
+        return await _json_route(request, lambda session, body: service.show_slice(session, body.get("nonce"),
+                                                                                   body.get("index")))
 
     @router.post("/api/v1/event")
     async def event(request: Request) -> Response:
-        try:
-            session, body = current(request), await _json(request)
+        def action(session: Session, body: dict[str, Any]) -> dict[str, Any]:
             payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
-            await run_in_threadpool(service.client_event, session, body.get("nonce"), str(body.get("kind", "")),
-                                    payload)  # waits for the event's commit: off the event loop
-        except AppError as error:
-            return _error(error)
-        return JSONResponse({"ok": True})
+            service.client_event(session, body.get("nonce"), str(body.get("kind", "")), payload)
+            return {"ok": True}
+        return await _json_route(request, action)
+
+    @router.post("/api/v1/answer")
+    async def answer(request: Request) -> Response:
+        """``{nonce, positives: [class…], ratings: {class: int}}`` → the answer as recorded."""
+        return await _json_route(request, lambda session, body: service.set_answer(
+            session, body.get("nonce"), _strings(body.get("positives")), _mapping(body.get("ratings"))))
+
+    @router.post("/api/v1/submit")
+    async def submit(request: Request) -> Response:
+        """``{nonce}`` → save the answer of that view and open what comes next."""
+        return await _json_route(request, lambda session, body: service.submit_and_next(session, body.get("nonce")))
+
+    @router.post("/api/v1/skip")
+    async def skip(request: Request) -> Response:
+        return await _json_route(request, lambda session, body: service.skip(session, body.get("nonce")))
+
+    @router.post("/api/v1/pause")
+    async def pause(request: Request) -> Response:
+        return await _json_route(request, lambda session, body: service.pause(session, body.get("nonce")))
 
     # -------------------------------------------------------------- answers and admin data
     @router.get("/api/v1/answers")
@@ -261,6 +287,22 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return RedirectResponse(f"{UI_PATH}/?tab=admin", status_code=303)
 
     return router
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AppError("positives must be a list of class names")
+    return value
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AppError("ratings must be an object {class: rating}")
+    return value
 
 
 async def _run_layer(fn) -> Response:  # type: ignore[no-untyped-def]

@@ -23,27 +23,30 @@ Arms
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from annotations_db import rle
+from annotations_db import events as event_log
 from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
+from annotations_db.events import CaseState
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
-from core_model.classes import CXR_LT_26
+from core_model.classes import CXR_LT_26, label_rules
 from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Click, Prediction
-from core_model.triage import Triage
+from core_model.triage import Triage, initial_prompt
 
 log = logging.getLogger("biascare.app")
 
@@ -52,7 +55,7 @@ CLASSES: tuple[str, ...] = CXR_LT_26
 SESSION_COOKIE = "biascare_session"
 SESSION_TTL_S = 12 * 3600  # absolute lifetime of a login (the cookie's max-age), whatever the activity
 SESSION_IDLE_S = 2 * 3600  # a login unused for this long is refused
-CLIENT_EVENT_KINDS = frozenset({"idle_start", "idle_end", "case_hidden", "ai_hidden", "ai_shown"})
+MAX_CLICKS = 100  # per mask: the prompt grows with every click (and so does each pass), so the history is bounded
 PREFETCH_AHEAD = 3
 VOLUMES_KEPT = 2  # volumes held in memory for slice scrolling (a 512² × 300 CT is 300 MB as float32)
 
@@ -92,9 +95,22 @@ class CaseImage:
     slice_count: int | None = None  # volumes: how many axial slices there are
 
 
+@dataclass(frozen=True)
+class ReadProgress:
+    """Where a study read sits in the reader's protocol: "read 4 of 12 · session 1 of 2 · arm unaided"."""
+
+    study: str
+    arm: str
+    session: int
+    sessions: int
+    position: int
+    reads: int
+
+
 @dataclass
 class View:
-    """What one session has open."""
+    """The case one session has open: fixed facts about it plus ``state``, derived from its event log (replayed when
+    the view opens, then advanced by every event the service records)."""
 
     nonce: str
     case_id: int
@@ -102,19 +118,39 @@ class View:
     target: AssignmentView | CaseRef
     shows_ai: bool
     image: CaseImage
-    ai_mask: np.ndarray | None  # the initial AI mask on the original grid (None in unaided arms / no prediction)
+    ai_mask: np.ndarray | None  # the AI's initial mask on the original grid (None in unaided arms)
     ai_probabilities: dict[str, float] | None
     ai_suggested: list[str]
     initial_prompt: dict[str, Any]
     model_version: str
-    labels: dict[str, int] = field(default_factory=dict)
-    accepted: bool = False
-    clicks: int = 0
+    state: CaseState = field(default_factory=CaseState)
+    rating_max: int = 0  # > 0: each positive finding is rated 1..rating_max
+    progress: ReadProgress | None = None  # study reads only
     opened_at: float = field(default_factory=time.perf_counter)
 
     @property
     def in_study(self) -> bool:
         return isinstance(self.target, AssignmentView)
+
+    @property
+    def clicks(self) -> int:
+        return len(self.state.clicks)
+
+
+def view_payload(view: View) -> dict[str, Any]:
+    """The open case for API clients: nonce, sizes (original and display), for volumes the slice shown, the answer
+    being built and, for a study read, where it sits in the protocol."""
+    g = view.image.geometry
+    progress = view.progress
+    return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width, "height": g.height,
+            "display_width": g.disp_width, "display_height": g.disp_height, **view_slices(view),
+            **answer_payload(view), "study": None if progress is None else progress.__dict__}
+
+
+def answer_payload(view: View) -> dict[str, Any]:
+    """The answer being built, for the page: positives, ratings, the rating scale and the click count."""
+    return {"positives": sorted(c for c, v in view.state.labels.items() if v), "ratings": dict(view.state.ratings),
+            "rating_max": view.rating_max, "clicks": view.clicks}
 
 
 class LruCache:
@@ -369,14 +405,18 @@ class AppService:
     # ------------------------------------------------------------------ worklist
     def worklist(self, session: Session, *, status: str = "open", class_name: str | None = None,
                  min_uncertainty: float | None = None, max_uncertainty: float | None = None) -> list[dict[str, Any]]:
-        """Free-annotation cases, highest model uncertainty first; also schedules pre-embedding of the top ones."""
+        """Free-annotation cases, highest model uncertainty first; also schedules pre-embedding of the top ones.
+
+        During a study read the worklist shows no AI output (no uncertainty ranking, no finding): the reader is
+        inside the study's protocol until the read is submitted or paused."""
         items = self.store.worklist(session.reader, status=status, class_name=class_name or None,
                                     min_uncertainty=min_uncertainty)
         if max_uncertainty is not None:
             items = [i for i in items if i.uncertainty is None or i.uncertainty <= max_uncertainty]
-        rows = [{"case": i.case, "case_id": i.case_id, "uncertainty": i.uncertainty, "annotated": i.annotated,
-                 "top_finding": _top(i.probabilities)} for i in items]
-        if self.background:
+        blind = self.in_study_read(session)
+        rows = [{"case": i.case, "case_id": i.case_id, "uncertainty": None if blind else i.uncertainty,
+                 "annotated": i.annotated, "top_finding": "" if blind else _top(i.probabilities)} for i in items]
+        if self.background and not blind:
             self.background.prefetch([r["case_id"] for r in rows[:PREFETCH_AHEAD]])
         return rows
 
@@ -388,9 +428,16 @@ class AppService:
     def assignments(self, session: Session) -> list[AssignmentView]:
         return self.store.assignments_for(session.reader)
 
+    @staticmethod
+    def in_study_read(session: Session) -> bool:
+        return session.view is not None and session.view.in_study
+
     # ------------------------------------------------------------------ opening a case
     def open_case(self, session: Session, case: str) -> View:
         """Open a case for free annotation (outside any study) with the AI output shown."""
+        if self.in_study_read(session):
+            raise Conflict("you are in a reader-study read: submit it (or pause the study) before opening other "
+                           "cases")
         try:
             ref = self.store.case(str(case))
         except NotFound:
@@ -415,15 +462,24 @@ class AppService:
                 raise Forbidden("readers open only their own assignments")
             if not target.available:
                 raise Forbidden("this reading session is locked (washout period)")
-            if target.status == "submitted" and not self._allows_revisit(target.study_id):
+            if target.status == "submitted" and not self.store.study_settings(target.study_id).allow_revisit:
                 raise Conflict("this case was submitted already and the study does not allow revisits")
+            following = self.store.next_assignment(session.reader, target.study_id)
+            if target.status != "submitted" and following is not None and following.id != target.id:
+                raise Conflict(f"reads open in the study's order: read {following.order} comes first")
         return self._open(session, target, target.case_id, target.case, shows_ai=target.shows_ai)
 
-    def _allows_revisit(self, study_id: int) -> bool:
-        from annotations_db.models import Study
-
-        with self.store.read_session() as s:
-            return bool(s.get(Study, study_id).allow_revisit)
+    def resume(self, session: Session) -> View | None:
+        """The case this reader has open: the session's view, or — after a restart or a new login — the last case
+        shown whose case session is still open, restored from its events. None when there is none."""
+        if session.view is not None:
+            return session.view
+        target = self.store.last_open_target(session.reader)
+        if target is None:
+            return None
+        if isinstance(target, AssignmentView):
+            return self._open(session, target, target.case_id, target.case, shows_ai=target.shows_ai)
+        return self._open(session, target, target.id, target.pseudo_id, shows_ai=True)
 
     def _guard_study_case(self, session: Session, case_id: int) -> None:
         """A reader with pending study reads of a case must not see its AI output outside the study first."""
@@ -436,46 +492,65 @@ class AppService:
 
     def _open(self, session: Session, target: AssignmentView | CaseRef, case_id: int, pseudo_id: str,
               shows_ai: bool) -> View:
-        image = self.case_image(case_id)
+        """Show a case: its open case session (events since its last submit) is replayed — labels, ratings, slice,
+        and the clicks through the predictor to the same mask — then ``case_shown`` starts a new viewing segment."""
+        prior = event_log.open_session(self.store.events(target, session.reader))
+        state = event_log.replay(prior)
+        image = self.case_image(case_id, state.slice)
         with session.lock:
             if session.view is not None:
-                self._hide(session)
+                self._hide(session, "another case was opened")
             started = time.perf_counter()
-            prompt = self._initial_prompt(image)
+            prompt = initial_prompt(self.model, *image.pixels.shape[:2])
+            ai_mask = None
             if shows_ai:
                 session.predictor.set_image(image.pixels)
-                session.predictor.predict(**prompt)  # the AI mask's own pass: the first click refines its logits
-            ai_mask, probabilities, suggested = (None, None, []) if not shows_ai else self._ai_output(case_id, image)
+                ai_mask = session.predictor.predict(**prompt).mask  # the first click refines this pass's logits
+                for click in state.clicks:
+                    session.predictor.predict([Click(click.x, click.y, click.positive)])
+            probabilities, suggested = self._ai_findings(case_id, image) if shows_ai else (None, [])
             view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
-                        probabilities, suggested, prompt, self.model_version)
+                        probabilities, suggested, prompt, self.model_version, state=state,
+                        **self._read_rules(target))
             session.view = view
-            self.events.put(session.token, target, session.reader, "case_shown",
-                            {"arm": getattr(target, "arm", None), "embed_ms": round((time.perf_counter() - started)
-                                                                                     * 1000, 1)})
+            self._record(session, view, "case_shown",
+                         {"arm": getattr(target, "arm", None), "restored": bool(prior),
+                          "embed_ms": round((time.perf_counter() - started) * 1000, 1)})
             if shows_ai:
-                self.events.put(session.token, target, session.reader, "ai_shown", {"model_version": self.model_version})
+                self._record(session, view, "ai_shown", {"model_version": self.model_version})
+            self.events.flush(session.token)
         if self.background and not isinstance(target, AssignmentView):
             self.background.prefetch(self._next_case_ids(session, case_id))
         return view
+
+    def _read_rules(self, target: AssignmentView | CaseRef) -> dict[str, Any]:
+        """The answer rules of a read: the study's rating scale and its progress line; free annotation: binary."""
+        if not isinstance(target, AssignmentView):
+            return {"rating_max": 0, "progress": None}
+        settings = self.store.study_settings(target.study_id)
+        views = self.store.assignments_for(target.reader_id, target.study_id, include_locked=True)
+        sessions = sorted({v.session for v in views})
+        position = next(i for i, v in enumerate(views, start=1) if v.id == target.id)
+        return {"rating_max": settings.rating_max,
+                "progress": ReadProgress(settings.name, target.arm, target.session, len(sessions), position,
+                                         len(views))}
 
     def _next_case_ids(self, session: Session, case_id: int) -> list[int]:
         items = self.store.worklist(session.reader, status="open")
         ids = [i.case_id for i in items if i.case_id != case_id]
         return ids[:PREFETCH_AHEAD]
 
-    def _ai_output(self, case_id: int, image: CaseImage) -> tuple[np.ndarray | None, dict | None, list[str]]:
+    def _ai_findings(self, case_id: int, image: CaseImage) -> tuple[dict | None, list[str]]:
+        """The findings classifier's probabilities for the case and the suggested findings (CXR only)."""
+        if image.slice_count is not None:
+            return None, []
         prediction = self.store.prediction(case_id, self.model_version) or self.store.prediction(case_id)
         if prediction is None:
-            return None, None, []
-        mask = None
-        if prediction.mask_rle:
-            decoded = rle.decode(prediction.mask_rle).astype(bool)
-            if decoded.shape == image.pixels.shape[:2]:
-                mask = decoded
+            return None, []
         probabilities = {k: float(v) for k, v in (prediction.probabilities or {}).items() if k in CLASSES} or None
         thresholds = self._thresholds()
         suggested = [c for c, p in (probabilities or {}).items() if p >= thresholds.get(c, 0.5)]
-        return mask, probabilities, suggested
+        return probabilities, suggested
 
     def _thresholds(self) -> dict[str, float]:
         try:
@@ -484,108 +559,100 @@ class AppService:
         except Exception:
             return {}
 
-    def _initial_prompt(self, image: CaseImage) -> dict[str, Any]:
-        """The prompt the AI mask came from (as in core_model.triage), carried into the first click's refinement."""
-        if getattr(getattr(self.model, "language", None), "trained", False):
-            return {"text": "lung"}
-        h, w = image.pixels.shape[:2]
-        return {"box": (0.0, 0.0, float(w - 1), float(h - 1))}
-
-    def _hide(self, session: Session) -> None:
+    def _hide(self, session: Session, reason: str) -> None:
         view = session.view
         if view is not None:
-            self.events.put(session.token, view.target, session.reader, "case_hidden", {})
+            self._record(session, view, "case_hidden", {"reason": reason})
         session.view = None
 
-    # ------------------------------------------------------------------ the click path
+    # ------------------------------------------------------------------ acting on the open case
     def _view(self, session: Session, nonce: str | None, need_ai: bool = True) -> View:
+        """The open view named by ``nonce``; Conflict (HTTP 409) when the request names no view or a stale one."""
         view = session.view
-        if view is None or (nonce is not None and not secrets.compare_digest(str(nonce), view.nonce)):
-            raise Conflict("this case is no longer open in your session; reload the page")
+        if view is None or nonce is None or not secrets.compare_digest(str(nonce), view.nonce):
+            raise Conflict("this case is no longer open in this page (another tab or window opened another case, "
+                           "or it was submitted); reload the page")
         if need_ai and not view.shows_ai:
             raise Forbidden("the AI tools are off in this arm of the study")
         return view
 
+    @contextmanager
+    def _acting(self, session: Session, nonce: str | None, *, need_ai: bool = True) -> Iterator[View]:
+        """Act on the view named by ``nonce`` under the session's lock; on the way out every event recorded inside
+        is committed (the caller is answered only after that)."""
+        with session.lock:
+            view = self._view(session, nonce, need_ai)
+            yield view
+            self.events.flush(session.token)
+
+    def _record(self, session: Session, view: View, kind: str, payload: dict[str, Any]) -> None:
+        """The one place that records an event of the open case: queued for the writer (committed before the
+        handler answers, see :meth:`_acting`) and folded into the view's state by the same rule as replay."""
+        body = event_log.validate(kind, payload)
+        self.events.put(session.token, view.target, session.reader, kind, body)
+        view.state.apply(kind, body)
+
     def click(self, session: Session, nonce: str | None, x: float, y: float, positive: bool) -> LayerResult:
         """A click at continuous display coordinates (x, y) → one refinement pass → the new mask layer."""
         started, cpu_started = time.perf_counter(), time.thread_time()
-        try:
-            x, y = float(x), float(y)
-        except (TypeError, ValueError):
-            raise AppError("click coordinates must be numbers") from None
-        with session.lock:
-            view = self._view(session, nonce)
+        x, y = _coordinate(x), _coordinate(y)
+        with self._acting(session, nonce) as view:
             geometry = view.image.geometry
-            if not (np.isfinite(x) and np.isfinite(y)) or not geometry.inside(x, y):
+            if not geometry.inside(x, y):
                 raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
+            if view.clicks >= MAX_CLICKS:
+                raise AppError(f"{MAX_CLICKS} clicks is the most one mask takes: undo, reset or submit")
             ox, oy = geometry.display_to_original(x, y)
-            extra = view.initial_prompt if not session.predictor.history else {}
-            prediction = session.predictor.predict([Click(ox, oy, bool(positive))], **extra)
+            prediction = session.predictor.predict([Click(ox, oy, bool(positive))])
             model_ms = (time.perf_counter() - started) * 1000
-            view.clicks = len(prediction.clicks)
-            view.accepted = False
-            self.events.put(session.token, view.target, session.reader, "click",
-                            {"x": ox, "y": oy, "positive": bool(positive), "display_x": x, "display_y": y,
-                             "iou": round(prediction.iou, 4), "model_ms": round(model_ms, 1)})
+            self._record(session, view, "click", {"x": ox, "y": oy, "positive": bool(positive), "display_x": x,
+                                                  "display_y": y, "iou": round(prediction.iou, 4),
+                                                  "model_ms": round(model_ms, 1)})
             result = self._layer(prediction, geometry, started, model_ms, view.clicks)  # overlaps the event write
             result.cpu_ms = (time.thread_time() - cpu_started) * 1000
-            self.events.flush(session.token)
         return result
 
     def undo(self, session: Session, nonce: str | None) -> LayerResult:
         started = time.perf_counter()
-        with session.lock:
-            view = self._view(session, nonce)
+        with self._acting(session, nonce) as view:
             history = session.predictor.history
-            current = session.predictor.undo() if len(history) > 1 else (history[-1] if history else None)
-            view.clicks = len(current.clicks) if current else 0
-            self.events.put(session.token, view.target, session.reader, "undo", {"clicks": view.clicks})
-            layer = self._layer(current if current is not None else view.ai_mask, view.image.geometry, started, 0.0,
-                                view.clicks)
-            self.events.flush(session.token)
-            return layer
+            current = session.predictor.undo() if len(history) > 1 else history[-1]
+            self._record(session, view, "undo", {"clicks": len(current.clicks)})
+            return self._layer(current, view.image.geometry, started, 0.0, view.clicks)
 
     def reset(self, session: Session, nonce: str | None) -> LayerResult:
+        """Back to the AI's initial mask: the same prompt's pass as when the case was opened (what will be saved)."""
         started = time.perf_counter()
-        with session.lock:
-            view = self._view(session, nonce)
+        with self._acting(session, nonce) as view:
             session.predictor.reset()
-            session.predictor.predict(**view.initial_prompt)
-            view.clicks, view.accepted = 0, False
-            self.events.put(session.token, view.target, session.reader, "reset", {})
-            layer = self._layer(view.ai_mask, view.image.geometry, started, 0.0, 0)
-            self.events.flush(session.token)
-            return layer
+            initial = session.predictor.predict(**view.initial_prompt)
+            self._record(session, view, "reset", {})
+            return self._layer(initial, view.image.geometry, started, 0.0, 0)
 
     def show_slice(self, session: Session, nonce: str | None, index: Any) -> dict[str, Any]:
         """Show another axial slice of the open volume: the clicks start over there, from the AI's mask of that
         slice (the initial prompt's pass); the answer's mask is saved on the slice shown at submit."""
+        if isinstance(index, bool) or not isinstance(index, (int, str)):
+            raise AppError("the slice index must be an integer")
         try:
             index = int(index)
-        except (TypeError, ValueError):
+        except ValueError:
             raise AppError("the slice index must be an integer") from None
-        with session.lock:
-            view = self._view(session, nonce, need_ai=False)
+        with self._acting(session, nonce, need_ai=False) as view:
             if view.image.slice_count is None:
                 raise AppError("this case is a 2-D image: it has no slices")
             image = self.case_image(view.case_id, index)
             previous, view.image = view.image.slice_index, image
-            view.clicks, view.accepted = 0, False
             if view.shows_ai:
-                view.initial_prompt = self._initial_prompt(image)
+                view.initial_prompt = initial_prompt(self.model, *image.pixels.shape[:2])
                 session.predictor.set_image(image.pixels)
                 view.ai_mask = session.predictor.predict(**view.initial_prompt).mask
-            self.events.put(session.token, view.target, session.reader, "slice_shown",
-                            {"slice": image.slice_index, "previous": previous})
-            self.events.flush(session.token)
+            self._record(session, view, "slice_shown", {"slice": image.slice_index, "previous": previous})
             return view_slices(view)
 
     def accept(self, session: Session, nonce: str | None) -> dict[str, Any]:
-        with session.lock:
-            view = self._view(session, nonce)
-            view.accepted = True
-            self.events.put(session.token, view.target, session.reader, "accept", {"clicks": view.clicks})
-            self.events.flush(session.token)
+        with self._acting(session, nonce) as view:
+            self._record(session, view, "accept", {"clicks": view.clicks})
             return {"accepted": True, "clicks": view.clicks}
 
     def current_layer(self, session: Session, nonce: str | None) -> LayerResult:
@@ -594,13 +661,14 @@ class AppService:
         with session.lock:
             view = self._view(session, nonce)
             history = session.predictor.history
-            mask = history[-1].mask if history else view.ai_mask
+            mask = history[-1] if history else view.ai_mask
             return self._layer(mask, view.image.geometry, started, 0.0, view.clicks)
 
     def base_png(self, session: Session, nonce: str | None) -> bytes:
         return self._view(session, nonce, need_ai=False).image.base_png
 
     def current_mask(self, session: Session) -> np.ndarray | None:
+        """The mask on screen (the one a submit saves): the predictor's latest pass; None without AI tools."""
         view = session.view
         if view is None or not view.shows_ai:
             return None
@@ -623,53 +691,108 @@ class AppService:
         now = time.perf_counter()
         return LayerResult(png, area, clicks, model_ms, (now - t0) * 1000, (now - started) * 1000)
 
-    # ------------------------------------------------------------------ client events, labels, submit
+    # ------------------------------------------------------------------ client events, answers, submit, skip
     def client_event(self, session: Session, nonce: str | None, kind: str, payload: dict | None = None) -> None:
-        if kind not in CLIENT_EVENT_KINDS:
+        if kind not in event_log.CLIENT_KINDS:
             raise AppError(f"event kind {kind!r} cannot be sent by the browser")
-        view = self._view(session, nonce, need_ai=False)
-        if kind == "ai_shown" and not view.shows_ai:
-            raise Forbidden("the AI output is not shown in this arm")
         clean = {k: v for k, v in (payload or {}).items() if isinstance(k, str) and isinstance(v, (int, float, str, bool))
                  and len(str(v)) < 200}
-        self.events.put(session.token, view.target, session.reader, kind, dict(list(clean.items())[:10]))
-        self.events.flush(session.token)
+        with self._acting(session, nonce, need_ai=False) as view:
+            if kind == "ai_shown" and not view.shows_ai:
+                raise Forbidden("the AI output is not shown in this arm")
+            self._record(session, view, kind, dict(list(clean.items())[:10]))
 
-    def set_labels(self, session: Session, positives: Sequence[str]) -> dict[str, int]:
-        """The checklist's current positives → one label_toggled event per change."""
-        unknown = sorted(set(positives) - set(CLASSES))
-        if unknown:
-            raise AppError(f"unknown class(es): {unknown}")
-        with session.lock:
-            view = self._view(session, None, need_ai=False)
-            new = {c: int(c in positives) for c in CLASSES}
+    def set_answer(self, session: Session, nonce: str | None, positives: Sequence[str],
+                   ratings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The answer panel's current state → one ``label_toggled`` / ``rating_set`` event per change, committed
+        before this returns. 'Normal' excludes findings; ratings are integers 0..the study's rating_max."""
+        positives = [str(p) for p in positives or []]
+        with self._acting(session, nonce, need_ai=False) as view:
+            try:
+                label_rules(LABEL_SET, CLASSES).check(positives)
+            except ValueError as error:
+                raise AppError(str(error)) from None
+            new_ratings = self._checked_ratings(view, ratings or {})
             for name in CLASSES:
-                if new[name] != view.labels.get(name, 0):
-                    self.events.put(session.token, view.target, session.reader, "label_toggled",
-                                    {"class": name, "value": new[name]})
-            view.labels = new
-            return dict(new)
+                value = int(name in positives)
+                if value != view.state.labels.get(name, 0):
+                    self._record(session, view, "label_toggled", {"class": name, "value": value})
+            for name, value in new_ratings.items():
+                if view.state.ratings.get(name) != value:
+                    self._record(session, view, "rating_set", {"class": name, "value": value})
+            return answer_payload(view)
 
-    def submit(self, session: Session, positives: Sequence[str] | None = None) -> int:
-        """Save the answer (labels, mask unless unaided, accepted-as-is) and close the view; returns the annotation id."""
-        if positives is not None:
-            self.set_labels(session, positives)
-        with session.lock:
-            view = self._view(session, None, need_ai=False)
-            mask = self.current_mask(session)
+    @staticmethod
+    def _checked_ratings(view: View, ratings: dict[str, Any]) -> dict[str, int]:
+        if ratings and view.rating_max <= 0:
+            raise AppError("this read takes no confidence ratings")
+        out = {}
+        for name, value in ratings.items():
+            if name not in CLASSES:
+                raise AppError(f"rating for an unknown class {name!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= view.rating_max:
+                raise AppError(f"the rating of {name} must be an integer 0–{view.rating_max}")
+            out[name] = value
+        return out
+
+    def submit(self, session: Session, nonce: str | None) -> int:
+        """Save the answer of the view named by ``nonce`` — the labels and ratings of its case session, the mask on
+        screen (unless unaided), accepted-as-is — and close the view; returns the annotation id."""
+        with self._acting(session, nonce, need_ai=False) as view:
             self.events.flush(session.token)
+            labels = {c: int(view.state.labels.get(c, 0)) for c in CLASSES}
+            mask = self.current_mask(session)
             try:
                 annotation_id = self.store.save_annotation(
-                    view.target, session.reader, view.labels or {c: 0 for c in CLASSES}, mask=mask,
+                    view.target, session.reader, labels, mask=mask,
+                    confidence=dict(view.state.ratings) if view.rating_max else None,
                     slice_index=view.image.slice_index if mask is not None else None,
-                    accepted_as_is=bool(view.accepted and view.clicks == 0 and view.shows_ai),
+                    accepted_as_is=bool(view.state.accepted and view.clicks == 0 and view.shows_ai),
                     model_version=self.model_version if view.shows_ai else None, label_set=LABEL_SET)
             except AlreadySubmitted as error:
                 raise Conflict(str(error)) from None
             except AccessDenied as error:
                 raise Forbidden(str(error)) from None
+            except ValueError as error:
+                raise AppError(str(error)) from None
+            view.state.apply("submit", {"annotation_id": annotation_id})
             session.view = None
             return annotation_id
+
+    def submit_and_next(self, session: Session, nonce: str | None) -> dict[str, Any]:
+        """Submit, then open what comes next: the next study read inside a study, else the next worklist case."""
+        view = session.view
+        annotation_id = self.submit(session, nonce)
+        message = f"Submitted case {view.case}."
+        try:
+            nxt = self.open_assignment(session) if view.in_study else self._next_free(session)
+        except AppError as error:
+            nxt, message = None, f"{message} {error}"
+        if nxt is None:
+            message += " All your assigned reads are done." if view.in_study else " The worklist is empty."
+        return {"annotation_id": annotation_id, "message": message, "next": None if nxt is None else nxt.case}
+
+    def _next_free(self, session: Session) -> View | None:
+        items = self.store.worklist(session.reader, status="open")
+        return self.open_case(session, items[0].case) if items else None
+
+    def skip(self, session: Session, nonce: str | None) -> dict[str, Any]:
+        """Leave the open free-annotation case unsubmitted and open the next worklist case. Refused in a study read:
+        the study's reading order is its design."""
+        with self._acting(session, nonce, need_ai=False) as view:
+            if view.in_study:
+                raise Conflict("a study read cannot be skipped: submit it (or pause the study)")
+            self._hide(session, "skipped")
+        items = [i for i in self.store.worklist(session.reader, status="open") if i.case_id != view.case_id]
+        if not items:
+            return {"message": "No other case in the worklist.", "next": None}
+        return {"message": f"Skipped case {view.case}.", "next": self.open_case(session, items[0].case).case}
+
+    def pause(self, session: Session, nonce: str | None) -> dict[str, Any]:
+        """Close the open case without submitting (a study read keeps its place and resumes with its events)."""
+        with self._acting(session, nonce, need_ai=False) as view:
+            self._hide(session, "paused")
+        return {"message": f"Paused case {view.case}; it reopens where you left it.", "next": None}
 
     def time_per_case(self, session: Session, target: AssignmentView | CaseRef) -> float | None:
         self.events.flush(session.token)
@@ -696,7 +819,6 @@ class AppService:
             self.background.stop()
         self.events.flush(None, timeout=10)
         self.events.close()
-
 
 # ---------------------------------------------------------------------------------------------------------------
 class BackgroundWorker:
@@ -758,7 +880,7 @@ class BackgroundWorker:
         self._predictor.embed(image.pixels)
 
     def _triage_missing(self) -> None:
-        from core_model.triage import Triage
+        from core_model.triage import Triage, initial_prompt
 
         service = self.service
         cases = service.store.cases()
@@ -789,6 +911,19 @@ class BackgroundWorker:
         # the CXR-LT heads read radiographs: a CT/MR slice gets a mask and its uncertainty, no finding probabilities
         probabilities = (result.probabilities or {}) if image.slice_count is None else {}
         service.store.record_prediction(ref.id, service.model_version, probabilities, mask, uncertainty)
+
+
+def _coordinate(value: Any) -> float:
+    """A click coordinate as a finite float; AppError for anything else (huge integers and NaN included)."""
+    if isinstance(value, bool):
+        raise AppError("click coordinates must be numbers")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise AppError("click coordinates must be numbers") from None
+    if not math.isfinite(number):
+        raise AppError("click coordinates must be finite numbers")
+    return number
 
 
 def _top(probabilities: dict[str, float]) -> str:

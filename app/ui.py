@@ -19,10 +19,14 @@ import gradio as gr
 import pandas as pd
 
 from app import admin
-from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_slices
+from app.panels import answer_panel, case_header
+from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_payload
 
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
+# sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
+SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
+                 '<button id="bc-signout" type="submit">Sign out</button></form>')
 # sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
 SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
                  '<button id="bc-signout" type="submit">Sign out</button></form>')
@@ -69,38 +73,12 @@ def viewer_html(view: View | None, idle_seconds: float) -> str:
             f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}"></div>')
 
 
-def case_info(view: View | None) -> str:
-    if view is None:
-        return ""
-    g = view.image.geometry
-    where = (f"study **{view.target.study}**, arm **{view.target.arm}**, read {view.target.order}"
-             if view.in_study else "free annotation")
-    return f"Case **{view.case}** · {g.width}×{g.height} px · {where}"
-
-
-def ai_markdown(service: AppService, view: View | None) -> str:
-    panel = service.ai_panel(view) if view is not None else None
-    if panel is None:
-        return ""
-    lines = [f"**AI** (`{panel['model_version']}`)"]
-    probabilities = panel["probabilities"]
-    if not probabilities:
-        lines.append(panel["why_none"])
-    else:
-        top = sorted(probabilities.items(), key=lambda kv: -kv[1])[:8]
-        lines += ["| finding | p |", "|---|---|"] + [f"| {name} | {p:.2f} |" for name, p in top]
-        if panel["suggested"]:
-            lines.append("Suggested: " + ", ".join(panel["suggested"]))
-    return "\n".join(lines)
-
-
 def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
     idle = service.idle_seconds
 
-    def opened(view: View | None, message: str = "") -> tuple:
-        panel = ai_markdown(service, view)
-        return (viewer_html(view, idle), case_info(view), gr.update(value=panel, visible=bool(panel)),
-                gr.update(value=[]), message, gr.Tabs(selected="case"))
+    def opened(view: View | None, message: str = "", select: bool = True) -> tuple:
+        return (viewer_html(view, idle), case_header(view), answer_panel(service, view), message,
+                gr.Tabs(selected="case") if select else gr.update())
 
     # ---------------------------------------------------------------- handlers
     def on_load(request: gr.Request):
@@ -109,7 +87,17 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         model = f"model `{service.model_version}` · " if is_admin else ""
         who = (f"Signed in as **{html.escape(session.reader.name)}** ({session.reader.role}) · {model}"
                f"{SIGN_OUT_FORM}")
-        return who, gr.update(visible=is_admin)
+        try:
+            view = service.resume(session)  # a reload, a new login or a restart: back to the open case
+        except AppError as error:
+            return who, gr.update(visible=is_admin), *opened(None, str(error), select=False)
+        return who, gr.update(visible=is_admin), *opened(view, select=view is not None)
+
+    def sync(request: gr.Request):
+        """Render the session's open case (after the page submitted, skipped or paused through the lean routes)."""
+        session = _session(service, request)
+        view = session.view
+        return opened(view, "" if view is not None else reads_left_message(service, session), select=view is not None)
 
     def worklist(status: str, class_name: str, u_min: float, u_max: float, request: gr.Request):
         session = _session(service, request)
@@ -142,16 +130,6 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
             raise gr.Error("the worklist is empty for these filters")
         return open_case(str(frame.iloc[0]["case"]), request)
 
-    def open_next(status: str, class_name: str, u_min: float, u_max: float, request: gr.Request):
-        """Skip: the first worklist case other than the one open now (its view is closed, nothing is submitted)."""
-        session = _session(service, request)
-        current = session.view.case if session.view is not None else None
-        frame, _ = worklist(status, class_name, u_min, u_max, request)
-        others = [str(c) for c in frame["case"] if str(c) != current]
-        if not others:
-            raise gr.Error("no other case in the worklist for these filters")
-        return open_case(others[0], request)
-
     def open_next_assignment(request: gr.Request):
         session = _session(service, request)
         try:
@@ -159,38 +137,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         except AppError as error:
             raise _fail(error) from None
         if view is None:
-            return opened(None, "All your assigned reads are done. Thank you!")
+            return opened(None, reads_left_message(service, session))
         return opened(view)
-
-    def set_labels(positives: list[str], request: gr.Request):
-        session = _session(service, request)
-        try:
-            service.set_labels(session, positives or [])
-        except AppError as error:
-            raise _fail(error) from None
-
-    def submit(positives: list[str], request: gr.Request):
-        session = _session(service, request)
-        view = session.view
-        if view is None:
-            raise gr.Error("no case is open")
-        try:
-            service.submit(session, positives or [])
-        except AppError as error:
-            raise _fail(error) from None
-        message = f"Submitted case {view.case}."
-        try:
-            if view.in_study:
-                nxt = service.open_assignment(session)
-                if nxt is None:
-                    return opened(None, message + " All your assigned reads are done.")
-                return opened(nxt, message)
-            items = service.worklist(session, status="open")
-            if not items:
-                return opened(None, message + " The worklist is empty.")
-            return opened(service.open_case(session, items[0]["case"]), message)
-        except AppError as error:
-            return opened(None, f"{message} {error}")
 
     def open_read(study: str, order: float, request: gr.Request):
         """Open one of my reads by study and read number (revisits only where the study allows them)."""
@@ -206,15 +154,13 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
 
     def my_assignments(request: gr.Request):
         session = _session(service, request)
-        rows = [{"study": a.study, "read": a.order, "session": a.session, "arm": a.arm, "status": a.status}
-                for a in service.assignments(session)]
-        return pd.DataFrame(rows, columns=["study", "read", "session", "arm", "status"])
+        return assignments_frame(service, session), reads_left_message(service, session)
 
-    def click_api(x: float, y: float, positive: bool, request: gr.Request) -> dict[str, Any]:
+    def click_api(nonce: str, x: float, y: float, positive: bool, request: gr.Request) -> dict[str, Any]:
         """The click path through Gradio's event machinery (for comparison with the lean route)."""
         session = _session(service, request)
         try:
-            result = service.click(session, None, x, y, bool(positive))
+            result = service.click(session, nonce, x, y, bool(positive))
         except AppError as error:
             raise _fail(error) from None
         return {"png_base64": base64.b64encode(result.png).decode("ascii"), "server_ms": result.total_ms,
@@ -261,8 +207,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         cases = [c.pseudo_id for c in service.store.cases()]
         readers = [r.name for r in service.store.readers() if r.role == "reader"]
         studies = admin.studies(service)
-        return (gr.update(choices=cases, value=cases), gr.update(choices=readers, value=readers),
-                gr.update(choices=["(latest)"] + studies, value="(latest)"))
+        pick = gr.update(choices=["(latest)"] + studies, value="(latest)")
+        return gr.update(choices=cases, value=cases), gr.update(choices=readers, value=readers), pick, pick
 
     def adm_create_study(session: Session, name, cases, readers, arms, design, seed, washout, revisit):
         return admin.create_study(service, session, name, cases or [], readers or [], arms or [], design,
@@ -277,17 +223,15 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
             service.background.triage_missing()
         return "Triage of cases without a prediction was queued."
 
-    def adm_export(session: Session, study: str):
-        return _downloadable(admin.export_results(service, session, None if study in (None, "", "(latest)") else study))
-
-    def adm_export_training(session: Session):
-        return _downloadable(admin.export_training(service, session))
+    def adm_export(session: Session, study: str, kind: str):
+        return _downloadable(admin.export(service, session, kind, _chosen_study(study)))
 
     def adm_dashboard(session: Session, study: str):
         service.require_admin(session)
-        frame = admin.dashboard_frame(service, None if study in (None, "", "(latest)") else study)
-        plot = frame.dropna(subset=["mean_time_s"]) if not frame.empty else frame
-        return frame, plot, plot
+        frame = admin.dashboard_frame(service, _chosen_study(study))
+        times = frame.dropna(subset=["mean_time_s"]) if not frame.empty else frame
+        accuracy = frame.dropna(subset=["accuracy"]) if not frame.empty else frame
+        return frame, times, accuracy
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="BiasCare reader") as demo:
@@ -307,23 +251,21 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                 table = gr.Dataframe(headers=WORKLIST_COLUMNS, interactive=False, elem_id="bc-worklist",
                                      label="Cases, highest model uncertainty first (click a row to open it)")
             with gr.Tab("Case", id="case"):
-                info = gr.Markdown(elem_id="bc-case-info")
-                with gr.Row():
+                info = gr.HTML(case_header(None), elem_id="bc-case-info")
+                with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         viewer = gr.HTML(EMPTY_VIEWER, elem_id="bc-viewer-html")
-                        gr.Markdown("Keys: **P**/**N** positive/negative · **T** toggle · right-click = other mode · "
-                                    "**U** or Ctrl+Z undo · **R** reset · **A** accept as is · **O** overlay · "
-                                    "**+**/**−**/**0** zoom · **↑**/**↓** (PageUp/PageDown: 10) slice of a "
-                                    "volume · Ctrl+Enter submit & next · **J** next case",
-                                    elem_id="bc-keys")
-                    with gr.Column(scale=1, min_width=260):
-                        ai_panel = gr.Markdown(visible=False, elem_id="bc-ai-panel")
-                        labels = gr.CheckboxGroup(list(CLASSES), label="Findings (CXR-LT 26)", elem_id="bc-labels")
-                        submit_btn = gr.Button("Submit & next", variant="primary", elem_id="bc-submit")
-                        next_btn = gr.Button("Skip to next case", elem_id="bc-next")
-                        message = gr.Markdown(elem_id="bc-message")
+                    with gr.Column(scale=1, min_width=300):
+                        answer = gr.HTML(answer_panel(service, None), elem_id="bc-answer-html")
+                message = gr.Markdown(elem_id="bc-message")
+                gr.Markdown("Keys: **P**/**N** positive/negative · **T** toggle · right-click = other mode · "
+                            "**U** or Ctrl+Z undo · **R** reset · **A** accept as is · **O** overlay · "
+                            "**+**/**−**/**0** zoom · **↑**/**↓** (PageUp/PageDown: 10) slice of a "
+                            "volume · Ctrl+Enter submit & next · **J** skip (outside studies)", elem_id="bc-keys")
+                sync_btn = gr.Button("sync", elem_id="bc-sync", elem_classes=["bc-hidden"])
             with gr.Tab("Reader study", id="study"):
                 start = gr.Button("Start / continue my reads", variant="primary", elem_id="bc-study-next")
+                reads_left = gr.Markdown(elem_id="bc-reads-left")
                 assignments = gr.Dataframe(interactive=False, label="My assignments", elem_id="bc-assignments")
                 with gr.Row():
                     read_study = gr.Textbox(label="Study (blank: any)")
@@ -333,9 +275,12 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                 with gr.Tab("Dashboard"):
                     study_pick = gr.Dropdown(["(latest)"], value="(latest)", label="Study", allow_custom_value=True)
                     dash = gr.Dataframe(interactive=False, label="Accuracy and time per reader and arm")
-                    with gr.Row():
-                        time_plot = gr.BarPlot(x="reader", y="mean_time_s", color="arm", title="Mean time per case (s)")
-                        acc_plot = gr.BarPlot(x="reader", y="accuracy", color="arm", title="Accuracy")
+                    with gr.Row():  # x = "reader · arm": one bar per reader and arm, side by side, never stacked
+                        time_plot = gr.BarPlot(x="rater", y="mean_time_s", color="arm", title="Mean time per read (s)",
+                                               x_title="reader · arm", y_title="seconds", sort="x")
+                        acc_plot = gr.BarPlot(x="rater", y="accuracy", color="arm", title="Accuracy (recall)",
+                                              x_title="reader · arm", y_title="accuracy", y_lim=[0, 1], sort="x")
+                    gr.Markdown(admin.ACCURACY_DEFINITION, elem_id="bc-accuracy-definition")
                     live = gr.Checkbox(False, label="Live (refresh every 5 s)")
                     dash_btn = gr.Button("Refresh dashboard")
                     timer = gr.Timer(5, active=False)
@@ -370,26 +315,29 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     retriage = gr.Button("Triage new cases")
                     retriage_msg = gr.Markdown()
                 with gr.Tab("Exports"):
-                    ex_btn = gr.Button("Results (CSV, long format) of the chosen study")
-                    ex_train = gr.Button("Training manifest + masks (zip)")
+                    ex_study = gr.Dropdown(["(latest)"], value="(latest)", label="Study (results and iMRMC)",
+                                           allow_custom_value=True)
+                    ex_kind = gr.Radio(list(admin.EXPORT_KINDS), value=admin.EXPORT_KINDS[0], label="Export")
+                    gr.Markdown("Results: one row per reader × case × arm × finding, with the study's name and the "
+                                "reader's raw confidence rating (`score`, empty for binary answers). Masks and the "
+                                "training manifest cover every annotated case. Nothing to export → a message, no file.")
+                    ex_btn = gr.Button("Export", variant="primary")
                     ex_file = gr.File(label="Download")
 
         filters = [status, class_name, u_min, u_max]
-        case_outputs = [viewer, info, ai_panel, labels, message, tabs]
+        case_outputs = [viewer, info, answer, message, tabs]
 
-        demo.load(on_load, None, [who, admin_tab], api_name=False)
+        demo.load(on_load, None, [who, admin_tab, *case_outputs], api_name=False)
+        sync_btn.click(sync, None, case_outputs, api_name=False).then(
+            worklist, filters, [table, progress], api_name=False)
         demo.load(worklist, filters, [table, progress], api_name="worklist")
         for trigger in (refresh.click, status.change, class_name.change, u_min.release, u_max.release):
             trigger(worklist, filters, [table, progress], api_name=False)
         table.select(open_selected, [table], case_outputs, api_name=False)
         top.click(open_top, filters, case_outputs, api_name=False)
-        next_btn.click(open_next, filters, case_outputs, api_name=False)
-        labels.input(set_labels, [labels], None, api_name="set_labels", trigger_mode="always_last")
-        submit_btn.click(submit, [labels], case_outputs, api_name="submit").then(
-            worklist, filters, [table, progress], api_name=False)
         start.click(open_next_assignment, None, case_outputs, api_name="open_next_assignment").then(
-            my_assignments, None, [assignments], api_name=False)
-        tabs.select(my_assignments, None, [assignments], api_name=False)
+            my_assignments, None, [assignments, reads_left], api_name=False)
+        tabs.select(my_assignments, None, [assignments, reads_left], api_name=False)
         read_btn.click(open_read, [read_study, read_order], case_outputs, api_name="open_read")
         def open_case_api(case: str, request: gr.Request) -> dict[str, Any]:
             return _api_open(service, case, request)
@@ -400,15 +348,14 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
 
         # admin
         admin_tab.select(guarded(adm_users), None, [users], api_name=False).then(
-            guarded(adm_choices), None, [st_cases, st_readers, study_pick], api_name=False).then(
+            guarded(adm_choices), None, [st_cases, st_readers, study_pick, ex_study], api_name=False).then(
             guarded(adm_model), None, [model_md], api_name=False)
         im_btn.click(guarded(adm_import), [im_files, im_dataset], [im_msg], api_name="admin_import")
         u_btn.click(guarded(adm_create_user), [u_name, u_pass, u_role], [u_msg, users], api_name="admin_create_user")
         st_btn.click(guarded(adm_create_study), [st_name, st_cases, st_readers, st_arms, st_design, st_seed,
                                                  st_washout, st_revisit], [st_msg], api_name="admin_create_study")
         retriage.click(guarded(adm_retriage), None, [retriage_msg], api_name=False)
-        ex_btn.click(guarded(adm_export), [study_pick], [ex_file], api_name="admin_export")
-        ex_train.click(guarded(adm_export_training), None, [ex_file], api_name=False)
+        ex_btn.click(guarded(adm_export), [ex_study, ex_kind], [ex_file], api_name="admin_export")
         dash_outputs = [dash, time_plot, acc_plot]
         dash_btn.click(guarded(adm_dashboard), [study_pick], dash_outputs, api_name="admin_dashboard")
         timer.tick(guarded(adm_dashboard), [study_pick], dash_outputs, api_name=False)
@@ -426,11 +373,44 @@ def _api_open(service: AppService, case: str, request: gr.Request) -> dict[str, 
     return view_payload(view)
 
 
-def view_payload(view: View) -> dict[str, Any]:
-    """The open case for API clients: nonce, sizes (original and display) and, for volumes, the slice shown."""
-    g = view.image.geometry
-    return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width, "height": g.height,
-            "display_width": g.disp_width, "display_height": g.disp_height, **view_slices(view)}
+ASSIGNMENT_COLUMNS = ["study", "read", "session", "arm", "status"]
+
+
+def assignments_frame(service: AppService, session: Session) -> pd.DataFrame:
+    """Every read of the reader, locked sessions included ("locked until <date>")."""
+    rows = []
+    for study_id, views in _by_study(service.store.assignments_for(session.reader, include_locked=True)).items():
+        unlock = {s.number: s.unlocks_at for s in service.store.study_sessions(session.reader, study_id)}
+        for a in views:
+            status = a.status if a.available else _locked(unlock.get(a.session))
+            rows.append({"study": a.study, "read": f"{a.order} of {len(views)}", "session": a.session, "arm": a.arm,
+                         "status": status})
+    return pd.DataFrame(rows, columns=ASSIGNMENT_COLUMNS)
+
+
+def reads_left_message(service: AppService, session: Session) -> str:
+    """What is left of the reader's protocol once no read is open: done, or which sessions unlock when."""
+    lines = []
+    for study_id, views in _by_study(service.store.assignments_for(session.reader, include_locked=True)).items():
+        for status in service.store.study_sessions(session.reader, study_id):
+            if status.submitted < status.reads:
+                when = "now" if status.available else _locked(status.unlocks_at)
+                lines.append(f"Study **{views[0].study}**, session {status.number} ({'/'.join(status.arms)}): "
+                             f"{status.reads - status.submitted} of {status.reads} read(s) left · {when}")
+    return "\n\n".join(lines) if lines else "All your assigned reads are done. Thank you!"
+
+
+def _by_study(views: list[Any]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for view in views:
+        out.setdefault(view.study_id, []).append(view)
+    return out
+
+
+def _locked(unlocks_at: Any) -> str:
+    if unlocks_at is None:
+        return "locked until the previous session is complete (then the washout period)"
+    return f"locked until {unlocks_at:%Y-%m-%d %H:%M} UTC (washout)"
 
 
 def _downloadable(path: Path) -> str:

@@ -7,6 +7,9 @@ Lin et al., Med Image Anal 2025;106:103739.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 CXR_LT_40: tuple[str, ...] = (
     'Adenopathy',
     'Atelectasis',
@@ -88,6 +91,39 @@ def label_set(name: str) -> tuple[str, ...]:
         return LABEL_SETS[name]
     except KeyError:
         raise KeyError(f"unknown label set {name!r}; known: {sorted(LABEL_SETS)}") from None
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A task's label set: its classes and the answer rules that go with them.
+
+    ``exclusive``: a class that cannot be positive together with any other ('Normal' in the CXR-LT sets) — one rule,
+    checked by :meth:`check` wherever an answer is taken or saved.
+    """
+    name: str
+    classes: tuple[str, ...]
+    exclusive: str | None = None
+
+    def check(self, positives: Iterable[str]) -> None:
+        """ValueError when ``positives`` names an unknown class or breaks the exclusive class's rule."""
+        chosen = set(positives)
+        unknown = sorted(chosen - set(self.classes))
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown}; the label set {self.name!r} has {len(self.classes)}")
+        if self.exclusive in chosen and len(chosen) > 1:
+            others = ", ".join(sorted(chosen - {self.exclusive}))
+            raise ValueError(f"'{self.exclusive}' cannot be chosen together with findings ({others})")
+
+
+def label_rules(name: str, classes: Iterable[str]) -> LabelSet:
+    """The answer rules of a class list: 'Normal', where the list has it, excludes every finding."""
+    classes = tuple(classes)
+    return LabelSet(name, classes, "Normal" if "Normal" in classes else None)
+
+
+def label_set_spec(name: str) -> LabelSet:
+    """The :class:`LabelSet` of ``'cxr-lt-26'`` or ``'cxr-lt-40'`` (KeyError names the known sets otherwise)."""
+    return label_rules(name, label_set(name))
+
 
 # Positive counts per class in CXR-LT 2024 train_labeled.csv (258,871 images): the long-tail prior used by
 # logit-adjusted losses and shown in the model card.

@@ -245,6 +245,8 @@ class InteractivePredictor:
         prev_logits = previous.low_res_logits if previous else None
         with self._lock, torch.inference_mode():
             prediction = self._run(session.entry, all_clicks, box_t, text, prev_logits, with_tta, multimask)
+        if previous is not None:  # older steps keep their low-res logits (for undo), not their full-size masks
+            previous.__dict__.pop("mask", None)
         session.history.append(prediction)
         return prediction
 

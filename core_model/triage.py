@@ -18,6 +18,16 @@ DEFAULT_CONCEPT = "lung"
 log = logging.getLogger(__name__)
 
 
+def initial_prompt(model: BiasCareModel, height: int, width: int, concept: str = DEFAULT_CONCEPT) -> dict:
+    """The prompt of a case's first AI mask, in original pixel coordinates (the keywords of
+    ``InteractivePredictor.predict``): the text concept when the language pathway is trained, otherwise a box around
+    the whole image (the only prompt stock LiteMedSAM understands). The app's first mask and its reset use it, and
+    :class:`Triage` applies the same rule on the model grid."""
+    if model.language.trained:
+        return {"text": concept}
+    return {"box": (0.0, 0.0, float(width - 1), float(height - 1))}
+
+
 @dataclass
 class TriageResult:
     """One image's first pass. ``low_res_logits`` (1, 256, 256) are on the model grid (see ``geometry``)."""

@@ -174,6 +174,7 @@
       let msg = resp.status + "";
       try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
       state.status.textContent = msg;
+      if (resp.status === 409) stale(msg);
       return;
     }
     const bmp = await createImageBitmap(await resp.blob());
@@ -240,6 +241,9 @@
     V.last = performance.now();
     if (V.idle && !document.hidden) { V.idle = false; sendEvent("idle_end"); }
   }
+  setInterval(() => {  // the reading clock's evidence that the case is on screen and the reader present
+    if (V && !V.idle && !document.hidden) sendEvent("heartbeat");
+  }, 5000);
   setInterval(() => {
     if (!V || V.idle) return;
     if (document.hidden || performance.now() - V.last > V.idleMs) { V.idle = true; sendEvent("idle_start"); }
@@ -251,12 +255,107 @@
   });
   for (const kind of ["pointermove", "pointerdown", "keydown", "wheel"]) document.addEventListener(kind, touch, {passive: true});
 
+  // ------------------------------------------------------------------ the answer panel (findings, ratings, submit)
+  // Server-rendered by app/panels.py; every change is posted with the view's nonce and counts once acknowledged
+  // (the server commits its events first). Submit / Skip / Pause wait for the pending answer posts, then ask Gradio
+  // to render what the session has open now (the hidden #bc-sync button).
+  let A = null;
+  let notice = "";
+
+  function stale(msg) {
+    const banner = document.querySelector("#bc-stale") || document.body.appendChild(el("div", {id: "bc-stale"}));
+    banner.textContent = "This page no longer shows the open case (" + msg + "). Reload the page to continue.";
+    banner.classList.add("bc-stale-on");
+    if (A) A.panel.classList.add("bc-answer-stale");
+  }
+
+  function buildAnswer(panel) {
+    const state = A = {panel, nonce: panel.dataset.nonce, ratingMax: parseInt(panel.dataset.ratingMax || "0", 10),
+                       study: panel.dataset.study === "1", queue: Promise.resolve(), statusEl: panel.querySelector("#bc-answer-status")};
+    if (notice) { state.statusEl.textContent = notice; notice = ""; }
+    panel.addEventListener("change", (e) => {
+      const row = e.target.closest(".bc-finding");
+      if (!row) return;
+      if (e.target.classList.contains("bc-label")) onTick(state, row, e.target.checked);
+      if (e.target.classList.contains("bc-rating")) { e.target.dataset.rated = "1"; showRating(row); }
+      touch();
+      postAnswer(state);
+    });
+    panel.addEventListener("input", (e) => {
+      if (e.target.classList.contains("bc-rating")) showRating(e.target.closest(".bc-finding"));
+    });
+    const on = (id, what) => { const b = panel.querySelector("#" + id); if (b) b.onclick = () => answerAction(state, what); };
+    on("bc-submit", "submit"); on("bc-skip", "skip"); on("bc-pause", "pause");
+  }
+
+  function onTick(state, row, checked) {
+    const exclusive = "Normal";
+    const rows = state.panel.querySelectorAll(".bc-finding");
+    if (checked) for (const other of rows) {
+      const isNormal = other.dataset.class === exclusive, mine = row.dataset.class === exclusive;
+      if (other !== row && (isNormal || mine)) { other.querySelector(".bc-label").checked = false; enableRating(other, false); }
+    }
+    enableRating(row, checked);
+  }
+
+  function enableRating(row, on) {
+    const r = row.querySelector(".bc-rating");
+    if (!r) return;
+    r.disabled = !on;
+    if (!on) delete r.dataset.rated;
+    showRating(row);
+  }
+
+  function showRating(row) {
+    const r = row.querySelector(".bc-rating"), out = row.querySelector(".bc-rating-value");
+    if (r && out) out.textContent = r.disabled || !r.dataset.rated ? "–" : r.value;
+  }
+
+  function answerBody(state) {
+    const positives = [], ratings = {};
+    for (const row of state.panel.querySelectorAll(".bc-finding")) {
+      if (!row.querySelector(".bc-label").checked) continue;
+      positives.push(row.dataset.class);
+      const r = row.querySelector(".bc-rating");
+      if (r && r.dataset.rated) ratings[row.dataset.class] = parseInt(r.value, 10);
+    }
+    return {nonce: state.nonce, positives, ratings};
+  }
+
+  function postAnswer(state) {
+    const body = answerBody(state);
+    state.queue = state.queue.then(async () => {
+      const r = await post("/api/v1/answer", body);
+      const reply = await r.json().catch(() => ({}));
+      if (r.status === 409) stale(reply.error || "409");
+      state.statusEl.textContent = r.ok ? "saved" : (reply.error || "not saved");
+      state.panel.dataset.acknowledged = String(+(state.panel.dataset.acknowledged || 0) + (r.ok ? 1 : 0));
+    });
+    return state.queue;
+  }
+
+  function answerAction(state, what) {
+    touch();
+    state.queue = state.queue.then(async () => {
+      state.statusEl.textContent = what === "submit" ? "submitting…" : "…";
+      const r = await post(`/api/v1/${what}`, {nonce: state.nonce});
+      const reply = await r.json().catch(() => ({}));
+      if (!r.ok) {
+        if (r.status === 409) stale(reply.error || "409");
+        state.statusEl.textContent = reply.error || `${what} failed (${r.status})`;
+        return;
+      }
+      notice = reply.message || "";
+      const sync = document.querySelector("#bc-sync");
+      if (sync) (sync.querySelector("button") || sync).click();
+    });
+  }
+
   // ------------------------------------------------------------------ keyboard shortcuts
   document.addEventListener("keydown", (e) => {
     const tag = (e.target && e.target.tagName) || "";
     if (["INPUT", "TEXTAREA", "SELECT"].includes(tag) && e.target.type !== "range" && e.target.type !== "checkbox") return;
-    const clickId = (id) => { const b = document.querySelector(`#${id}`); if (b) { (b.querySelector("button") || b).click(); } };
-    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { clickId("bc-submit"); e.preventDefault(); return; }
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { if (A) answerAction(A, "submit"); e.preventDefault(); return; }
     if (e.ctrlKey || e.metaKey || e.altKey) { if ((e.ctrlKey || e.metaKey) && e.key === "z" && V) { act(V, "undo"); e.preventDefault(); } return; }
     if (!V) return;
     const k = e.key.toLowerCase();
@@ -264,7 +363,7 @@
       p: () => setMode(true), n: () => setMode(false), t: () => setMode(!V.positive), u: () => act(V, "undo"),
       r: () => act(V, "reset"), a: () => doAccept(V), o: () => { V.overlayOn = !V.overlayOn; applyOpacity(); },
       "+": () => setZoom(V.zoom * 1.25), "=": () => setZoom(V.zoom * 1.25), "-": () => setZoom(V.zoom / 1.25),
-      "0": () => fit(), j: () => clickId("bc-next"),
+      "0": () => fit(), j: () => { if (A && !A.study) answerAction(A, "skip"); },
     }[k] || (V.slices > 1 && tag !== "INPUT" && {  // a focused slider keeps its own arrow keys
       arrowup: () => showSlice(V, V.slice + 1), arrowdown: () => showSlice(V, V.slice - 1),
       pageup: () => showSlice(V, V.slice + 10), pagedown: () => showSlice(V, V.slice - 10),
@@ -274,6 +373,9 @@
 
   // ------------------------------------------------------------------ (re)build when Gradio renders a new case
   function scan() {
+    const panel = document.querySelector(".bc-answer[data-nonce]");
+    if (panel && panel.dataset.built !== panel.dataset.nonce) { panel.dataset.built = panel.dataset.nonce; buildAnswer(panel); }
+    if (!panel && A && !document.body.contains(A.panel)) A = null;
     const slot = document.querySelector(".bc-slot[data-nonce]");
     if (!slot) { if (V && !document.body.contains(V.base)) V = null; return; }
     if (slot.dataset.built === slot.dataset.nonce) return;
@@ -282,5 +384,5 @@
   }
   new MutationObserver(scan).observe(document.documentElement, {childList: true, subtree: true});
   document.addEventListener("DOMContentLoaded", scan);
-  window.__bcViewer = {get: () => V, setMode, setZoom, fit};
+  window.__bcViewer = {get: () => V, answer: () => A, setMode, setZoom, fit};
 })();
