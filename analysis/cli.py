@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.subgroups import DEFAULT_AGE_EDGES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _edges(text: str) -> tuple[float, ...]:
@@ -23,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", metavar="URL", help="database URL (read through annotations_db.export)")
     source.add_argument("--results", metavar="FILE", help="exported long results table (.csv or .parquet)")
+    p.add_argument("--study", metavar="NAME", help="the study to analyse (default: the latest study of --db, said so "
+                                                   "on the output; with --results: required when it holds several)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (report.html, tables/, figures/)")
     p.add_argument("--age-bins", type=_edges, default=DEFAULT_AGE_EDGES, metavar="EDGES",
                    help="age bin edges, left-closed (default: 0,40,60,75,200)")
@@ -41,16 +47,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read(args: argparse.Namespace) -> pd.DataFrame:
+    """The long frame of the chosen study; prints which study it is."""
+    from analysis.data import read_db, read_results, select_study
+    if args.db:
+        raw, lines = read_db(args.db, args.study)
+        print("\n".join(lines))
+        return raw
+    raw = select_study(read_results(args.results), args.study)
+    if "study" in raw.columns and raw["study"].notna().any():
+        print(f"study: {raw['study'].dropna().astype(str).iloc[0]} (from {args.results})")
+    return raw
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from analysis.data import build_study, load_thresholds, read_db, read_results
+    from analysis.data import build_study, load_thresholds
     from analysis.pipeline import AnalysisConfig, run_analysis
     from analysis.report import write_report
     if args.bootstrap < 10:
         print("error: --bootstrap must be at least 10", file=sys.stderr)
         return 2
     try:
-        raw = read_db(args.db) if args.db else read_results(args.results)
+        raw = _read(args)
         classes = sorted(raw["class"].dropna().astype(str).str.strip().unique()) if "class" in raw else []
         study = build_study(raw, load_thresholds(args.thresholds, classes, args.threshold), args.threshold,
                             args.ai_seconds_per_case)

@@ -3,7 +3,10 @@
 Input contract: one row per reader × case × arm × class with columns ``reader, case, arm, class, answer (0/1),
 truth (0/1 or empty), ai_probability, ai_uncertainty, time_s, clicks, order, shown_at, submitted_at, sex, age, race``.
 Arms are ``unaided`` and ``ai_aided``; the AI-alone "arm" is derived from ``ai_probability`` (threshold 0.5 or
-per-class thresholds). An optional ``score`` column (a reader's confidence) is used for the AUC analysis.
+per-class thresholds). An optional ``score`` column (a reader's confidence rating that the finding is present, on any
+monotone scale, e.g. the raw 0..rating_max of the export) is used for the AUC analyses (reader AUCs, MRMC AUC,
+iMRMC files); accuracy, sensitivity and specificity always use ``answer``. An optional ``study`` column names the
+study (:func:`select_study` keeps one).
 
 No row is dropped silently: every input row is counted in ``Study.row_accounting`` as used or excluded with a reason,
 and every data problem found becomes a sentence in ``Study.notes``.
@@ -77,10 +80,44 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"reader": str, "case": str, "arm": str, "class": str}, keep_default_na=True)
 
 
-def read_db(url: str) -> pd.DataFrame:
-    """The same frame straight from the database (the export module is imported only when asked for)."""
-    from annotations_db.export import results_frame  # noqa: PLC0415 - optional, owned by the database package
-    return results_frame(url)
+def read_db(url: str, study: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The results of one study straight from the database and lines saying which study it is.
+
+    ``study`` = a study name; default the most recently created study, said explicitly, with the others listed.
+    ValueError for an unknown study or a database without studies. The export module is imported only here.
+    """
+    from annotations_db.errors import AnnotationDbError  # noqa: PLC0415 - optional, owned by the database package
+    from annotations_db.export import list_studies, resolve_study, results_frame  # noqa: PLC0415
+    from annotations_db.store import Store  # noqa: PLC0415
+    store = Store.open(url)
+    try:
+        chosen = resolve_study(store, study)
+        lines = [f"study: {chosen.described}" + ("" if study else " — the latest study (no --study given)")]
+        others = [s.described for s in list_studies(store) if s.id != chosen.id]
+        if others:
+            lines.append(f"other studies in the database (pick one with --study NAME): {'; '.join(others)}")
+        return results_frame(store, chosen.id), lines
+    except AnnotationDbError as error:
+        raise ValueError(str(error)) from error
+    finally:
+        store.close()
+
+
+def select_study(raw: pd.DataFrame, study: str | None) -> pd.DataFrame:
+    """Rows of one study of an exported table with a ``study`` column (ValueError when it holds several and none
+    is named, or the named one is absent); a table without the column is taken as one study."""
+    if "study" not in raw.columns:
+        if study:
+            raise ValueError(f"--study {study!r}: the results table has no 'study' column")
+        return raw
+    names = sorted(raw["study"].dropna().astype(str).unique())
+    if study is None:
+        if len(names) > 1:
+            raise ValueError(f"the results table holds {len(names)} studies ({', '.join(names)}): pass --study NAME")
+        return raw
+    if study not in names:
+        raise ValueError(f"no study {study!r} in the results table; it has: {', '.join(names) or 'none'}")
+    return raw[raw["study"].astype(str) == study]
 
 
 def load_thresholds(path: str | Path | None, classes: list[str], default: float = 0.5) -> dict[str, float]:

@@ -67,7 +67,7 @@ def per_class_table(study: Study, accuracy: str = "recall") -> pd.DataFrame:
     """Long table: rater × class with counts, accuracy, sensitivity, specificity, F1 (and AI AUC)."""
     c = counts(study.answers, study.truth)
     r = rates(c, accuracy)
-    auc = ai_auc_per_class(study)
+    auc = rater_auc_per_class(study)
     rows = []
     for i, rater in enumerate(study.raters):
         for k, name in enumerate(study.classes):
@@ -76,9 +76,24 @@ def per_class_table(study: Study, accuracy: str = "recall") -> pd.DataFrame:
             row.update({m: int(c[m][i, k]) for m in ("tp", "fp", "fn", "tn")})
             row.update({m: float(r[m][i, k]) for m in ("accuracy", "sensitivity", "specificity", "f1",
                                                        "label_accuracy")})
-            row["auc"] = float(auc[k]) if rater.reader == AI and auc is not None else np.nan
+            row["auc"] = float(auc[i, k])
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def rater_auc_per_class(study: Study) -> np.ndarray:
+    """(raters, classes) trapezoidal AUC: readers' from their ``score`` ratings (NaN without ratings: a 0/1 answer
+    gives no ROC curve), the AI's from its probabilities; NaN where a class lacks positives or negatives."""
+    out = np.full((len(study.raters), len(study.classes)), np.nan)
+    ai = ai_auc_per_class(study)
+    for i, rater in enumerate(study.raters):
+        if rater.reader == AI:
+            out[i] = ai if ai is not None else np.nan
+        elif study.scores is not None:
+            for k in range(len(study.classes)):
+                keep = ~np.isnan(study.scores[i, :, k])
+                out[i, k] = _auc_parts(study.scores[i, keep, k], study.truth[keep, k])[0]
+    return out
 
 
 def ai_auc_per_class(study: Study) -> np.ndarray | None:
@@ -108,13 +123,13 @@ def summary_table(study: Study, accuracy: str = "recall") -> pd.DataFrame:
     m = macro(counts(study.answers, study.truth), accuracy)
     read = (~np.isnan(study.answers).all(axis=2)).sum(axis=1)
     defined = np.isfinite(rates(counts(study.answers, study.truth), accuracy)["accuracy"]).sum(axis=1)
-    auc = ai_auc_per_class(study)
+    auc = nanmean(rater_auc_per_class(study))
     rows = []
     for i, rater in enumerate(study.raters):
         row = {"rater": rater.label, "reader": rater.reader, "arm": rater.arm, "cases_read": int(read[i]),
                "classes_scored": int(defined[i])}
         row.update({k: float(v[i]) for k, v in m.items()})
-        row["auc_macro"] = float(nanmean(auc)) if rater.reader == AI and auc is not None else np.nan
+        row["auc_macro"] = float(auc[i])
         row.update(timing(study.times[i]))
         rows.append(row)
     return pd.DataFrame(rows)

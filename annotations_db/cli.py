@@ -4,7 +4,7 @@
                      --mask-pattern '{stem}_lung.png' --mask-name lung] [--demographics CSV] [--image-root DIR]
                      [--label-set cxr-lt-40] [--strict] [--db URL]
     launch.py export results OUT [--study NAME] [--format csv --format parquet]
-    launch.py export imrmc OUT --class Edema [--study NAME]
+    launch.py export imrmc OUT --class Edema [--study NAME]   (without --class: OUT is a folder, one file per class)
     launch.py export masks OUTDIR [--format png --format nifti --format dicom-seg --format coco]
     launch.py export training OUTDIR [--images copy|source]
     launch.py db upgrade | current | stats
@@ -14,7 +14,8 @@
                      [--label-set cxr-lt-26] [--model-version NAME]
 
 ``--db`` defaults to ``sqlite:///data/annotations.sqlite`` (relative to the working directory). Exit codes: 0 ok,
-1 some files failed (import) , 2 bad arguments or input.
+1 some files failed (import) , 2 bad arguments or input, or an export with nothing to write (no submitted read, no
+mask, no annotation: the message says which; no empty file or folder is left).
 """
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def export_main(argv: list[str]) -> int:
     results.add_argument("out", type=Path)
     results.add_argument("--study")
     results.add_argument("--format", action="append", choices=["csv", "parquet"])
-    imrmc = _with_db(sub.add_parser("imrmc", help="iMRMC input for one class"))
-    imrmc.add_argument("out", type=Path)
-    imrmc.add_argument("--class", dest="class_name", required=True)
+    imrmc = _with_db(sub.add_parser("imrmc", help="iMRMC input for one class, or every class into a folder"))
+    imrmc.add_argument("out", type=Path, help="the .imrmc file (--class) or a folder (one file per class)")
+    imrmc.add_argument("--class", dest="class_name", help="one class (default: every class with both truths)")
     imrmc.add_argument("--study")
     masks = _with_db(sub.add_parser("masks", help="final masks: PNG / NIfTI / DICOM-SEG / COCO"))
     masks.add_argument("out", type=Path)
@@ -110,12 +111,15 @@ def export_main(argv: list[str]) -> int:
             if args.what == "results":
                 paths = export.export_results(store, args.out, args.study, args.format or ("csv", "parquet"))
                 print("\n".join(str(p) for p in paths))
-            elif args.what == "imrmc":
+            elif args.what == "imrmc" and args.class_name:
                 print(export.export_imrmc(store, args.out, args.class_name, args.study))
+            elif args.what == "imrmc":
+                print("\n".join(str(p) for p in export.export_imrmc_classes(store, args.out, args.study).values()))
             elif args.what == "masks":
                 formats = args.format or ("png", "nifti", "dicom-seg", "coco")
-                print(json.dumps(export.export_masks(store, args.out, formats), indent=1))
+                print(json.dumps(export.export_masks(store, args.out, formats, require_any=True), indent=1))
             else:
+                export.require_final_annotations(store)
                 print(export.export_training(store, args.out, images=args.images))
     except AnnotationDbError as error:
         print(f"error: {error}", file=sys.stderr)

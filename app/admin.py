@@ -157,52 +157,79 @@ def studies(service: AppService) -> list[str]:
         return list(s.scalars(select(Study.name).order_by(Study.id)))
 
 
+DASHBOARD_COLUMNS = ["reader", "arm", "rater", "reads", "accuracy", "mean_time_s", "median_time_s"]
+ACCURACY_DEFINITION = (
+    "**Accuracy** = for each finding, the share of the cases that have it (ground truth) which the reader marked "
+    "(TP / (TP + FN)), averaged over the findings with at least one such case: the analysis's default "
+    "(`launch.py analyze --accuracy recall`, the paper's definition). Cases without ground truth count for time only. "
+    "**Time** = seconds per read (submit − shown − idle, from the event log). Bars: one per reader × arm, side by side.")
+
+
 def dashboard_frame(service: AppService, study: str | None = None) -> pd.DataFrame:
-    """Per reader × arm: reads submitted, accuracy against ground truth (assessed classes), mean/median time."""
+    """Per reader × arm (``rater`` = "reader · arm", the bar label): submitted reads, accuracy as defined in
+    :data:`ACCURACY_DEFINITION` (computed by :func:`analysis.metrics.summary_table`), mean and median seconds."""
+    from analysis.data import AI, build_study
+    from analysis.metrics import summary_table
     from annotations_db.errors import ExportError
     from annotations_db.export import results_frame
 
-    columns = ["reader", "arm", "reads", "accuracy", "mean_time_s", "median_time_s"]
     try:
         frame = results_frame(service.store, study or None)
     except ExportError:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=DASHBOARD_COLUMNS)
     if frame.empty:
-        return pd.DataFrame(columns=columns)
-    known = frame[frame["truth"].notna()].copy()
-    known["correct"] = (known["answer"] == known["truth"].astype("int64")).astype(float)
-    acc = known.groupby(["reader", "arm"])["correct"].mean().rename("accuracy")
-    reads = frame.drop_duplicates(["reader", "case", "arm"])
-    per = reads.groupby(["reader", "arm"]).agg(reads=("case", "count"), mean_time_s=("time_s", "mean"),
-                                               median_time_s=("time_s", "median"))
-    out = per.join(acc, how="left").reset_index()
-    return out[columns].round(3)
+        return pd.DataFrame(columns=DASHBOARD_COLUMNS)
+    summary = summary_table(build_study(frame.drop(columns=["ai_probability"])), accuracy="recall")
+    summary = summary[summary["reader"] != AI].rename(columns={"cases_read": "reads", "mean_s": "mean_time_s",
+                                                               "median_s": "median_time_s"})
+    summary["rater"] = summary["reader"] + " · " + summary["arm"]
+    return summary[DASHBOARD_COLUMNS].round(3).reset_index(drop=True)
 
 
-def export_results(service: AppService, session: Session, study: str | None) -> Path:
+EXPORT_KINDS = ("Results (CSV)", "Results (Parquet)", "iMRMC (zip, one file per class)", "Masks: PNG (zip)",
+                "Masks: NIfTI (zip)", "Masks: DICOM-SEG (zip)", "Masks: COCO JSON (zip)",
+                "Training manifest + images + masks (zip)")
+_MASK_FORMATS = {"Masks: PNG (zip)": "png", "Masks: NIfTI (zip)": "nifti", "Masks: DICOM-SEG (zip)": "dicom-seg",
+                 "Masks: COCO JSON (zip)": "coco"}
+
+
+def export(service: AppService, session: Session, kind: str, study: str | None = None) -> Path:
+    """One export of :data:`EXPORT_KINDS` under ``DATA/exports/`` (folders zipped); the results and iMRMC of
+    ``study`` (default the latest). AppError with the reason when there is nothing to write (no file is left)."""
     from annotations_db.errors import ExportError
-    from annotations_db.export import export_results as write
 
     service.require_admin(session)
-    out = service.data_dir / "exports" / f"results-{secrets.token_hex(4)}"
+    if kind not in EXPORT_KINDS:
+        raise AppError(f"unknown export {kind!r}; choose one of: {', '.join(EXPORT_KINDS)}")
+    out = service.data_dir / "exports" / f"{_slug(kind)}-{secrets.token_hex(4)}"
     try:
-        return write(service.store, out, study or None, formats=("csv",))[0]
+        return _export(service, kind, study or None, out)
     except ExportError as error:
-        raise AppError(str(error)) from None
+        shutil.rmtree(out, ignore_errors=True)
+        raise AppError(f"{kind}: {error}") from None
 
 
-def export_training(service: AppService, session: Session) -> Path:
-    from annotations_db.errors import ExportError
-    from annotations_db.export import export_training as write
+def _export(service: AppService, kind: str, study: str | None, out: Path) -> Path:
+    from annotations_db import export as exports
 
-    service.require_admin(session)
-    out = service.data_dir / "exports" / f"training-{secrets.token_hex(4)}"
-    try:
-        write(service.store, out)
-    except ExportError as error:
-        raise AppError(str(error)) from None
-    archive = shutil.make_archive(str(out), "zip", out)
-    return Path(archive)
+    store = service.store
+    if kind.startswith("Results"):
+        fmt = "csv" if "CSV" in kind else "parquet"
+        name = exports.resolve_study(store, study).name
+        return exports.export_results(store, out / f"results-{_slug(name)}", study, formats=(fmt,))[0]
+    if kind.startswith("iMRMC"):
+        exports.export_imrmc_classes(store, out, study)
+    elif kind in _MASK_FORMATS:
+        exports.export_masks(store, out, (_MASK_FORMATS[kind],), require_any=True)
+    else:
+        exports.require_final_annotations(store)
+        exports.export_training(store, out)
+    return Path(shutil.make_archive(str(out), "zip", out))
+
+
+def _slug(text: str) -> str:
+    import re
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
 def model_info(service: AppService, session: Session, checkpoint: str | None) -> str:

@@ -413,6 +413,11 @@ def _locked(unlocks_at: Any) -> str:
     return f"locked until {unlocks_at:%Y-%m-%d %H:%M} UTC (washout)"
 
 
+def _chosen_study(study: str | None) -> str | None:
+    """A study dropdown's value: None for the latest study."""
+    return None if study in (None, "", "(latest)") else study
+
+
 def _downloadable(path: Path) -> str:
     """A copy of an export in a fresh temporary folder (Gradio serves downloads only from there, never from DATA)."""
     folder = Path(tempfile.mkdtemp(prefix="biascare-export-"))

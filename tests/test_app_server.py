@@ -362,7 +362,7 @@ def test_admin_exports_and_users(server):
     csv = boss_http.get(f"{server.url}/api/v1/admin/results.csv", timeout=30)
     assert csv.status_code in (200, 404)
     if csv.status_code == 200:
-        assert csv.text.startswith("reader,case,arm,class")
+        assert csv.text.startswith("study,reader,case,arm,class")
 
 
 # ----------------------------------------------------------------------------------------------- volumes
