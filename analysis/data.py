@@ -88,19 +88,15 @@ def read_db(url: str, study: str | None = None) -> tuple[pd.DataFrame, list[str]
     """
     from annotations_db.errors import AnnotationDbError  # noqa: PLC0415 - optional, owned by the database package
     from annotations_db.export import list_studies, resolve_study, results_frame  # noqa: PLC0415
-    from annotations_db.store import Store  # noqa: PLC0415
-    store = Store.open(url)
     try:
-        chosen = resolve_study(store, study)
+        chosen = resolve_study(url, study)
         lines = [f"study: {chosen.described}" + ("" if study else " — the latest study (no --study given)")]
-        others = [s.described for s in list_studies(store) if s.id != chosen.id]
+        others = [s.described for s in list_studies(url) if s.id != chosen.id]
         if others:
             lines.append(f"other studies in the database (pick one with --study NAME): {'; '.join(others)}")
-        return results_frame(store, chosen.id), lines
+        return results_frame(url, chosen.id), lines
     except AnnotationDbError as error:
         raise ValueError(str(error)) from error
-    finally:
-        store.close()
 
 
 def select_study(raw: pd.DataFrame, study: str | None) -> pd.DataFrame:

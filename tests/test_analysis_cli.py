@@ -73,14 +73,20 @@ def test_cli_parquet_and_thresholds(small_frame: pd.DataFrame, tmp_path: Path) -
     assert (pd.read_csv(tmp_path / "out" / "tables" / "speedup.csv")["ai_speedup_vs_unaided"] > 5).all()
 
 
-def test_cli_db_reads_through_export_module(small_frame: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
+def test_cli_db_reads_through_export_module(small_frame: pd.DataFrame, tmp_path: Path, monkeypatch, capsys) -> None:
+    from annotations_db.export import StudyInfo
     fake = types.ModuleType("annotations_db.export")
     seen = []
-    fake.results_frame = lambda url: seen.append(url) or small_frame
+    studies = [StudyInfo(1, "old", None, 0), StudyInfo(2, "new", None, 100)]
+    fake.results_frame = lambda url, study=None: seen.append((url, study)) or small_frame
+    fake.resolve_study = lambda url, study=None: studies[-1] if study is None else studies[0]
+    fake.list_studies = lambda url: studies
     monkeypatch.setitem(sys.modules, "annotations_db.export", fake)
     assert main(["--db", "sqlite:///study.db", "--out", str(tmp_path / "out"), "--bootstrap", "20"]) == 0
-    assert seen == ["sqlite:///study.db"]
+    assert seen == [("sqlite:///study.db", 2)]
     assert (tmp_path / "out" / "report.html").exists()
+    out = capsys.readouterr().out
+    assert "study: new (id 2, created unknown) — the latest study" in out and "old (id 1" in out
 
 
 def test_cli_errors(tmp_path: Path, study_frame: pd.DataFrame, capsys) -> None:

@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
             for c in range(r + 1):
                 store.log_event(view, reader, "click", {"x": 10 + c, "y": 20, "positive": True, "latency_ms": 40})
             store.save_annotation(view, reader, {"Cardiomegaly": view.order % 2, "Edema": 1},
-                                  confidence={"Cardiomegaly": float(view.order * 10)})
+                                  confidence={"Cardiomegaly": view.order * 10, "Edema": 50})
     masks = _annotate_masks(store, readers[1], shared_data)
     yield {"store": store, "url": url, "cases": cases, "readers": readers, "root": root, "masks": masks}
     store.close()

@@ -26,7 +26,7 @@ def test_study_from_import_to_report(shared_data: Path, tmp_path: Path) -> None:
                                 uncertainty={"total": i / 10})
     readers = [store.create_reader(name, "pw-" + name) for name in ("rui", "mei")]
     store.create_study("pilot", [c.id for c in cases], readers, design="crossover", seed=3, washout_days=0,
-                       model_version="test-model")
+                       model_version="test-model", rating_max=0)  # binary answers only
     for reader in readers:
         while (assignment := store.next_assignment(reader)) is not None:
             store.log_event(assignment, reader, "case_shown")
