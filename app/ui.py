@@ -27,9 +27,6 @@ WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
 # sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
 SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
                  '<button id="bc-signout" type="submit">Sign out</button></form>')
-# sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
-SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
-                 '<button id="bc-signout" type="submit">Sign out</button></form>')
 EMPTY_VIEWER = '<div class="bc-empty">No case open. Pick one from the worklist or start your reader study.</div>'
 
 
