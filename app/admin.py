@@ -179,7 +179,11 @@ def dashboard_frame(service: AppService, study: str | None = None) -> pd.DataFra
         return pd.DataFrame(columns=DASHBOARD_COLUMNS)
     if frame.empty:
         return pd.DataFrame(columns=DASHBOARD_COLUMNS)
-    summary = summary_table(build_study(frame.drop(columns=["ai_probability"])), accuracy="recall")
+    try:  # the AI alone is not a reader: its column is left out
+        study_arrays = build_study(frame.drop(columns=["ai_probability"]))
+    except ValueError:  # no usable row (e.g. only arms other than unaided / ai_aided)
+        return pd.DataFrame(columns=DASHBOARD_COLUMNS)
+    summary = summary_table(study_arrays, accuracy="recall")
     summary = summary[summary["reader"] != AI].rename(columns={"cases_read": "reads", "mean_s": "mean_time_s",
                                                                "median_s": "median_time_s"})
     summary["rater"] = summary["reader"] + " · " + summary["arm"]
