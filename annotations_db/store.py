@@ -522,7 +522,7 @@ class Store:
             cases = {self._case(session, c).id for c in case_ids}
             readers = {self._reader(session, r).id for r in reader_ids}
             rows = session.execute(
-                select(Reader.name, Case.pseudo_id).distinct()
+                select(Reader.name, Case.pseudo_id).distinct().select_from(Event)
                 .join(Reader, Reader.id == Event.reader_id).join(Case, Case.id == Event.case_id)
                 .where(Event.kind == "ai_shown", Event.assignment_id.is_(None), Event.case_id.in_(cases or [-1]),
                        Event.reader_id.in_(readers or [-1]))).all()

@@ -133,20 +133,32 @@ def create_user(service: AppService, session: Session, name: str, password: str,
 
 
 def create_study(service: AppService, session: Session, name: str, cases: Sequence[str], readers: Sequence[str],
-                 arms: Sequence[str], design: str, seed: int, washout_days: int, allow_revisit: bool) -> str:
+                 arms: Sequence[str], design: str, seed: int, washout_days: int, allow_revisit: bool,
+                 rating_max: int = 100, exclude_seen: bool = False) -> str:
+    """Create a study; the report names every case a chosen reader has seen with the AI outside studies (not blind
+    in the unaided arm) and, with ``exclude_seen``, leaves those cases out."""
     from annotations_db.errors import NotFound, StudyDesignError
 
     service.require_admin(session)
     if not (name or "").strip():
         raise AppError("name the study")
     try:
-        study_id = service.store.create_study(name.strip(), list(cases), list(readers), arms=list(arms) or ["unaided", "ai_aided"],
+        exposure = service.store.ai_exposure(list(cases), list(readers))
+        seen = sorted({case for _, case in exposure})
+        chosen = [c for c in cases if not (exclude_seen and c in seen)]
+        study_id = service.store.create_study(name.strip(), chosen, list(readers), arms=list(arms) or ["unaided", "ai_aided"],
                                               design=design, seed=int(seed), washout_days=int(washout_days),
                                               allow_revisit=bool(allow_revisit), label_set="cxr-lt-26",
-                                              model_version=service.model_version)
+                                              model_version=service.model_version, rating_max=int(rating_max))
     except (StudyDesignError, NotFound, ValueError) as error:
         raise AppError(str(error)) from None
-    return f"study {name!r} created (id {study_id}): {len(cases)} case(s) × {len(readers)} reader(s) × {len(arms)} arm(s)"
+    lines = [f"study {name!r} created (id {study_id}): {len(chosen)} case(s) × {len(readers)} reader(s) × "
+             f"{len(arms)} arm(s); ratings {'1–' + str(rating_max) if rating_max else 'off (binary answers)'}"]
+    if exposure:
+        pairs = ", ".join(f"{reader}: {case}" for reader, case in exposure)
+        action = "excluded" if exclude_seen else "kept — exclude them if the unaided arm must be blind"
+        lines.append(f"⚠ seen with the AI outside the study ({pairs}); {len(seen)} case(s) {action}")
+    return "\n\n".join(lines)
 
 
 def studies(service: AppService) -> list[str]:

@@ -217,6 +217,20 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             return {"ok": True}
         return await _json_route(request, action)
 
+    @router.post("/api/v1/open")
+    async def open_view(request: Request) -> Response:
+        """``{case: pseudo id}`` opens a case for free annotation, ``{study: "next"}`` the reader's next study read
+        (``{"view": null}`` when none is open to them now)."""
+        def action(session: Session, body: dict[str, Any]) -> dict[str, Any]:
+            if body.get("study") == "next":
+                view = service.open_assignment(session)
+            elif isinstance(body.get("case"), str):
+                view = service.open_case(session, body["case"])
+            else:
+                raise AppError('name a case ({"case": id}) or the next study read ({"study": "next"})')
+            return {"view": None if view is None else view_payload(view)}
+        return await _json_route(request, action)
+
     @router.post("/api/v1/answer")
     async def answer(request: Request) -> Response:
         """``{nonce, positives: [class…], ratings: {class: int}}`` → the answer as recorded."""

@@ -95,3 +95,67 @@ class LiveServer:
         self.thread.join(timeout=15)
         self.service.close()
         self.service.store.close()
+
+
+START_DEADLINE_S = 180.0
+
+
+@dataclass
+class AppProcess:
+    """``python launch.py app`` as a real child process on one database and data folder, for restart and crash
+    tests: ``kill`` sends SIGKILL (nothing is flushed or closed), ``start`` waits until the login page answers."""
+
+    db_url: str
+    data: Path
+    demo: bool = False
+    port: int = field(default_factory=free_port)
+    process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        repo = Path(__file__).resolve().parents[1]
+        command = [sys.executable, "launch.py", "app", "--db", self.db_url, "--data", str(self.data),
+                   "--port", str(self.port), "--torch-threads", "1", *([] if self.demo else ["--no-demo"])]
+        self.data.mkdir(parents=True, exist_ok=True)
+        with open(self.data / "server.log", "a") as log:
+            self.process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import requests
+
+        deadline = time.monotonic() + START_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"the app exited while starting\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/login", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)  # the readiness poll's interval, not a wait for a result
+        raise RuntimeError(f"the app did not answer within {START_DEADLINE_S} s\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.data / "server.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def kill(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()

@@ -207,9 +207,11 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         pick = gr.update(choices=["(latest)"] + studies, value="(latest)")
         return gr.update(choices=cases, value=cases), gr.update(choices=readers, value=readers), pick, pick
 
-    def adm_create_study(session: Session, name, cases, readers, arms, design, seed, washout, revisit):
+    def adm_create_study(session: Session, name, cases, readers, arms, design, seed, washout, revisit, ratings,
+                         exclude_seen):
         return admin.create_study(service, session, name, cases or [], readers or [], arms or [], design,
-                                  int(seed or 0), int(washout or 0), bool(revisit))
+                                  int(seed or 0), int(washout or 0), bool(revisit), int(ratings or 0),
+                                  bool(exclude_seen))
 
     def adm_model(session: Session):
         return admin.model_info(service, session, checkpoint)
@@ -291,6 +293,11 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                         st_seed = gr.Number(0, precision=0, label="Seed (per-reader order)")
                         st_washout = gr.Number(28, precision=0, label="Washout (days)")
                         st_revisit = gr.Checkbox(False, label="Allow revisiting")
+                    with gr.Row():
+                        st_ratings = gr.Number(100, precision=0, minimum=0, maximum=1000,
+                                               label="Confidence rating scale 1–N per positive finding (0 = binary)")
+                        st_exclude = gr.Checkbox(False, label="Leave out cases a reader has seen with the AI outside "
+                                                              "the study")
                     st_btn = gr.Button("Create study", variant="primary")
                     st_msg = gr.Markdown()
                 with gr.Tab("Import"):
@@ -350,7 +357,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         im_btn.click(guarded(adm_import), [im_files, im_dataset], [im_msg], api_name="admin_import")
         u_btn.click(guarded(adm_create_user), [u_name, u_pass, u_role], [u_msg, users], api_name="admin_create_user")
         st_btn.click(guarded(adm_create_study), [st_name, st_cases, st_readers, st_arms, st_design, st_seed,
-                                                 st_washout, st_revisit], [st_msg], api_name="admin_create_study")
+                                                 st_washout, st_revisit, st_ratings, st_exclude], [st_msg],
+                     api_name="admin_create_study")
         retriage.click(guarded(adm_retriage), None, [retriage_msg], api_name=False)
         ex_btn.click(guarded(adm_export), [ex_study, ex_kind], [ex_file], api_name="admin_export")
         dash_outputs = [dash, time_plot, acc_plot]

@@ -178,6 +178,8 @@ class InteractivePredictor:
             with self._lock, torch.inference_mode():
                 embedding = self.model.encode_image(tensor.to(self.device))
             self._save_disk(key, embedding)
+            if self.disk_cache is not None:  # use what the cache will give back later: a replay is then exact
+                embedding = embedding.to(torch.float16)
         entry = _ImageEntry(embedding.to(self.device, torch.float32), geometry)
         with self._lock:
             self._cache[key] = entry
