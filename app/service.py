@@ -880,7 +880,7 @@ class BackgroundWorker:
         self._predictor.embed(image.pixels)
 
     def _triage_missing(self) -> None:
-        from core_model.triage import Triage, initial_prompt
+        from core_model.triage import Triage
 
         service = self.service
         cases = service.store.cases()

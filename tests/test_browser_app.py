@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 
 from app.testing import PASSWORD, LiveServer
+from tests.browser_helpers import chromium, submit, tick
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 OVERLAY_PIXELS = """() => {
   const c = document.querySelector('#bc-overlay-canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -39,14 +37,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: run `make sysdeps` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -128,21 +120,12 @@ def test_annotate_the_top_case_in_the_browser(server, browser, shots):
     assert page.evaluate(OVERLAY_PIXELS) == after_positive, "undo repaints the previous mask exactly"
     assert page.get_attribute("#bc-overlay-canvas", "data-clicks") == "1"
 
-    labels = page.locator("#bc-labels")
-    labels.get_by_text("Cardiomegaly", exact=True).click()
-    labels.get_by_text("Pleural Effusion", exact=True).click()
-    token = context.cookies()[0]["value"]
-    session = server.service.session(token)
+    tick(page, "Cardiomegaly")
+    tick(page, "Pleural Effusion")
     case_ref = store.case(top)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        server.service.events.flush(session.token)
-        if sum(e.kind == "label_toggled" for e in store.events(case_ref, store.reader("ada"))) >= 2:
-            break
-        time.sleep(0.2)
     page.screenshot(path=str(shots / "04_labels.png"))
-    page.click("#bc-submit")
-    page.wait_for_function("document.querySelector('#bc-message').innerText.includes('Submitted')", timeout=120_000)
+    submit(page)
+    assert "Submitted" in page.locator("#bc-answer-status").inner_text()
     page.screenshot(path=str(shots / "05_submitted_next_case.png"))
 
     events = store.events(case_ref, store.reader("ada"))
@@ -201,7 +184,7 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
     store = server.service.store
     case_ids = [c.id for c in store.cases()[:2]]
     store.create_study("browser-study", case_ids, [store.reader("cy").id], arms=("unaided", "ai_aided"),
-                       design="crossover", seed=3, washout_days=0)
+                       design="crossover", seed=3, washout_days=0, rating_max=0)
     context, page, errors = _login(browser, server, "cy")
     requests_seen: list[str] = []
     page.on("request", lambda request: requests_seen.append(request.url))
@@ -212,8 +195,7 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
     assert page.get_attribute(".bc-slot", "data-ai") == "0"
     assert "arm unaided" in page.locator("#bc-case-info").inner_text().replace("*", "")
     assert page.locator("#bc-pos").count() == 0 and page.locator("#bc-opacity").count() == 0
-    ai_panel = page.locator("#bc-ai-panel")
-    assert ai_panel.count() == 0 or not ai_panel.is_visible() or ai_panel.inner_text().strip() == ""
+    assert page.locator("#bc-ai-box").inner_text().strip() == "AI output is not shown in this arm."
     text = page.locator("body").inner_text()
     assert "Suggested" not in text and "litemedsam" not in text.lower() and "AI (" not in text
     assert page.evaluate(OVERLAY_PIXELS) == 0
@@ -224,10 +206,8 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
     html = page.content().lower()
     assert "probabilit" not in html and "suggested" not in html
     page.screenshot(path=str(shots / "07_unaided_arm.png"))
-    page.locator("#bc-labels").get_by_text("Edema", exact=True).click()
-    time.sleep(0.5)
-    page.click("#bc-submit")
-    page.wait_for_function("document.querySelector('#bc-message').innerText.includes('Submitted')", timeout=120_000)
+    tick(page, "Edema")
+    submit(page)
     first = [a for a in store.assignments_for(store.reader("cy"), "browser-study") if a.status == "submitted"]
     assert len(first) == 1 and first[0].arm == "unaided"
     kinds = [e.kind for e in store.events(first[0], store.reader("cy"))]
@@ -257,7 +237,7 @@ def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots,
     _open_case(page, case)
     assert page.get_attribute(".bc-slot", "data-slices") == "112"
     assert page.locator("#bc-slice-label").inner_text() == "57 / 112"  # slice 56 of 0..111, shown 1-based
-    assert "no probabilities for a CT/MR volume" in page.locator("#bc-ai-panel").inner_text()
+    assert "no probabilities for a CT/MR volume" in page.locator("#bc-ai-box").inner_text()
     stage = page.locator("#bc-stage").bounding_box()
     assert page.locator("#bc-base").bounding_box()["width"] > 0.9 * stage["width"]  # enlarged to fit, not 122 px
     base = "() => Array.from(document.querySelector('#bc-base').getContext('2d').getImageData(0, 0, 122, 101).data)"
@@ -275,8 +255,7 @@ def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots,
     _click_canvas(page, 0.3, 0.5)
     page.wait_for_function("window.__bcStats.some(s => s.kind === 'click')", timeout=120_000)
     assert page.evaluate(OVERLAY_PIXELS) > 0
-    page.click("#bc-submit")
-    page.wait_for_function("document.querySelector('#bc-message').innerText.includes('Submitted')", timeout=120_000)
+    submit(page)
     answer = store.answers(store.reader("vera"))[-1]
     assert answer.slice_index == 69 and answer.mask_rle is not None and answer.mask_rle["size"] == [101, 122]
     shown = [e.payload["slice"] for e in store.events(store.case(case), store.reader("vera"))

@@ -7,11 +7,6 @@ absolute expiry move the store's clock (``Store.now``); the sign-out button is c
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,10 +19,9 @@ from sqlalchemy import select, update
 from annotations_db.models import LoginSession, Reader
 from annotations_db.store import SESSION_TOUCH_S, Store
 from app.service import SESSION_COOKIE, SESSION_IDLE_S, SESSION_TTL_S
-from app.testing import PASSWORD, LiveServer, free_port
-from tests.db_helpers import REPO_ROOT, postgres_server
+from app.testing import PASSWORD, AppProcess, LiveServer
+from tests.db_helpers import postgres_server
 
-START_DEADLINE_S = 180.0
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -42,55 +36,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.at += timedelta(seconds=seconds)
-
-
-@dataclass
-class AppProcess:
-    """``python launch.py app`` on one database and data folder; ``restart`` SIGKILLs it and starts it again."""
-
-    url_db: str
-    data: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "launch.py", "app", "--db", self.url_db, "--data", str(self.data),
-                   "--port", str(self.port), "--no-demo", "--torch-threads", "1"]
-        log = open(self.data / "server.log", "a")  # noqa: SIM115 (the child keeps it)
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-        log.close()
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self._log()
-            try:
-                if requests.get(f"{self.url}/login", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)  # polling interval of the readiness check, not a wait for the result
-        raise AssertionError(f"the app did not answer within {START_DEADLINE_S} s\n{self._log()}")
-
-    def _log(self) -> str:
-        path = self.data / "server.log"
-        return path.read_text()[-4000:] if path.exists() else ""
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
 
 
 def _seed_reader(url: str) -> None:
@@ -272,17 +217,9 @@ def test_integrity_a_revoked_login_is_refused_by_the_running_app(live: LiveServe
 
 @pytest.mark.browser
 def test_integrity_sign_out_button_posts_and_lands_on_login(live: LiveServer) -> None:
-    from tests.test_browser_app import CHROMIUM, CHROMIUM_ARGS
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: run `make sysdeps` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            _sign_in_and_out(browser, live)
-        finally:
-            browser.close()
+    from tests.browser_helpers import chromium
+    with chromium() as browser:
+        _sign_in_and_out(browser, live)
 
 
 def _sign_in_and_out(browser: Any, live: LiveServer) -> None:

@@ -42,6 +42,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.add_column(sa.Column('rating_max', sa.Integer(), server_default='100', nullable=False))
+    # studies created before ratings existed collected binary answers: keep them so (0), new ones default to 100
+    op.execute("UPDATE studies SET rating_max = 0")
 
 
 def downgrade() -> None:
