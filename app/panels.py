@@ -45,7 +45,8 @@ def answer_panel(service: AppService, view: View | None) -> str:
     rows = "".join(_finding_row(name, state.labels.get(name, 0), state.ratings.get(name), view.rating_max,
                                 probabilities.get(name), name in suggested) for name in CLASSES)
     data = {"nonce": view.nonce, "rating-max": view.rating_max, "study": int(view.in_study),
-            "positives": json.dumps(sorted(c for c, v in state.labels.items() if v))}
+            "positives": json.dumps(sorted(c for c, v in state.labels.items() if v)),
+            "ratings": json.dumps({c: r for c, r in state.ratings.items() if state.labels.get(c)})}
     attributes = " ".join(f'data-{k}="{html.escape(str(v), quote=True)}"' for k, v in data.items())
     rating_note = (f"Rate each finding you mark: your confidence it is present, 1–{view.rating_max}."
                    if view.rating_max else "Binary answers.")

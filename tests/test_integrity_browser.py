@@ -170,12 +170,12 @@ def _read_over_http(url: str, name: str, findings: list[str]) -> int:
 
 def _end_washout(db_url: str) -> None:
     """Time passes: the first session's reads were submitted 29 days ago (the 28-day washout is over)."""
-    from sqlalchemy import update
+    from sqlalchemy import select
 
     from annotations_db.models import Assignment
     with Store.open(db_url) as store, store.write_session() as session:
-        session.execute(update(Assignment).where(Assignment.session == 1)
-                        .values(submitted_at=Assignment.submitted_at - timedelta(days=29)))
+        for read in session.scalars(select(Assignment).where(Assignment.session == 1)):
+            read.submitted_at -= timedelta(days=29)
 
 
 def test_integrity_crossover_study_end_to_end_with_a_restart(tmp_path, shared_data, browser, artifacts_dir):

@@ -174,7 +174,7 @@
       let msg = resp.status + "";
       try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
       state.status.textContent = msg;
-      if (resp.status === 409) stale(msg);
+      if (resp.status === 409 && state === V) stale(msg);
       return;
     }
     const bmp = await createImageBitmap(await resp.blob());
@@ -270,23 +270,55 @@
   }
 
   function buildAnswer(panel) {
-    const state = A = {panel, nonce: panel.dataset.nonce, ratingMax: parseInt(panel.dataset.ratingMax || "0", 10),
-                       study: panel.dataset.study === "1", queue: Promise.resolve(), statusEl: panel.querySelector("#bc-answer-status")};
-    if (notice) { state.statusEl.textContent = notice; notice = ""; }
-    panel.addEventListener("change", (e) => {
-      const row = e.target.closest(".bc-finding");
-      if (!row) return;
-      if (e.target.classList.contains("bc-label")) onTick(state, row, e.target.checked);
-      if (e.target.classList.contains("bc-rating")) { e.target.dataset.rated = "1"; showRating(row); }
-      touch();
-      postAnswer(state);
-    });
-    panel.addEventListener("input", (e) => {
-      if (e.target.classList.contains("bc-rating")) showRating(e.target.closest(".bc-finding"));
-    });
-    const on = (id, what) => { const b = panel.querySelector("#" + id); if (b) b.onclick = () => answerAction(state, what); };
-    on("bc-submit", "submit"); on("bc-skip", "skip"); on("bc-pause", "pause");
+    // Gradio may patch the panel's DOM in place for the next case: the state is keyed by the panel's nonce and the
+    // listeners below are installed once, on the document, so no handler of an earlier case survives on the node.
+    A = {panel, nonce: panel.dataset.nonce, ratingMax: parseInt(panel.dataset.ratingMax || "0", 10),
+         study: panel.dataset.study === "1", queue: Promise.resolve(), statusEl: panel.querySelector("#bc-answer-status"),
+         positives: new Set(JSON.parse(panel.dataset.positives || "[]")), ratings: JSON.parse(panel.dataset.ratings || "{}")};
+    panel.classList.remove("bc-answer-stale");
+    A.acks = 0;
+    reapply(A, panel);
+    if (notice) { A.statusEl.textContent = notice; notice = ""; }
   }
+
+  function reapply(state, panel) {
+    // the page's answer is the truth between two server renders: a re-render of the same case gets it back
+    state.panel = panel;
+    state.statusEl = panel.querySelector("#bc-answer-status");
+    for (const row of panel.querySelectorAll(".bc-finding")) {
+      const on = state.positives.has(row.dataset.class), r = row.querySelector(".bc-rating");
+      row.querySelector(".bc-label").checked = on;
+      if (r) {
+        r.disabled = !on;
+        if (on && state.ratings[row.dataset.class] !== undefined) { r.value = state.ratings[row.dataset.class]; r.dataset.rated = "1"; }
+        else delete r.dataset.rated;
+      }
+      showRating(row);
+    }
+    panel.dataset.acknowledged = String(state.acks || 0);
+  }
+
+  function currentAnswer(target) {
+    const panel = target && target.closest && target.closest(".bc-answer[data-nonce]");
+    return panel && A && A.panel === panel && A.nonce === panel.dataset.nonce ? A : null;
+  }
+
+  document.addEventListener("change", (e) => {
+    const state = currentAnswer(e.target), row = e.target.closest && e.target.closest(".bc-finding");
+    if (!state || !row) return;
+    if (e.target.classList.contains("bc-label")) onTick(state, row, e.target.checked);
+    if (e.target.classList.contains("bc-rating")) { e.target.dataset.rated = "1"; showRating(row); }
+    touch();
+    postAnswer(state);
+  });
+  document.addEventListener("input", (e) => {
+    if (currentAnswer(e.target) && e.target.classList.contains("bc-rating")) showRating(e.target.closest(".bc-finding"));
+  });
+  document.addEventListener("click", (e) => {
+    const state = currentAnswer(e.target), button = e.target.closest && e.target.closest("button");
+    const what = button && {"bc-submit": "submit", "bc-skip": "skip", "bc-pause": "pause"}[button.id];
+    if (state && what) answerAction(state, what);
+  });
 
   function onTick(state, row, checked) {
     const exclusive = "Normal";
@@ -319,6 +351,8 @@
       const r = row.querySelector(".bc-rating");
       if (r && r.dataset.rated) ratings[row.dataset.class] = parseInt(r.value, 10);
     }
+    state.positives = new Set(positives);
+    state.ratings = ratings;
     return {nonce: state.nonce, positives, ratings};
   }
 
@@ -327,9 +361,10 @@
     state.queue = state.queue.then(async () => {
       const r = await post("/api/v1/answer", body);
       const reply = await r.json().catch(() => ({}));
-      if (r.status === 409) stale(reply.error || "409");
+      if (r.status === 409 && state === A) stale(reply.error || "409");
       state.statusEl.textContent = r.ok ? "saved" : (reply.error || "not saved");
-      state.panel.dataset.acknowledged = String(+(state.panel.dataset.acknowledged || 0) + (r.ok ? 1 : 0));
+      if (r.ok) state.acks = (state.acks || 0) + 1;
+      state.panel.dataset.acknowledged = String(state.acks || 0);
     });
     return state.queue;
   }
@@ -341,7 +376,7 @@
       const r = await post(`/api/v1/${what}`, {nonce: state.nonce});
       const reply = await r.json().catch(() => ({}));
       if (!r.ok) {
-        if (r.status === 409) stale(reply.error || "409");
+        if (r.status === 409 && state === A) stale(reply.error || "409");
         state.statusEl.textContent = reply.error || `${what} failed (${r.status})`;
         return;
       }
@@ -374,7 +409,9 @@
   // ------------------------------------------------------------------ (re)build when Gradio renders a new case
   function scan() {
     const panel = document.querySelector(".bc-answer[data-nonce]");
-    if (panel && panel.dataset.built !== panel.dataset.nonce) { panel.dataset.built = panel.dataset.nonce; buildAnswer(panel); }
+    if (panel && (!A || A.nonce !== panel.dataset.nonce)) buildAnswer(panel);
+    else if (panel && (A.panel !== panel || panel.dataset.applied !== "1")) reapply(A, panel);
+    if (panel) panel.dataset.applied = "1";
     if (!panel && A && !document.body.contains(A.panel)) A = null;
     const slot = document.querySelector(".bc-slot[data-nonce]");
     if (!slot) { if (V && !document.body.contains(V.base)) V = null; return; }
