@@ -11,7 +11,7 @@
     launch.py db create-reader NAME [--role admin|reader] (password from --password or $BIASCARE_PASSWORD or prompt)
     launch.py db create-study NAME --readers a,b --dataset NAME|--cases c1,c2 [--design crossover|sequential]
                      [--arms unaided,ai_aided] [--seed 0] [--washout-days 28] [--allow-revisit]
-                     [--label-set cxr-lt-26] [--model-version NAME]
+                     [--label-set cxr-lt-26] [--model-version NAME] [--ratings 100] [--exclude-seen]
 
 ``--db`` defaults to ``sqlite:///data/annotations.sqlite`` (relative to the working directory). Exit codes: 0 ok,
 1 some files failed (import) , 2 bad arguments or input, or an export with nothing to write (no submitted read, no
@@ -103,7 +103,8 @@ def export_main(argv: list[str]) -> int:
     training = _with_db(sub.add_parser("training", help="images, masks, MONAI datalist and training manifest"))
     training.add_argument("out", type=Path)
     training.add_argument("--images", default="copy", choices=["copy", "source"],
-                          help="copy: de-identified copies named by pseudonymous id (default); source: source paths")
+                          help="copy: de-identified copies named by pseudonymous id (default); source: refused "
+                               "(exit 2), a training export never writes server paths")
     args = parser.parse_args(argv)
     from annotations_db import export
     try:
@@ -150,6 +151,10 @@ def db_main(argv: list[str]) -> int:
     study.add_argument("--allow-revisit", action="store_true")
     study.add_argument("--label-set", default="cxr-lt-26")
     study.add_argument("--model-version")
+    study.add_argument("--ratings", type=int, default=100, metavar="N",
+                       help="confidence rating 1..N for each positive finding (default 100; 0 = binary answers)")
+    study.add_argument("--exclude-seen", action="store_true",
+                       help="leave out cases a chosen reader has seen with the AI outside studies")
     args = parser.parse_args(argv)
     try:
         return _db_command(args)
@@ -181,6 +186,13 @@ def _create_study(store, args: argparse.Namespace) -> int:  # type: ignore[no-un
         raise ValueError("give exactly one of --dataset or --cases")
     cases = store.cases(args.dataset) if args.dataset else [store.case(c) for c in args.cases.split(",")]
     readers = [store.reader(name) for name in args.readers.split(",")]
+    exposure = store.ai_exposure(cases, readers)
+    for reader, case in exposure:
+        print(f"warning: {reader} has seen case {case} with the AI outside studies"
+              f"{' (left out)' if args.exclude_seen else ''}", file=sys.stderr)
+    if args.exclude_seen:
+        seen = {case for _, case in exposure}
+        cases = [c for c in cases if c.pseudo_id not in seen]
     return store.create_study(args.name, cases, readers, arms=tuple(args.arms.split(",")), design=args.design,
                               seed=args.seed, washout_days=args.washout_days, allow_revisit=args.allow_revisit,
-                              label_set=args.label_set, model_version=args.model_version)
+                              label_set=args.label_set, model_version=args.model_version, rating_max=args.ratings)

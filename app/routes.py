@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from annotations_db.errors import AccessDenied, NotFound
+from app.login_guard import Throttled
 from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized,
                          view_payload)
 
@@ -47,6 +48,11 @@ button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; border: 0; border-rad
 {error}
 <p class="note">Research tool, not for clinical use.</p>
 </form></body></html>"""
+
+
+def _login_page(error: str) -> str:
+    """The sign-in page with ``error`` shown under the form (escaped)."""
+    return LOGIN_PAGE.format(error=f'<p class="error" id="login-error">{html.escape(error)}</p>')
 
 
 def _token(request: Request) -> str | None:
@@ -111,27 +117,39 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     def login_page() -> HTMLResponse:
         return HTMLResponse(LOGIN_PAGE.format(error=""))
 
+    async def sign_in(request: Request, name: Any, password: Any) -> Session:
+        """:meth:`AppService.login` on a worker thread (its database reads and the hash never block the event loop),
+        with the socket peer as the client address (``X-Forwarded-For`` is not trusted: see app.login_guard)."""
+        address = request.client.host if request.client else None
+        return await run_in_threadpool(service.login, str(name or ""), str(password or ""),
+                                       request.headers.get("user-agent"), address)
+
     @router.post("/login", include_in_schema=False)
     async def login_form(request: Request) -> Response:
         form = await request.form()
         try:
-            session = service.login(str(form.get("username", "")), str(form.get("password", "")),
-                                    request.headers.get("user-agent"))
+            session = await sign_in(request, form.get("username"), form.get("password"))
         except Unauthorized:
-            page = LOGIN_PAGE.format(error=f'<p class="error" id="login-error">{html.escape("Unknown reader or wrong password.")}</p>')
-            return HTMLResponse(page, status_code=401)
+            return HTMLResponse(_login_page("Unknown reader or wrong password."), status_code=401)
+        except Throttled as error:
+            return HTMLResponse(_login_page(f"{str(error).capitalize()}."), status_code=error.status,
+                                headers={"Retry-After": str(error.retry_after)})
         response = RedirectResponse(f"{UI_PATH}/", status_code=303)
         set_cookie(response, session)
         return response
 
     @router.post("/api/v1/login")
     async def login_json(request: Request) -> Response:
+        """``{username, password}`` → ``{reader, role}`` and the cookie; 401 wrong, 429/503 + ``Retry-After`` while
+        the name or the address must wait (or the hashing queue is full)."""
         try:
             body = await _json(request)
-            session = service.login(str(body.get("username", "")), str(body.get("password", "")),
-                                    request.headers.get("user-agent"))
+            session = await sign_in(request, body.get("username"), body.get("password"))
         except AppError as error:
             return _error(error)
+        except Throttled as error:
+            return JSONResponse({"error": str(error), "retry_after": error.retry_after}, status_code=error.status,
+                                headers={"Retry-After": str(error.retry_after)})
         response = JSONResponse({"reader": session.reader.name, "role": session.reader.role})
         set_cookie(response, session)
         return response
@@ -192,17 +210,17 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return await _layer_route(request, lambda session, body: service.click(
             session, body.get("nonce"), body.get("x"), body.get("y"), bool(body.get("positive", True))))
 
-    @router.post("/api/v1/undo")
-    async def undo(request: Request) -> Response:
-        return await _layer_route(request, lambda session, body: service.undo(session, body.get("nonce")))
+    def on_view(method, respond):  # type: ignore[no-untyped-def]
+        """A route whose body is ``{nonce}``: ``method(session, nonce)`` answered by ``respond`` (JSON or layer)."""
+        async def route(request: Request) -> Response:
+            return await respond(request, lambda session, body: method(session, body.get("nonce")))
+        return route
 
-    @router.post("/api/v1/reset")
-    async def reset(request: Request) -> Response:
-        return await _layer_route(request, lambda session, body: service.reset(session, body.get("nonce")))
-
-    @router.post("/api/v1/accept")
-    async def accept(request: Request) -> Response:
-        return await _json_route(request, lambda session, body: service.accept(session, body.get("nonce")))
+    for name, method, respond in (("undo", service.undo, _layer_route), ("reset", service.reset, _layer_route),
+                                  ("accept", service.accept, _json_route),
+                                  ("submit", service.submit_and_next, _json_route),  # then opens what comes next
+                                  ("skip", service.skip, _json_route), ("pause", service.pause, _json_route)):
+        router.add_api_route(f"/api/v1/{name}", on_view(method, respond), methods=["POST"], name=name)
 
     @router.post("/api/v1/slice")
     async def show_slice(request: Request) -> Response:
@@ -237,19 +255,6 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return await _json_route(request, lambda session, body: service.set_answer(
             session, body.get("nonce"), _strings(body.get("positives")), _mapping(body.get("ratings"))))
 
-    @router.post("/api/v1/submit")
-    async def submit(request: Request) -> Response:
-        """``{nonce}`` → save the answer of that view and open what comes next."""
-        return await _json_route(request, lambda session, body: service.submit_and_next(session, body.get("nonce")))
-
-    @router.post("/api/v1/skip")
-    async def skip(request: Request) -> Response:
-        return await _json_route(request, lambda session, body: service.skip(session, body.get("nonce")))
-
-    @router.post("/api/v1/pause")
-    async def pause(request: Request) -> Response:
-        return await _json_route(request, lambda session, body: service.pause(session, body.get("nonce")))
-
     # -------------------------------------------------------------- answers and admin data
     @router.get("/api/v1/answers")
     def answers(request: Request, reader: str | None = None) -> Response:
@@ -269,8 +274,8 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             service.require_admin(session)
         except AppError as error:
             return _error(error)
-        frame = dashboard_frame(service, study)
-        return JSONResponse(frame.to_dict(orient="records"))
+        frame = dashboard_frame(service, study)  # NaN (no case of a class in an arm) → null, not invalid JSON
+        return Response(frame.to_json(orient="records"), media_type="application/json")
 
     @router.get("/api/v1/admin/results.csv")
     def results_csv(request: Request, study: str | None = None) -> Response:

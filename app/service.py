@@ -42,6 +42,7 @@ from annotations_db import events as event_log
 from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
 from annotations_db.events import CaseState
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
+from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26, label_rules
 from core_model.io.volume import LoadedVolume, axial_axis
@@ -58,6 +59,7 @@ SESSION_IDLE_S = 2 * 3600  # a login unused for this long is refused
 MAX_CLICKS = 100  # per mask: the prompt grows with every click (and so does each pass), so the history is bounded
 PREFETCH_AHEAD = 3
 VOLUMES_KEPT = 2  # volumes held in memory for slice scrolling (a 512² × 300 CT is 300 MB as float32)
+_GUARD_LOCK = threading.Lock()  # makes each service's login guard once
 
 
 class AppError(Exception):
@@ -295,9 +297,13 @@ class AppService:
         self.background = BackgroundWorker(self) if background else None
 
     # ------------------------------------------------------------------ sessions
-    def login(self, name: str, password: str, user_agent: str | None = None) -> Session:
-        """Check the password and open a login stored in the database (survives a restart; see :meth:`session`)."""
-        reader = self.store.authenticate(str(name or ""), str(password or ""))
+    def login(self, name: str, password: str, user_agent: str | None = None, address: str | None = None) -> Session:
+        """Check the password and open a login stored in the database (survives a restart; see :meth:`session`).
+
+        Through :attr:`login_guard`: back-off per name and per client ``address`` checked before any hashing
+        (:class:`app.login_guard.Throttled`, 429/503 with a retry delay), the hash bounded and off the caller's
+        priority, the same work for unknown names, one audit record per attempt. Call it off the event loop."""
+        reader = self.login_guard.attempt(str(name or ""), str(password or ""), address, user_agent)
         if reader is None:
             raise Unauthorized("unknown reader or wrong password")
         token = self.store.create_login_session(reader, absolute_s=self.session_absolute_s, user_agent=user_agent)
@@ -306,6 +312,19 @@ class AppService:
             self._expire()
             self.sessions[token] = session
         return session
+
+    @property
+    def login_guard(self) -> LoginGuard:
+        """The sign-in defences (:mod:`app.login_guard`), made on first use; assign one to configure it."""
+        guard = self.__dict__.get("_login_guard")
+        if guard is None:
+            with _GUARD_LOCK:
+                guard = self.__dict__.setdefault("_login_guard", LoginGuard(self.store))
+        return guard
+
+    @login_guard.setter
+    def login_guard(self, guard: LoginGuard) -> None:
+        self.__dict__["_login_guard"] = guard
 
     def logout(self, token: str | None) -> None:
         """Revoke the login in the database (refused from now on, also after a restart) and drop it from memory."""
@@ -472,8 +491,13 @@ class AppService:
     def resume(self, session: Session) -> View | None:
         """The case this reader has open: the session's view, or — after a restart or a new login — the last case
         shown whose case session is still open, restored from its events. None when there is none."""
-        if session.view is not None:
-            return session.view
+        if session.view is not None:  # a page (re)loaded onto the open case: a new viewing segment starts
+            with session.lock:
+                view = session.view
+                if view is not None:
+                    self._announce(session, view, {"restored": True, "reason": "page load"})
+                    self.events.flush(session.token)
+                    return view
         target = self.store.last_open_target(session.reader)
         if target is None:
             return None
@@ -513,15 +537,18 @@ class AppService:
                         probabilities, suggested, prompt, self.model_version, state=state,
                         **self._read_rules(target))
             session.view = view
-            self._record(session, view, "case_shown",
-                         {"arm": getattr(target, "arm", None), "restored": bool(prior),
-                          "embed_ms": round((time.perf_counter() - started) * 1000, 1)})
-            if shows_ai:
-                self._record(session, view, "ai_shown", {"model_version": self.model_version})
+            self._announce(session, view, {"restored": bool(prior),
+                                           "embed_ms": round((time.perf_counter() - started) * 1000, 1)})
             self.events.flush(session.token)
         if self.background and not isinstance(target, AssignmentView):
             self.background.prefetch(self._next_case_ids(session, case_id))
         return view
+
+    def _announce(self, session: Session, view: View, payload: dict[str, Any]) -> None:
+        """The case is on screen (``case_shown`` starts a viewing segment) with, where shown, the AI output."""
+        self._record(session, view, "case_shown", {"arm": getattr(view.target, "arm", None), **payload})
+        if view.shows_ai:
+            self._record(session, view, "ai_shown", {"model_version": self.model_version})
 
     def _read_rules(self, target: AssignmentView | CaseRef) -> dict[str, Any]:
         """The answer rules of a read: the study's rating scale and its progress line; free annotation: binary."""
@@ -815,6 +842,8 @@ class AppService:
         return "No finding probabilities for this case yet (the model has not read it)."
 
     def close(self) -> None:
+        if self.__dict__.get("_login_guard") is not None:
+            self._login_guard.close()
         if self.background:
             self.background.stop()
         self.events.flush(None, timeout=10)

@@ -125,7 +125,7 @@ def run(url: str, user: str, password: str, clicks: int, reset_every: int, case:
             http.post(f"{url}/api/v1/reset", json={"nonce": view["nonce"]}, timeout=60)
         x, y, positive = point(i)
         t0 = time.perf_counter()
-        out = client.predict(x, y, positive, api_name="/click")
+        out = client.predict(view["nonce"], x, y, positive, api_name="/click")
         rtt = (time.perf_counter() - t0) * 1000
         gradio["round_trip"].append(rtt)
         gradio["server"].append(float(out["server_ms"]))

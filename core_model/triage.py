@@ -117,11 +117,13 @@ class Triage:
         return results
 
     def _initial_masks(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`initial_prompt`'s rule on the 256² model grid (the whole grid for the box)."""
         batch = embedding.shape[0]
-        if self.model.language.trained:
-            tokens = self.model.language.tokens([self.concept]).expand(batch, -1, -1)
+        prompt = initial_prompt(self.model, 256, 256, self.concept)
+        if "text" in prompt:
+            tokens = self.model.language.tokens([prompt["text"]]).expand(batch, -1, -1)
             return self.model.decode(embedding, text_tokens=tokens.to(embedding.dtype))
-        boxes = torch.tensor([[0.0, 0.0, 255.0, 255.0]], device=embedding.device).expand(batch, -1)
+        boxes = torch.tensor([prompt["box"]], device=embedding.device).expand(batch, -1)
         return self.model.decode(embedding, boxes=boxes)
 
     def _results(self, embedding: torch.Tensor, logits: torch.Tensor, iou: torch.Tensor,

@@ -22,3 +22,12 @@ def shared_data() -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium (Playwright) for one test module."""
+    from tests.browser_helpers import chromium
+
+    with chromium() as launched:
+        yield launched

@@ -168,9 +168,10 @@ def test_click_undo_labels_submit_writes_the_database(server):
     assert clicks[0]["y"] == pytest.approx(500.5 * 2000 / 1024 - 0.5)
     assert clicks[0]["positive"] is True and clicks[1]["positive"] is False
 
-    client.predict(["Cardiomegaly"], api_name="/set_labels")
-    client.predict(["Cardiomegaly", "Pleural Effusion"], api_name="/set_labels")
-    client.predict(["Pleural Effusion", "Cardiomegaly"], api_name="/submit")
+    for positives in (["Cardiomegaly"], ["Cardiomegaly", "Pleural Effusion"]):
+        assert http.post(f"{server.url}/api/v1/answer", json={"nonce": nonce, "positives": positives},
+                         timeout=30).json()["positives"] == positives
+    assert http.post(f"{server.url}/api/v1/submit", json={"nonce": nonce}, timeout=120).ok
 
     kinds = [e.kind for e in store.events(store.case(case), store.reader("ben"))]
     assert kinds[:2] == ["case_shown", "ai_shown"]
@@ -195,7 +196,7 @@ def test_accept_as_is_saves_the_ai_mask(server):
     client = server.gradio_client(http)
     view = client.predict(_case_2000(server), api_name="/open_case")
     assert http.post(f"{server.url}/api/v1/accept", json={"nonce": view["nonce"]}, timeout=30).json()["accepted"]
-    client.predict([], api_name="/submit")
+    assert http.post(f"{server.url}/api/v1/submit", json={"nonce": view["nonce"]}, timeout=120).ok
     answer = store.answers(store.reader("cy"))[-1]
     assert answer.accepted_as_is is True and answer.mask_rle is not None
     assert set(answer.labels.values()) == {0}
@@ -255,16 +256,17 @@ def test_study_unaided_arm_sends_no_ai_output(server):
     store = server.service.store
     boss = server.gradio_client(server.login("boss"))
     cases = [c.pseudo_id for c in store.cases()[:2]]
-    message = boss.predict("pilot", cases, ["cy"], ["unaided", "ai_aided"], "sequential", 7, 0, False,
+    message = boss.predict("pilot", cases, ["cy"], ["unaided", "ai_aided"], "sequential", 7, 0, False, 0, False,
                            api_name="/admin_create_study")
     assert "created" in message
     http = server.login("cy")
     client = server.gradio_client(http)
     outputs = client.predict(api_name="/open_next_assignment")
-    viewer_html, info, ai_panel = outputs[0], outputs[1], outputs[2]
-    assert 'data-ai="0"' in viewer_html and "arm **unaided**" in info
-    panel_text = ai_panel.get("value") if isinstance(ai_panel, dict) else ai_panel
-    assert not panel_text, "no AI panel content in the unaided arm"
+    viewer_html, info, answer_panel = outputs[0], outputs[1], outputs[2]
+    assert 'data-ai="0"' in viewer_html and "arm <b>unaided</b>" in info and "read 1 of 4" in info
+    panel_text = answer_panel.get("value") if isinstance(answer_panel, dict) else answer_panel
+    assert "AI output is not shown in this arm" in panel_text
+    assert '<span class="bc-ai-p"></span>' in panel_text and "bc-suggested" not in panel_text
     everything = json.dumps(outputs, default=str)
     assert "Suggested" not in everything and "**AI**" not in everything and "probab" not in everything.lower()
     state = client.predict(api_name="/view_state")
@@ -282,8 +284,10 @@ def test_study_unaided_arm_sends_no_ai_output(server):
     # idle time reported by the page is subtracted from the server-side time
     assert http.post(f"{server.url}/api/v1/event", json={"nonce": nonce, "kind": "idle_start"}, timeout=30).ok
     assert http.post(f"{server.url}/api/v1/event", json={"nonce": nonce, "kind": "idle_end"}, timeout=30).ok
-    after = client.predict(["Edema"], api_name="/submit")
-    assert 'data-ai="1"' in after[0], "sequential design: the same case follows in the AI-aided arm"
+    assert http.post(f"{server.url}/api/v1/answer", json={"nonce": nonce, "positives": ["Edema"]}, timeout=30).ok
+    assert http.post(f"{server.url}/api/v1/submit", json={"nonce": nonce}, timeout=120).ok
+    after = http.get(f"{server.url}/api/v1/me", timeout=30).json()["view"]
+    assert after["shows_ai"] is True, "sequential design: the same case follows in the AI-aided arm"
     first = [a for a in store.assignments_for(store.reader("cy")) if a.status == "submitted"]
     assert len(first) == 1 and first[0].arm == "unaided"
     kinds = [e.kind for e in store.events(first[0], store.reader("cy"))]
@@ -298,7 +302,11 @@ def test_study_unaided_arm_sends_no_ai_output(server):
     assert ada.get(f"{server.url}/api/v1/answers", params={"reader": "cy"}, timeout=30).status_code == 403
     with pytest.raises(Exception):
         server.service.open_assignment(server.service.session(ada.cookies["biascare_session"]), other.id)
-    # the study's cases are not open to cy as free annotation while reads are pending (no AI preview)
+    # inside a study read no other case opens; paused, the study's cases still do not open as free annotation
+    # while reads are pending (no AI preview)
+    with pytest.raises(Exception, match="reader-study read"):
+        client.predict(cases[0], api_name="/open_case")
+    assert http.post(f"{server.url}/api/v1/pause", json={"nonce": after["nonce"]}, timeout=30).ok
     with pytest.raises(Exception, match="reader studies"):
         client.predict(cases[0], api_name="/open_case")
     dashboard = boss.predict("pilot", api_name="/admin_dashboard")[0]
@@ -425,7 +433,7 @@ def test_a_ct_volume_opens_on_its_middle_slice_scrolls_and_its_mask_exports_on_t
     assert _layer(http.get(f"{url}/view/{nonce}/layer.png", timeout=30)).shape == (view["display_height"],
                                                                                   view["display_width"])
     assert (click(0.7, 0.5) > 0).any()
-    client.predict([], api_name="/submit")
+    assert http.post(f"{url}/submit", json={"nonce": nonce}, timeout=120).ok
 
     answer = store.answers(store.reader(reader))[-1]
     assert answer.slice_index == chosen

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.testing import PASSWORD, LiveServer
-from tests.browser_helpers import chromium, submit, tick
+from tests.browser_helpers import sign_in, submit, tick
 
 pytestmark = pytest.mark.browser
 
@@ -36,12 +36,6 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
 def shots(artifacts_dir) -> Path:
     folder = artifacts_dir / "browser"
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,12 +47,7 @@ def _login(browser, server, name: str):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{server.url}/")
-    page.fill("#username", name)
-    page.fill("#password", PASSWORD)
-    page.click("#login-button")
-    page.wait_for_url("**/ui/**")
-    page.wait_for_selector("#bc-worklist", timeout=60_000)
+    sign_in(page, server.url, name)
     page.wait_for_function("document.querySelector('#bc-progress') && "
                            "document.querySelector('#bc-progress').innerText.includes('annotated')", timeout=60_000)
     return context, page, errors
@@ -203,8 +192,9 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
     time.sleep(1.0)
     assert page.evaluate(OVERLAY_PIXELS) == 0
     assert not any("/layer.png" in url or "/api/v1/click" in url for url in requests_seen)
-    html = page.content().lower()
-    assert "probabilit" not in html and "suggested" not in html
+    panel_html = page.locator("#bc-answer").inner_html().lower()
+    assert "probabilit" not in panel_html and "bc-suggested" not in panel_html
+    assert set(page.locator(".bc-ai-p").all_inner_texts()) == {""}, "no AI probability beside any finding"
     page.screenshot(path=str(shots / "07_unaided_arm.png"))
     tick(page, "Edema")
     submit(page)

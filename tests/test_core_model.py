@@ -244,7 +244,8 @@ def test_predict_command_on_a_real_dicom(shared_data, tmp_path):
 
 def test_onnx_runtime_decoder_equals_the_pytorch_decoder(stock_model, cxr, tmp_path):
     """The click path's ONNX Runtime backend gives PyTorch's logits and IoU on a real CXR, clicks + box + TTA."""
-    reference = InteractivePredictor(stock_model, decoder_backend="torch")
+    # both on the same embedding cache (float16 on disk and in use): the comparison isolates the decoder backend
+    reference = InteractivePredictor(stock_model, decoder_backend="torch", disk_cache=tmp_path)
     fast = InteractivePredictor(stock_model, decoder_backend="onnx", disk_cache=tmp_path)
     assert InteractivePredictor(stock_model).decoder_backend == "onnx"  # the CPU default
     for predictor in (reference, fast):

@@ -134,7 +134,7 @@ def test_the_same_store_code_runs_a_study_on_postgres(pg, tmp_path: Path,  # typ
         cases = seed_cases(store, shared_data, tmp_path / "seed", count=3)
         reader = store.create_reader("rui", "pw")
         assert store.authenticate("rui", "pw") == reader
-        store.create_study("pg-study", cases, [reader], design="sequential")
+        store.create_study("pg-study", cases, [reader], design="sequential", rating_max=0)
         for view in store.assignments_for(reader):
             store.log_event(view, reader, "case_shown")
             store.save_annotation(view, reader, {"Edema": 1})

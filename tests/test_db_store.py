@@ -133,7 +133,7 @@ def test_bad_study_designs_are_refused(store: Store, cases: list, people: dict) 
 
 
 def test_readers_only_see_and_touch_their_own_work(store: Store, cases: list, people: dict) -> None:
-    store.create_study("own", cases[:2], [people["r1"], people["r2"]])
+    store.create_study("own", cases[:2], [people["r1"], people["r2"]], rating_max=0)
     mine = store.assignments_for(people["r1"])[0]
     assert all(v.reader_id == people["r1"].id for v in store.assignments_for(people["r1"]))
     with pytest.raises(AccessDenied):
@@ -185,7 +185,7 @@ def test_idempotency_key_makes_a_retry_return_the_same_event(store: Store, cases
 
 def test_time_per_case_is_submit_minus_shown_minus_idle(store: Store, cases: list, people: dict) -> None:
     reader = people["r1"]
-    store.create_study("timing", cases[:1], [reader], arms=("ai_aided",), allow_revisit=True)
+    store.create_study("timing", cases[:1], [reader], arms=("ai_aided",), allow_revisit=True, rating_max=0)
     view = store.assignments_for(reader)[0]
     store.log_event(view, reader, "case_shown")
     store.log_event(view, reader, "idle_start")
@@ -209,7 +209,7 @@ def test_derive_time_without_submit_is_none() -> None:
 
 def test_second_answer_needs_allow_revisit(store: Store, cases: list, people: dict) -> None:
     reader = people["r1"]
-    store.create_study("once", cases[:1], [reader], arms=("unaided",))
+    store.create_study("once", cases[:1], [reader], arms=("unaided",), rating_max=0)
     view = store.assignments_for(reader)[0]
     store.save_annotation(view, reader, {"Edema": 1})
     with pytest.raises(AlreadySubmitted):

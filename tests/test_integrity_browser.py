@@ -23,7 +23,7 @@ import requests
 
 from annotations_db.store import Store
 from app.testing import PASSWORD, AppProcess, LiveServer
-from tests.browser_helpers import chromium, rate, sign_in, submit, tick, wait_case_open
+from tests.browser_helpers import rate, sign_in, submit, tick, wait_case_open
 
 pytestmark = pytest.mark.browser
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +35,6 @@ def server(tmp_path_factory):
     live = LiveServer.start(tmp_path_factory.mktemp("integrity-browser") / "data")
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as launched:
-        yield launched
 
 
 def _boxes(page: Any) -> dict[str, dict[str, float]]:
