@@ -233,3 +233,27 @@ class LoginSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime)  # absolute expiry, whatever the activity
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
     user_agent: Mapped[str | None] = mapped_column(String(256))
+
+
+class LoginAttempt(Base):
+    """Failed sign-ins of one key (``user:<name>`` or ``addr:<client address>``) and until when it must wait: the
+    login back-off, shared by every process on the database (annotations_db.security.BackoffPolicy)."""
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditLog(Base):
+    """Security audit trail, one row per sign-in attempt (ok, failed, throttled, busy); no password is ever stored."""
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(24), index=True)
+    user_name: Mapped[str | None] = mapped_column(String(128))  # the name tried (known or not)
+    reader_id: Mapped[int | None] = mapped_column(ForeignKey("readers.id"), index=True)
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    detail: Mapped[str | None] = mapped_column(String(200))

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,9 +48,9 @@ from annotations_db import migrate, rle
 from annotations_db.engine import DEFAULT_URL, WRITE, make_engine
 from annotations_db.events import EventRecord, derive_time_s
 from annotations_db.errors import (AccessDenied, AlreadySubmitted, InvalidEvent, NotFound, StudyDesignError)
-from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, LoginSession,
-                                   ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
-from annotations_db.security import hash_password, verify_password
+from annotations_db.models import (Annotation, Assignment, AuditLog, Case, CaseLabel, Event, LabelSet, LoginAttempt,
+                                   LoginSession, ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
+from annotations_db.security import AuditRecord, BackoffPolicy, check_password, hash_password
 from core_model.classes import label_rules
 
 ROLES = ("admin", "reader")
@@ -261,11 +261,8 @@ class Store:
             return ReaderRef(reader.id, reader.name, reader.role)
 
     def authenticate(self, name: str, password: str) -> ReaderRef | None:
-        with self.read_session() as session:
-            reader = session.scalar(select(Reader).where(Reader.name == name, Reader.active.is_(True)))
-        if reader is None or not verify_password(password, reader.password_hash):
-            return None
-        return ReaderRef(reader.id, reader.name, reader.role)
+        """The reader if ``password`` is theirs, else None (the same work for unknown names: :meth:`verify_login`)."""
+        return self.verify_login(name, password)[0]
 
     def reader(self, reader: ReaderLike | str) -> ReaderRef:
         with self.read_session() as session:
@@ -333,6 +330,72 @@ class Store:
             result = session.execute(update(LoginSession).where(clause, LoginSession.revoked_at.is_(None))
                                      .values(revoked_at=self.now()))
             return int(result.rowcount or 0)
+
+    # -- sign-in checks: back-off and audit log ----------------------------------------------------------------------
+    def verify_login(self, name: str, password: str) -> tuple[ReaderRef | None, int | None]:
+        """(the reader, if ``password`` is theirs; the id of the active reader called ``name``, if any).
+
+        One scrypt pass whether the name exists or not (a dummy hash for unknown or inactive names), so the answer's
+        timing does not tell which names exist."""
+        with self.read_session() as session:
+            row = session.execute(select(Reader.id, Reader.name, Reader.role, Reader.password_hash)
+                                  .where(Reader.name == name, Reader.active.is_(True))).one_or_none()
+        ok = check_password(password, None if row is None else row.password_hash)
+        if row is None:
+            return None, None
+        return (ReaderRef(row.id, row.name, row.role) if ok else None), row.id
+
+    def login_blocks(self, keys: Sequence[str]) -> dict[str, datetime]:
+        """The keys among ``keys`` that must still wait, with the time their wait ends (store clock)."""
+        now = self.now()
+        with self.read_session() as session:
+            rows = session.execute(select(LoginAttempt.key, LoginAttempt.blocked_until)
+                                   .where(LoginAttempt.key.in_(list(keys)), LoginAttempt.blocked_until > now)).all()
+        return {row.key: row.blocked_until for row in rows}
+
+    def record_login_failure(self, policies: Mapping[str, BackoffPolicy]) -> dict[str, datetime | None]:
+        """Count one failed sign-in for each key (``{key: its policy}``) in one transaction; returns each key's new
+        end of wait (None: no wait yet). Rows quiet for longer than their window are dropped on the way."""
+        now = self.now()
+        keys = list(policies)
+        with self.write_session() as session:
+            session.execute(self._upsert_attempts(keys, now))
+            rows = session.scalars(select(LoginAttempt).where(LoginAttempt.key.in_(keys)).with_for_update()).all()
+            ends = {row.key: _count_failure(row, policies[row.key], now) for row in rows}
+            oldest = now - timedelta(seconds=max(p.window_s for p in policies.values()))
+            session.execute(delete(LoginAttempt).where(LoginAttempt.last_failure_at < oldest,
+                                                       LoginAttempt.key.not_in(keys)))
+        return ends
+
+    def _upsert_attempts(self, keys: Sequence[str], now: datetime) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING of fresh rows for ``keys`` (safe when two processes race)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        values = [{"key": key, "failures": 0, "last_failure_at": now, "blocked_until": None} for key in keys]
+        return dialect_insert(LoginAttempt).values(values).on_conflict_do_nothing(index_elements=["key"])
+
+    def clear_login_failures(self, keys: Sequence[str]) -> None:
+        """Forget the failures of ``keys`` (a successful sign-in clears its reader's name)."""
+        with self.write_session() as session:
+            session.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(list(keys))))
+
+    def write_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Append audit records in one transaction."""
+        if records:
+            with self.write_session() as session:
+                session.execute(insert(AuditLog.__table__), [r.row() for r in records])
+
+    def audit_log(self, requester: ReaderLike, *, limit: int = 100, kind: str | None = None) -> list[AuditRecord]:
+        """The latest ``limit`` audit records (newest first), optionally of one ``kind``; admins only."""
+        with self.read_session() as session:
+            if not self._reader(session, requester).is_admin:
+                raise AccessDenied("only admins may read the audit log")
+            query = select(AuditLog).order_by(AuditLog.id.desc()).limit(max(1, int(limit)))
+            rows = session.scalars(query.where(AuditLog.kind == kind) if kind else query).all()
+        return [AuditRecord(r.at, r.kind, r.user_name, r.reader_id, r.address, r.user_agent, r.detail, r.id)
+                for r in rows]
 
     # -- cases, label sets, model versions ---------------------------------------------------------------------------
     @staticmethod
@@ -794,6 +857,16 @@ def _login_alive(row: Any, now: datetime, idle_s: float) -> bool:
     """A login row (with its reader's ``active``) is usable at ``now``."""
     return (row.revoked_at is None and bool(row.active) and now < row.expires_at
             and (now - row.last_seen_at).total_seconds() <= idle_s)
+
+
+def _count_failure(row: LoginAttempt, policy: BackoffPolicy, now: datetime) -> datetime | None:
+    """One more failure on ``row`` (restarting from 1 after a quiet window); sets and returns its end of wait."""
+    quiet = (now - row.last_failure_at).total_seconds() > policy.window_s
+    row.failures = 1 if quiet else row.failures + 1
+    row.last_failure_at = now
+    wait = policy.wait_s(row.failures)
+    row.blocked_until = now + timedelta(seconds=wait) if wait > 0 else None
+    return row.blocked_until
 
 
 def _keep(item: WorklistItem, status: str, class_name: str | None, min_probability: float,
