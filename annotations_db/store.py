@@ -357,7 +357,7 @@ class Store:
         """Count one failed sign-in for each key (``{key: its policy}``) in one transaction; returns each key's new
         end of wait (None: no wait yet). Rows quiet for longer than their window are dropped on the way."""
         now = self.now()
-        keys = list(policies)
+        keys = sorted(policies)  # one lock order for every transaction (PostgreSQL row locks)
         with self.write_session() as session:
             session.execute(self._upsert_attempts(keys, now))
             rows = session.scalars(select(LoginAttempt).where(LoginAttempt.key.in_(keys)).with_for_update()).all()

@@ -314,6 +314,20 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                         u_role = gr.Radio(["reader", "admin"], value="reader", label="Role")
                     u_btn = gr.Button("Create user")
                     u_msg = gr.Markdown()
+
+                    def audit_log(session: Session) -> pd.DataFrame:
+                        """The last 200 sign-in attempts (ok, failed, throttled, busy), newest first."""
+                        service.require_admin(session)
+                        rows = service.store.audit_log(session.reader, limit=200)
+                        return pd.DataFrame([{"at": f"{r.at:%Y-%m-%d %H:%M:%S}", "kind": r.kind, "name": r.user_name,
+                                              "reader id": r.reader_id, "address": r.address, "detail": r.detail,
+                                              "user agent": r.user_agent} for r in rows],
+                                            columns=["at", "kind", "name", "reader id", "address", "detail",
+                                                     "user agent"])
+
+                    audit_btn = gr.Button("Show the last sign-in attempts")
+                    audit = gr.Dataframe(interactive=False, label="Sign-in audit log (UTC)", elem_id="bc-audit")
+                    audit_btn.click(guarded(audit_log), None, audit, api_name="admin_audit_log")
                 with gr.Tab("Model"):
                     model_md = gr.Markdown()
                     retriage = gr.Button("Triage new cases")

@@ -144,6 +144,31 @@ def test_security_backoff_state_is_shared_across_processes_and_restarts(tmp_path
         app.kill()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_security_concurrent_failures_of_a_new_name_are_all_counted(backend: str, tmp_path: Path) -> None:
+    """Eight threads (each its own Store, like eight processes) fail the same new name at once: the first insert of
+    its row races (INSERT … ON CONFLICT DO NOTHING) and every failure is counted exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.db_helpers import postgres_server
+
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}" if backend == "sqlite" else postgres_server().create_database()
+    Store.open(url).close()
+    policy = BackoffPolicy()
+
+    def fail(_: int) -> None:
+        with Store.open(url, migrate_schema=False) as store:
+            for _ in range(5):
+                store.record_login_failure({"user:zed": policy, "addr:10.0.0.9": policy})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fail, range(8)))
+    with Store.open(url) as store, store.read_session() as session:
+        counts = dict(session.execute(select(LoginAttempt.key, LoginAttempt.failures)).all())
+        assert counts == {"user:zed": 40, "addr:10.0.0.9": 40}
+        assert store.login_blocks(["user:zed"])["user:zed"] > store.now() + timedelta(seconds=800)  # capped at 900
+
+
 # ----------------------------------------------------------------------------------------------- enumeration
 def test_security_unknown_and_known_names_take_comparable_time(live: LiveServer) -> None:
     relaxed(live.service)  # no back-off in the way: every attempt is checked
@@ -206,3 +231,12 @@ def test_security_every_attempt_is_audited(live: LiveServer) -> None:
     assert [r.kind for r in latest] == [r.kind for r in reversed(rows)]
     with pytest.raises(AccessDenied):
         live.service.store.audit_log(ben)
+    # the admin's Users tab shows them; a reader's call of the same endpoint is refused
+    admin_http = live.login("boss")
+    live.service.login_guard.audit.flush()
+    table = live.gradio_client(admin_http).predict(api_name="/admin_audit_log")
+    shown = [dict(zip(table["headers"], row)) for row in table["data"]]
+    assert shown[0]["kind"] == "login_ok" and shown[0]["name"] == "boss"  # this admin's own sign-in, just now
+    assert [(r["kind"], r["name"]) for r in shown[1:6]] == [(r.kind, r.user_name) for r in reversed(rows)]
+    with pytest.raises(Exception, match="admin"):
+        live.gradio_client(live.login("ada")).predict(api_name="/admin_audit_log")
