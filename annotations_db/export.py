@@ -1,8 +1,9 @@
 """Exports: reader-study results, iMRMC input, masks at source geometry, COCO, MONAI datalist, training manifest.
 
 De-identified by default: cases appear only as pseudonymous ids (``cases.pseudo_id``; the mapping to source files and
-patients stays in the database), no patient name, ID, birth date or other direct identifier is written (DICOM-SEG and
-de-identified DICOM image copies included).
+patients stays in the database), no patient name, ID, birth date or other direct identifier is written. DICOM-SEG and
+de-identified DICOM image copies follow DICOM PS3.15 Annex E (:mod:`annotations_db.deid`): one UID map per export run,
+so a SEG references its exported image copy; :class:`~annotations_db.deid.DeidOptions` picks the profile's options.
 
 Results (long format; :func:`results_frame`, :func:`export_results` → CSV and/or Parquet), one row per
 reader × case × arm × class of every submitted assignment of one study:
@@ -37,7 +38,7 @@ paths relative to the manifest's folder::
 
     {"schema": "biascare/training-manifest@1", "created_at": ISO, "label_set": [classes...], "items": [
       {"case_id": "c1a2b3...",            # pseudonymous
-       "image": "images/c1a2b3....png",  # de-identified copy (or the absolute source path with images="source")
+       "image": "images/c1a2b3....png",  # de-identified copy (images="source" is refused: no server path)
        "mask": "masks/c1a2b3....png" | null,
        "clicks": [{"x": float, "y": float, "positive": bool, "t": seconds since the case was shown}],
        "labels": {"Edema": 1, ...},       # the final answer (0/1)
@@ -63,6 +64,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from annotations_db import rle
+from annotations_db.deid import DeidOptions, Deidentifier
 from annotations_db.errors import ExportError
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
                                    Reader, Study, StudyArm, utcnow)
@@ -75,17 +77,6 @@ if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not wit
 RESULT_COLUMNS = ["study", "reader", "case", "arm", "class", "answer", "score", "truth", "ai_probability",
                   "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
 MANIFEST_SCHEMA = "biascare/training-manifest@1"
-DIRECT_IDENTIFIERS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank",
-    "MedicalRecordLocator", "IssuerOfPatientID", "AccessionNumber", "ReferringPhysicianName", "PerformingPhysicianName",
-    "OperatorsName", "InstitutionName", "InstitutionAddress", "StationName", "StudyID", "StudyDate", "SeriesDate",
-    "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime",
-    "RequestingPhysician", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "DeviceSerialNumber",
-    "PatientComments", "AdditionalPatientHistory",
-)
-
-TYPE2_BLANK = ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
 
 
 def _store(store_or_url: Store | str) -> tuple[Store, bool]:
@@ -406,34 +397,24 @@ def write_nifti_image(data: np.ndarray, affine: Sequence[Sequence[float]], path:
     return path
 
 
-def deidentify(dataset: Any, pseudo_id: str) -> Any:
-    """A copy of a pydicom Dataset without direct identifiers; PatientID becomes the pseudonymous case id."""
-    import copy
-    clean = copy.deepcopy(dataset)
-    for keyword in DIRECT_IDENTIFIERS:
-        if keyword in clean:
-            delattr(clean, keyword)
-    clean.remove_private_tags()
-    for keyword in TYPE2_BLANK:  # required-but-may-be-empty attributes (highdicom copies them)
-        setattr(clean, keyword, "")
-    if "PatientSex" not in clean:
-        clean.PatientSex = ""
-    clean.PatientName = f"{pseudo_id}^"
-    clean.PatientID = pseudo_id
-    clean.PatientIdentityRemoved = "YES"
-    clean.DeidentificationMethod = "biascare: identifiers removed, pseudonymous ID"
-    return clean
+def deidentify(dataset: Any, pseudo_id: str, deid: Deidentifier | None = None) -> Any:
+    """A de-identified copy of a pydicom Dataset (PS3.15 Annex E, see :mod:`annotations_db.deid`) whose PatientID and
+    PatientName are the pseudonymous case id; ``deid``: the export run's de-identifier (default: a new one, i.e. new
+    UIDs and options' defaults)."""
+    return (deid or Deidentifier()).apply(dataset, pseudo_id)
 
 
 def write_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
-                    label: str = "annotation") -> Path:
-    """A binary DICOM-SEG of a single-frame source image, referencing its SOP instance; de-identified."""
+                    label: str = "annotation", *, deid: Deidentifier | None = None) -> Path:
+    """A binary DICOM-SEG of a single-frame source image, referencing its SOP instance; de-identified with ``deid``
+    (the export run's: its references then match that run's image copies)."""
     import pydicom
-    return _write_seg([pydicom.dcmread(str(source_path))], np.asarray(mask)[None], pseudo_id, path, label)
+    return _write_seg([pydicom.dcmread(str(source_path))], np.asarray(mask)[None], pseudo_id, path, label, deid)
 
 
 def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str | None, pseudo_id: str, path: Path,
-                           *, affine: Sequence[Sequence[float]] | None = None, label: str = "annotation") -> Path:
+                           *, affine: Sequence[Sequence[float]] | None = None, label: str = "annotation",
+                           deid: Deidentifier | None = None) -> Path:
     """A multi-frame binary DICOM-SEG of a volume imported from a folder of single-frame slices; de-identified.
 
     ``mask`` is (Columns, Rows, slices) in the case's voxel order (the order :func:`core_model.io.load_volume` gives
@@ -444,11 +425,11 @@ def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str
     layout = _series_layout(folder, series_uid, pseudo_id)
     _check_series_layout(layout, np.shape(mask), affine, pseudo_id)
     frames = np.transpose(np.asarray(mask), (2, 1, 0))  # mask[i, j, k] = row j, column i of slice k
-    return _write_seg(layout.headers, frames, pseudo_id, path, label)
+    return _write_seg(layout.headers, frames, pseudo_id, path, label, deid)
 
 
 def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
-                               label: str = "annotation") -> Path:
+                               label: str = "annotation", *, deid: Deidentifier | None = None) -> Path:
     """A binary DICOM-SEG of a volume imported from one multi-frame DICOM (e.g. an enhanced CT); de-identified.
 
     ``mask`` is (Columns, Rows, frames) in the file's frame order (as :func:`core_model.io.load_volume` gives it):
@@ -461,7 +442,7 @@ def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo
     _require_mask_shape(shape, np.shape(mask), pseudo_id, "file", "frame")
     frames = np.transpose(np.asarray(mask), (2, 1, 0))
     try:
-        return _write_seg([source], frames, pseudo_id, path, label)
+        return _write_seg([source], frames, pseudo_id, path, label, deid)
     except (ValueError, AttributeError, KeyError) as error:  # highdicom: no plane positions / orientation to derive
         raise ExportError(f"case {pseudo_id}: no DICOM-SEG for its multi-frame source {source_path}: {error}") \
             from error
@@ -495,21 +476,34 @@ def _require_mask_shape(found: Sequence[int], shape: Sequence[int], pseudo_id: s
                           "changed since import, no DICOM-SEG")
 
 
-def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str) -> Path:
+def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str,
+               deid: Deidentifier | None = None) -> Path:
     """The one DICOM-SEG builder: BINARY, frame n of ``frames`` (n, Rows, Columns) over ``sources[n]`` (pydicom
-    Datasets, pixel data optional) or over frame n of one multi-frame source, every frame kept, sources and the SEG
-    de-identified with ``pseudo_id``."""
+    Datasets, pixel data optional) or over frame n of one multi-frame source, every frame kept.
+
+    The sources are de-identified first (``deid``: the export run's), so all the SEG copies from them (patient, study,
+    frame of reference, references) is de-identified and remapped as their image copies are; then the SEG itself
+    passes the same profile (its content date removed or shifted like the sources'; the UIDs the run issued kept)."""
     import highdicom as hd
+    deid = deid or Deidentifier()
     seg = hd.seg.Segmentation(
-        source_images=[deidentify(source, pseudo_id) for source in sources],
+        source_images=[_seg_source(deid.apply(source, pseudo_id)) for source in sources],
         pixel_array=(np.asarray(frames) > 0).astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment_description(label)], series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="BiasCare",
         manufacturer_model_name="biascare-reader", software_versions="0.1", device_serial_number="0",
         omit_empty_frames=False)
-    seg = deidentify(seg, pseudo_id)
+    seg = deid.apply(seg, pseudo_id)  # the SEG's own dates follow the run's date policy; its UIDs stay (issued)
     seg.save_as(str(path), enforce_file_format=True)
     return path
+
+
+def _seg_source(source: Any) -> Any:
+    """A projection image (no plane orientation) without Slice Thickness loses its Pixel Spacing here (not in its
+    image copy): highdicom would write a Pixel Measures Sequence without Slice Thickness, which it cannot read back."""
+    if "ImageOrientationPatient" not in source and "SliceThickness" not in source and "PixelSpacing" in source:
+        del source.PixelSpacing
+    return source
 
 
 def _segment_description(label: str) -> Any:
@@ -523,10 +517,12 @@ def _segment_description(label: str) -> Any:
 
 def export_masks(store_or_url: Store | str, out_dir: Path | str,
                  formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco"), *,
-                 require_any: bool = False) -> dict[str, Any]:
+                 require_any: bool = False, deid: Deidentifier | None = None) -> dict[str, Any]:
     """Final masks at source geometry (see the module docstring); returns {case: {format: path}} and the COCO path.
 
-    ``require_any``: ExportError, before anything is written, when no final mask can be written in ``formats``."""
+    ``require_any``: ExportError, before anything is written, when no final mask can be written in ``formats``.
+    ``deid``: the export run's de-identifier for the DICOM-SEGs (default: a new one for this export)."""
+    deid = deid or Deidentifier()
     store, owned = _store(store_or_url)
     out = Path(out_dir)
     written: dict[str, dict[str, str]] = {}
@@ -541,7 +537,7 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
                 mask = mask_at_source(case, annotation)
                 if mask is None:
                     continue
-                written[case.pseudo_id] = _write_case_masks(case, mask, out, formats)
+                written[case.pseudo_id] = _write_case_masks(case, mask, out, formats, deid)
                 if case.depth is None:
                     coco_items.append((case, annotation))
     finally:
@@ -579,7 +575,8 @@ def require_final_annotations(store_or_url: Store | str) -> int:
     return count
 
 
-def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str]) -> dict[str, str]:
+def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str],
+                      deid: Deidentifier | None = None) -> dict[str, str]:
     paths: dict[str, str] = {}
     base = out / "masks" / case.pseudo_id
     if case.depth is None and "png" in formats:
@@ -592,12 +589,13 @@ def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence
         seg = Path(f"{base}.seg.dcm")
         _require_source(case)
         if case.depth is None:
-            paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, seg))
+            paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, seg, deid=deid))
         elif is_series_case(case):
             paths["dicom-seg"] = str(write_series_dicom_seg(mask, case.source_uri, case.series_uid, case.pseudo_id,
-                                                            seg, affine=case.affine))
+                                                            seg, affine=case.affine, deid=deid))
         else:
-            paths["dicom-seg"] = str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg))
+            paths["dicom-seg"] = str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg,
+                                                                deid=deid))
     return paths
 
 
@@ -638,8 +636,9 @@ def _image_suffix(case: Case) -> str:
     return {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii"}.get(case.format, Path(source).suffix)
 
 
-def copy_image(case: Case, images_dir: Path) -> Path:
-    """A de-identified copy of the source image named by the pseudonymous id (DICOM headers cleaned).
+def copy_image(case: Case, images_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """A de-identified copy of the source image named by the pseudonymous id (DICOM headers de-identified with
+    ``deid``, the export run's: a DICOM-SEG of the same run references the copy's UIDs).
 
     A DICOM series case becomes one NIfTI (float32 modality values in the case's voxel order, with its affine), the
     geometry its NIfTI masks have; no DICOM header, hence no identifier, is copied.
@@ -651,7 +650,8 @@ def copy_image(case: Case, images_dir: Path) -> Path:
         write_nifti_image(volume.data.astype(np.float32), volume.affine, target)
     elif case.format == "dicom":
         import pydicom
-        deidentify(pydicom.dcmread(case.source_uri), case.pseudo_id).save_as(str(target), enforce_file_format=True)
+        deidentify(pydicom.dcmread(case.source_uri), case.pseudo_id, deid).save_as(str(target),
+                                                                                 enforce_file_format=True)
     else:
         shutil.copyfile(case.source_uri, target)
     return target
@@ -668,18 +668,26 @@ def _annotation_events(session: Any, annotation: Annotation) -> list[EventRecord
 
 
 def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: str = "copy",
-                    formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco")) -> Path:
-    """Images, final masks, MONAI datalist and the training manifest (schema in the module docstring)."""
-    if images not in ("copy", "source"):
-        raise ExportError(f"images must be 'copy' (de-identified copies) or 'source' (source paths), not {images!r}")
+                    formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco"),
+                    deid_options: DeidOptions | None = None) -> Path:
+    """Images, final masks, MONAI datalist and the training manifest (schema in the module docstring).
+
+    ``images`` must be ``"copy"``: de-identified copies named by pseudonymous id, paths relative to the manifest.
+    ``"source"`` (the server's source paths) is refused with ExportError: a path names the server's folders and often
+    the patient or the accession, and a manifest leaves the server. One de-identifier (``deid_options``; one UID map,
+    one date offset) serves the whole run, so every DICOM-SEG references its exported image copy."""
+    if images != "copy":
+        raise ExportError(f"images={images!r} refused: a training export never writes server paths; use images='copy' "
+                          "(de-identified copies named by pseudonymous id)")
     store, owned = _store(store_or_url)
     out = Path(out_dir)
+    deid = Deidentifier(deid_options)
     try:
-        masks = export_masks(store, out, formats)["masks"]
+        masks = export_masks(store, out, formats, deid=deid)["masks"]
         (out / "images").mkdir(parents=True, exist_ok=True)
         with store.read_session() as session:
             versions = {v.id: v.name for v in session.scalars(select(ModelVersion))}
-            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, images, versions)
+            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, deid, versions)
                      for case, annotation in final_annotations(session)]
     finally:
         if owned:
@@ -691,9 +699,9 @@ def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: s
     return out / "manifest.json"
 
 
-def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict[str, str], out: Path, images: str,
-                   versions: dict[int, str]) -> dict[str, Any]:
-    image = copy_image(case, out / "images").relative_to(out).as_posix() if images == "copy" else case.source_uri
+def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict[str, str], out: Path,
+                   deid: Deidentifier, versions: dict[int, str]) -> dict[str, Any]:
+    image = copy_image(case, out / "images", deid).relative_to(out).as_posix()
     mask = masks.get("png") or masks.get("nifti")
     return {"case_id": case.pseudo_id, "image": image,
             "mask": Path(mask).relative_to(out).as_posix() if mask else None,

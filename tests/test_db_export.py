@@ -149,7 +149,8 @@ def test_masks_are_written_at_source_geometry(world: dict, tmp_path: Path, share
 
 
 def test_dicom_seg_references_the_source_instance_and_is_deidentified(world: dict, tmp_path: Path) -> None:
-    result = export.export_masks(world["store"], tmp_path / "out", formats=("dicom-seg",))
+    deid = export.Deidentifier()
+    result = export.export_masks(world["store"], tmp_path / "out", formats=("dicom-seg",), deid=deid)
     segs = [(pseudo, files["dicom-seg"]) for pseudo, files in result["masks"].items() if "dicom-seg" in files]
     assert len(segs) == 6
     for pseudo, path in segs:
@@ -158,7 +159,7 @@ def test_dicom_seg_references_the_source_instance_and_is_deidentified(world: dic
         seg = pydicom.dcmread(path)
         assert seg.Modality == "SEG"
         referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
-        assert referenced == source.SOPInstanceUID
+        assert referenced == deid.uids.mapping[source.SOPInstanceUID] != source.SOPInstanceUID
         assert str(seg.PatientID) == pseudo and seg.get("PatientBirthDate", "") == ""
         _assert_no_identifiers(path, source)
         decoded = np.asarray(seg.pixel_array).reshape(mask.shape)

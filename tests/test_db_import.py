@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from annotations_db import rle
+from annotations_db.deid import Deidentifier
 from annotations_db.errors import BadCsv, ImportFailed, PathOutsideRoot, UnknownClass, UnreadableFile
 from annotations_db.importers import import_cxr_lt, import_dicom, import_images, import_nifti, import_path
 from annotations_db.models import Case, CaseIdentity, CaseLabel, CaseMask
@@ -198,15 +199,18 @@ def _seg_frames(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return frames
 
 
-def _assert_seg_is_the_nifti_mask(seg_path: Path, slice_files: list[Path], nifti_path: Path) -> None:
-    """Each SEG frame references one slice, at that slice's position, and equals the exported NIfTI mask's plane at
-    that position (k from the NIfTI affine; frame rows = j, columns = i, checked on the SEG's orientation)."""
+def _assert_seg_is_the_nifti_mask(seg_path: Path, slice_files: list[Path], nifti_path: Path,
+                                  uids: dict[str, str]) -> None:
+    """Each SEG frame references one slice (by its de-identified UID: ``uids`` is the export's source → new UID map),
+    at that slice's position, and equals the exported NIfTI mask's plane at that position (k from the NIfTI affine;
+    frame rows = j, columns = i, checked on the SEG's orientation)."""
     import highdicom as hd
     import pydicom
     nifti_mask = nib.load(str(nifti_path))
     exported = np.asarray(nifti_mask.dataobj)
     lps_to_voxel = np.linalg.inv(nifti_mask.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0])
-    slices = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in slice_files)}
+    slices = {uids[str(ds.SOPInstanceUID)]: ds
+              for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in slice_files)}
     frames = _seg_frames(seg_path)
     assert len(frames) == len(slices) == exported.shape[2]  # empty frames kept
     assert sorted(uid for uid, _, _ in frames) == sorted(slices)  # every slice referenced exactly once
@@ -244,9 +248,10 @@ def test_a_series_case_exports_a_dicom_seg_with_one_frame_per_slice(store: Store
     mask = _lung_mask_on(shared_data, (case.width, case.height, case.depth), affine)
     assert int(mask.sum()) == 4226 + 600 and mask[:, :, :100].any() and not mask[:, :, 50].any()
     store.save_annotation(case.id, store.create_reader("ada", "pw", "admin"), {"Pneumothorax": 1}, mask=mask)
-    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"))["masks"][case.pseudo_id]
+    deid = Deidentifier()
+    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"), deid=deid)["masks"][case.pseudo_id]
     assert np.array_equal(np.asarray(nib.load(files["nifti"]).dataobj), mask)
-    _assert_seg_is_the_nifti_mask(Path(files["dicom-seg"]), series.files, Path(files["nifti"]))
+    _assert_seg_is_the_nifti_mask(Path(files["dicom-seg"]), series.files, Path(files["nifti"]), deid.uids.mapping)
     seg = hd.seg.segread(files["dicom-seg"])
     assert (seg.SegmentationType, seg.Modality) == ("BINARY", "SEG") and seg.SeriesInstanceUID != series.series_uid
     assert str(seg.PatientName) == f"{case.pseudo_id}^" and seg.PatientID == case.pseudo_id
@@ -275,7 +280,8 @@ def test_a_multiframe_ct_case_exports_a_dicom_seg_over_its_frames(store: Store, 
     assert np.array_equal(volume.data, _carried(series.voxels, series.affine, volume.data.shape, volume.affine))
     mask = _lung_mask_on(shared_data, (case.width, case.height, case.depth), affine)
     store.save_annotation(case.id, store.create_reader("ada", "pw", "admin"), {"Pneumothorax": 1}, mask=mask)
-    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"))["masks"][case.pseudo_id]
+    deid = Deidentifier()
+    files = export_masks(store, tmp_path / "out", formats=("nifti", "dicom-seg"), deid=deid)["masks"][case.pseudo_id]
     nifti = nib.load(files["nifti"])
     exported = np.asarray(nifti.dataobj)
     assert np.array_equal(exported, mask)
@@ -287,7 +293,7 @@ def test_a_multiframe_ct_case_exports_a_dicom_seg_over_its_frames(store: Store, 
     for n, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
         reference = group.DerivationImageSequence[0].SourceImageSequence[0]
         assert (reference.ReferencedSOPInstanceUID, int(reference.ReferencedFrameNumber)) == \
-            (enhanced.SOPInstanceUID, n + 1)
+            (deid.uids.mapping[enhanced.SOPInstanceUID], n + 1)
         position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
         source_position = enhanced.PerFrameFunctionalGroupsSequence[n].PlanePositionSequence[0].ImagePositionPatient
         np.testing.assert_allclose(position, [float(v) for v in source_position], atol=1e-3)
