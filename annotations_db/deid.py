@@ -24,7 +24,8 @@ How the codes are applied (:class:`Deidentifier`), walking every element, sequen
   where an IOD may need it, and remove it inside sequence items; X/Z/U* sequences are kept with their UIDs replaced.
 * Stricter than the table: every private element is removed; every UID that is not a well-known registry UID (SOP
   classes, transfer syntaxes, coding schemes) is replaced even where the table does not list it (references…);
-  InstanceCreatorUID (U in the table) is removed; every DA/DT/TM element is removed (or shifted) even where the table does not list it.
+  InstanceCreatorUID (U in the table) is removed; every DA/DT/TM element is removed (or shifted) even where the
+  table does not list it.
 * UIDs: one :class:`UidMap` per export run: the same source UID always gets the same new UID within it (so a
   DICOM-SEG's references and its de-identified image copy agree), another export gets other UIDs. A UID the map
   issued itself is left as it is (de-identifying an already de-identified dataset changes no reference).
