@@ -12,6 +12,9 @@ Phases, each with the same reader clicking on an open 2000×2000 demo case (``PO
 * ``flood_hashing``: the same with the back-off relaxed so that every attempt reaches the scrypt check — the worst
   case for the hashing bound (one low-priority hashing thread, a short queue, 503 beyond it).
 
+Also: 50 wrong passwords for one name back to back (answers by status, seconds) and the round trip of a wrong password
+for a known vs unknown names (user enumeration by timing).
+
 The flood runs in a child process at nice 10 (standing in for clients on other machines: its own HTTP client work
 should not be what is measured); its answers are counted by status. Output: click p50/p95 per phase and the ratios to
 ``quiet``.
@@ -156,6 +159,31 @@ def large_case(service: Any) -> str:
         return next(c.pseudo_id for c in session.query(Case).order_by(Case.id) if c.width >= 2000)
 
 
+def fifty_wrong(url: str, name: str = "ben") -> dict[str, Any]:
+    """50 wrong passwords for one known name, back to back: answers by status and the time they took."""
+    import requests
+
+    started = time.perf_counter()
+    statuses = Counter(str(requests.post(f"{url}/api/v1/login", json={"username": name, "password": f"no-{i}"},
+                                         timeout=60).status_code) for i in range(50))
+    return {"answers": dict(statuses), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def known_vs_unknown(url: str, rounds: int = 15) -> dict[str, Any]:
+    """Median round trip (ms) of a wrong password for a known name and for unknown names, alternated (run with the
+    back-off relaxed, so that every attempt is checked)."""
+    import requests
+
+    times: dict[str, list[float]] = {"known": [], "unknown": []}
+    for i in range(rounds):
+        for kind, name in (("known", "cy"), ("unknown", f"ghost-{i}")):
+            started = time.perf_counter()
+            requests.post(f"{url}/api/v1/login", json={"username": name, "password": "wrong"}, timeout=60)
+            times[kind].append((time.perf_counter() - started) * 1000)
+    known, unknown = stats_ms(times["known"]), stats_ms(times["unknown"])
+    return {"known": known, "unknown": unknown, "median_ratio": round(unknown["p50_ms"] / known["p50_ms"], 3)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.testing import LiveServer
 
@@ -164,11 +192,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clicker = Clicker(server.login("ada"), server.url, large_case(server.service), args.reset_every)
         clicker.clicks(3)  # warm-up
         quiet = clicker.clicks(args.clicks)
+        fifty = fifty_wrong(server.url)
         throttled = phase(clicker, server.url, args.threads, args.seconds)
         relaxed(server.service)
         hashing = phase(clicker, server.url, args.threads, args.seconds)
+        timing = known_vs_unknown(server.url)
         server.service.login_guard.audit.flush()
         return {"benchmark": "login_flood", "threads": args.threads, "seconds": args.seconds,
+                "fifty_wrong_passwords": fifty, "wrong_password_known_vs_unknown_name": timing,
                 "flood_throttled": {**compare(quiet, throttled["clicks_ms"]), "answers": throttled["answers"]},
                 "flood_hashing": {**compare(quiet, hashing["clicks_ms"]), "answers": hashing["answers"]},
                 "load_avg": os.getloadavg()}
