@@ -34,15 +34,18 @@ def gradio_upload_roots() -> list[Path]:
     return roots
 
 
-def _uploaded_path(value: Any) -> Path:
-    """The server-side path of one Gradio upload; AppError for anything outside Gradio's upload cache."""
+def _uploaded_path(value: Any, service: AppService, session: Session) -> Path:
+    """The server-side path of one Gradio upload made by this login (recorded by app.security when Gradio's upload
+    route stored it); AppError for anything else — a caller-given server path above all."""
     raw = getattr(value, "name", None) or getattr(value, "path", None) or value
     if isinstance(raw, dict):
         raw = raw.get("path") or raw.get("name")
     if not isinstance(raw, (str, os.PathLike)):
         raise AppError("not an uploaded file")
     path = Path(raw).resolve()
-    if not any(root == path or root in path.parents for root in gradio_upload_roots()):
+    inside = any(root == path or root in path.parents for root in gradio_upload_roots())
+    registry = getattr(service, "uploads", None)
+    if not inside or registry is None or not registry.owns(session.token, path):
         raise AppError(f"refused: {Path(raw).name} is not a file uploaded through this page")
     if not path.is_file():
         raise AppError(f"{Path(raw).name}: the upload is missing")
@@ -66,7 +69,7 @@ def import_uploads(service: AppService, session: Session, files: Sequence[Any] |
     try:
         for value in files:
             try:
-                path = _uploaded_path(value)
+                path = _uploaded_path(value, service, session)
             except AppError as error:
                 lines.append(f"✗ {error}")
                 continue

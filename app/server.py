@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="intra-op threads for the model (default: all CPU cores; use 1 on a CPU shared "
                              "with other heavy jobs)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help="upload size limit per file")
+    parser.add_argument("--public-url", default=None,
+                        help="the URL users reach the app at behind a reverse proxy (e.g. https://reader.example.org): "
+                             "its origin is the one state-changing requests must come from")
+    parser.add_argument("--secure-cookies", action="store_true",
+                        help="send cookies only over HTTPS (set this behind a TLS-terminating proxy)")
+    parser.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                        help="another origin allowed to call the API with credentials (repeatable; none by default)")
     return parser.parse_args(argv)
 
 
@@ -54,7 +61,7 @@ class Built:
 def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, demo: bool = True,
               idle_seconds: float = 60.0, background: bool = True, model: Any = None,
               max_upload_mb: int = MAX_UPLOAD_MB, embedding_dir: Path | None = None,
-              torch_threads: int | None = None) -> Built:
+              torch_threads: int | None = None, security: Any = None) -> Built:
     """The FastAPI app with everything mounted (also used by the tests and the bench).
 
     ``torch_threads``: intra-op threads for the model (default: all CPU cores). Measured on an idle 2-core machine
@@ -72,8 +79,11 @@ def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, dem
     from app.service import SESSION_COOKIE, AppService
     from app.ui import build_ui, css, head_html
 
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from app.security import SecuritySettings, UploadRegistry, install
+
+    data_dir = private_dir(Path(data_dir))
+    security = security or SecuritySettings(max_upload_bytes=max_upload_mb * 1024 * 1024)
+    private_sqlite_file(db_url)
     store = Store.open(db_url)
     if demo:
         import_demo(store)
@@ -87,7 +97,7 @@ def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, dem
         service.background.triage_missing()
 
     app = FastAPI(title="BiasCare reader", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, secure_cookie=security.secure_cookies))
     install_ui_guard(app, service)
     blocks = build_ui(service, checkpoint)
 
@@ -97,8 +107,40 @@ def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, dem
     app = gr.mount_gradio_app(app, blocks, path=UI_PATH, auth_dependency=auth_dependency, head=head_html(), css=css(),
                               max_file_size=f"{max_upload_mb}mb", footer_links=[], ssr_mode=False,
                               allowed_paths=[], blocked_paths=[str(data_dir.resolve()), str(REPO_ROOT)])
+    blocks.has_launched = True  # Gradio's own input-file check (uploads only) is skipped until a Blocks "launched"
+    service.uploads = UploadRegistry()
+    install(app, security, is_admin=lambda token: _is_admin(service, token), registry=service.uploads,
+            cookie=SESSION_COOKIE)
     app.state.biascare = service
     return Built(app, service, credentials)
+
+
+def _is_admin(service: Any, token: str | None) -> bool:
+    from app.service import AppError
+    try:
+        return bool(service.session(token).reader.is_admin)
+    except AppError:
+        return False
+
+
+def private_dir(path: Path) -> Path:
+    """The data folder, readable by the app's user only (0700): it holds patient identities and password hashes."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_sqlite_file(db_url: str) -> None:
+    """Create an SQLite database file as 0600 before SQLite does (its journal files take the same mode)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    path.chmod(0o600)
 
 
 def _free_port(host: str) -> int:
@@ -115,8 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data).expanduser().resolve()
     db_url = args.db or f"sqlite:///{data_dir / 'annotations.sqlite'}"
     try:
+        from app.security import SecuritySettings
+
+        os.umask(0o077)  # everything the app writes (uploads, exports, caches, lock files) is its user's only
+        security = SecuritySettings(public_url=args.public_url, allowed_origins=tuple(args.allowed_origin),
+                                    secure_cookies=args.secure_cookies,
+                                    max_upload_bytes=args.max_upload_mb * 1024 * 1024)
         built = build_app(db_url, data_dir, args.checkpoint, demo=not args.no_demo, idle_seconds=args.idle_seconds,
-                          max_upload_mb=args.max_upload_mb, torch_threads=args.torch_threads)
+                          max_upload_mb=args.max_upload_mb, torch_threads=args.torch_threads, security=security)
     except Exception as error:  # a clear one-line message for the usual start-up failures
         print(f"error: could not start the app: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
