@@ -7,6 +7,7 @@ by moving the store's clock (``Store.now``), never by sleeping; the login flood 
 """
 from __future__ import annotations
 
+import re
 import statistics
 import time
 import uuid
@@ -55,6 +56,14 @@ def _login(url: str, name: str, password: str) -> requests.Response:
                          headers={"User-Agent": "security-test/1"})
 
 
+def _form_login(url: str, name: str, password: str) -> requests.Response:
+    """The HTML sign-in form as a browser posts it: the page first (with its form token, where it has one)."""
+    http = requests.Session()
+    token = re.search(r'name="csrf" value="([^"]*)"', http.get(f"{url}/login", timeout=60).text)
+    data = {"username": name, "password": password, **({"csrf": token.group(1)} if token else {})}
+    return http.post(f"{url}/login", data=data, allow_redirects=False, timeout=60)
+
+
 def _advance(server: LiveServer, seconds: float) -> None:
     """Move the store's clock (the back-off's clock) ``seconds`` ahead of the real one."""
     server.service.store.now = lambda: utcnow() + timedelta(seconds=seconds)
@@ -85,8 +94,7 @@ def test_security_fifty_wrong_passwords_are_throttled_then_the_right_one_works(l
     # the right password is refused too while the name waits: nothing is checked before the wait ends
     early = _login(live.url, "ada", PASSWORD)
     assert early.status_code == 429
-    page = requests.post(f"{live.url}/login", data={"username": "ada", "password": PASSWORD}, allow_redirects=False,
-                         timeout=60)
+    page = _form_login(live.url, "ada", PASSWORD)
     assert page.status_code == 429 and "Retry-After" in page.headers
     assert f"wait {page.headers['Retry-After']} s" in page.text
 
