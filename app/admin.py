@@ -212,6 +212,22 @@ _MASK_FORMATS = {"Masks: PNG (zip)": "png", "Masks: NIfTI (zip)": "nifti", "Mask
                  "Masks: COCO JSON (zip)": "coco"}
 
 
+EXPORT_RETENTION_S = 3600  # exports hold de-identified patient data: kept an hour for the download, then deleted
+
+
+def sweep_exports(folder: Path, older_than_s: float = EXPORT_RETENTION_S) -> int:
+    """Delete the exports in ``folder`` and their download copies (``biascare-export-*`` in the system temp folder)
+    that are older than the retention period; returns how many were deleted."""
+    import time
+
+    candidates = list(folder.iterdir()) if folder.is_dir() else []
+    candidates += Path(tempfile.gettempdir()).glob("biascare-export-*")
+    old = [item for item in candidates if time.time() - item.stat().st_mtime > older_than_s]
+    for item in old:
+        shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+    return len(old)
+
+
 def export(service: AppService, session: Session, kind: str, study: str | None = None) -> Path:
     """One export of :data:`EXPORT_KINDS` under ``DATA/exports/`` (folders zipped); the results and iMRMC of
     ``study`` (default the latest). AppError with the reason when there is nothing to write (no file is left)."""
@@ -220,6 +236,7 @@ def export(service: AppService, session: Session, kind: str, study: str | None =
     service.require_admin(session)
     if kind not in EXPORT_KINDS:
         raise AppError(f"unknown export {kind!r}; choose one of: {', '.join(EXPORT_KINDS)}")
+    sweep_exports(service.data_dir / "exports")
     out = service.data_dir / "exports" / f"{_slug(kind)}-{secrets.token_hex(4)}"
     try:
         return _export(service, kind, study or None, out)

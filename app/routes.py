@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from annotations_db.errors import AccessDenied, NotFound
 from app.login_guard import Throttled
+from app.security import CSRF_COOKIE, new_form_token, sign_out_token, tokens_match
 from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized,
                          view_payload)
 
@@ -39,7 +40,7 @@ button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; border: 0; border-rad
          color: white; font-weight: 600; cursor: pointer; }}
 .error {{ color: #fca5a5; margin-top: .8rem; font-size: .9rem; }} .note {{ color: #9ca3af; font-size: .8rem; }}
 </style></head><body>
-<form method="post" action="/login" id="login-form">
+<form method="post" action="/login" id="login-form"><input type="hidden" name="csrf" value="{csrf}">
 <h1>BiasCare reader</h1>
 <label for="username">Reader</label><input id="username" name="username" autocomplete="username" autofocus required>
 <label for="password">Password</label>
@@ -50,9 +51,15 @@ button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; border: 0; border-rad
 </form></body></html>"""
 
 
-def _login_page(error: str) -> str:
-    """The sign-in page with ``error`` shown under the form (escaped)."""
-    return LOGIN_PAGE.format(error=f'<p class="error" id="login-error">{html.escape(error)}</p>')
+def _login_page(error: str = "", status: int = 200, headers: dict[str, str] | None = None,
+                secure: bool = False) -> HTMLResponse:
+    """The sign-in page with a fresh form token (also set as a SameSite=Strict cookie: login CSRF protection)."""
+    token = new_form_token()
+    shown = f'<p class="error" id="login-error">{html.escape(error)}</p>' if error else ""
+    response = HTMLResponse(LOGIN_PAGE.format(error=shown, csrf=token), status_code=status, headers=headers)
+    response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/login",
+                        max_age=3600)
+    return response
 
 
 def _token(request: Request) -> str | None:
@@ -115,7 +122,7 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
 
     @router.get("/login", include_in_schema=False)
     def login_page() -> HTMLResponse:
-        return HTMLResponse(LOGIN_PAGE.format(error=""))
+        return _login_page(secure=secure_cookie)
 
     async def sign_in(request: Request, name: Any, password: Any) -> Session:
         """:meth:`AppService.login` on a worker thread (its database reads and the hash never block the event loop),
@@ -127,13 +134,16 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     @router.post("/login", include_in_schema=False)
     async def login_form(request: Request) -> Response:
         form = await request.form()
+        if not tokens_match(request.cookies.get(CSRF_COOKIE), form.get("csrf")):
+            return _login_page("The sign-in form expired or did not come from this site; please sign in again.",
+                               403, secure=secure_cookie)
         try:
             session = await sign_in(request, form.get("username"), form.get("password"))
         except Unauthorized:
-            return HTMLResponse(_login_page("Unknown reader or wrong password."), status_code=401)
+            return _login_page("Unknown reader or wrong password.", 401, secure=secure_cookie)
         except Throttled as error:
-            return HTMLResponse(_login_page(f"{str(error).capitalize()}."), status_code=error.status,
-                                headers={"Retry-After": str(error.retry_after)})
+            return _login_page(f"{str(error).capitalize()}.", error.status, {"Retry-After": str(error.retry_after)},
+                               secure=secure_cookie)
         response = RedirectResponse(f"{UI_PATH}/", status_code=303)
         set_cookie(response, session)
         return response
@@ -155,9 +165,13 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return response
 
     @router.post("/logout", include_in_schema=False)
-    def logout(request: Request) -> Response:
-        """POST only (a GET is 405): a link or an image on another page cannot sign the reader out."""
-        service.logout(_token(request))
+    async def logout(request: Request) -> Response:
+        """POST only (a GET is 405) with the sign-out form's token: another page cannot sign the reader out."""
+        token = _token(request)
+        form = await request.form()
+        if token and not tokens_match(sign_out_token(token), form.get("csrf")):
+            return JSONResponse({"error": "sign-out must come from the app's own page"}, status_code=403)
+        await run_in_threadpool(service.logout, token)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response

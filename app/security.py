@@ -15,7 +15,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -322,6 +324,24 @@ def _file_paths(value: Any) -> list[str]:
         elif isinstance(item, list):
             stack.extend(item)
     return found
+
+
+# ----------------------------------------------------------------------------------------------- form tokens
+CSRF_COOKIE = "biascare_csrf"
+
+
+def new_form_token() -> str:
+    """A sign-in form's token: sent in the page and in a SameSite=Strict cookie; a POST must carry both, equal."""
+    return secrets.token_urlsafe(24)
+
+
+def tokens_match(expected: str | None, given: Any) -> bool:
+    return bool(expected) and isinstance(given, str) and secrets.compare_digest(expected, given)
+
+
+def sign_out_token(session_token: str) -> str:
+    """The sign-out form's token, derived from the login's own secret token (another page cannot know it)."""
+    return hashlib.sha256(f"sign-out:{session_token}".encode()).hexdigest()[:32]
 
 
 def install(app: Any, settings: SecuritySettings, *, is_admin: Callable[[str | None], bool],

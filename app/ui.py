@@ -20,13 +20,21 @@ import pandas as pd
 
 from app import admin
 from app.panels import answer_panel, case_header
+from app.security import sign_out_token
 from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_payload
 
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
-# sign-out is a POST (GET /logout is refused), submitted in the same tab; the server answers 303 → /login
-SIGN_OUT_FORM = ('<form method="post" action="/logout" target="_self" style="display:inline">'
-                 '<button id="bc-signout" type="submit">Sign out</button></form>')
+
+
+def sign_out_form(session: Session) -> str:
+    """Sign-out is a POST with the login's form token (GET /logout is refused), submitted in the same tab; the server
+    answers 303 → /login."""
+    return ('<form method="post" action="/logout" target="_self" style="display:inline">'
+            f'<input type="hidden" name="csrf" value="{sign_out_token(session.token)}">'
+            '<button id="bc-signout" type="submit">Sign out</button></form>')
+
+
 EMPTY_VIEWER = '<div class="bc-empty">No case open. Pick one from the worklist or start your reader study.</div>'
 
 
@@ -83,7 +91,7 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         is_admin = session.reader.is_admin
         model = f"model `{service.model_version}` · " if is_admin else ""
         who = (f"Signed in as **{html.escape(session.reader.name)}** ({session.reader.role}) · {model}"
-               f"{SIGN_OUT_FORM}")
+               f"{sign_out_form(session)}")
         try:
             view = service.resume(session)  # a reload, a new login or a restart: back to the open case
         except AppError as error:
@@ -233,7 +241,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         return frame, times, accuracy
 
     # ---------------------------------------------------------------- layout
-    with gr.Blocks(title="BiasCare reader") as demo:
+    # Gradio's cache holds uploads and the download copies of exports: emptied of files older than an hour
+    with gr.Blocks(title="BiasCare reader", delete_cache=(600, admin.EXPORT_RETENTION_S)) as demo:
         with gr.Row():
             who = gr.Markdown(elem_id="bc-who")
         with gr.Tabs(selected="worklist") as tabs:

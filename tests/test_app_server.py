@@ -95,20 +95,33 @@ def test_login_required_and_login_flow(server):
     assert page.status_code == 303 and page.headers["location"] == "/login"
     assert anon.get(f"{server.url}/ui/config", timeout=30).status_code == 401
     assert anon.post(f"{server.url}/api/v1/click", json={"x": 1, "y": 1}, timeout=30).status_code == 401
-    bad = anon.post(f"{server.url}/login", data={"username": "ada", "password": "nope"}, allow_redirects=False,
-                    timeout=30)
+    forged = anon.post(f"{server.url}/login", data={"username": "ada", "password": PASSWORD}, allow_redirects=False,
+                       timeout=30)
+    assert forged.status_code == 403, "a sign-in form without this site's token is refused (login CSRF)"
+    bad = anon.post(f"{server.url}/login", data={"username": "ada", "password": "nope", "csrf": _form_token(anon, server)},
+                    allow_redirects=False, timeout=30)
     assert bad.status_code == 401 and "wrong password" in bad.text
-    good = anon.post(f"{server.url}/login", data={"username": "ada", "password": PASSWORD}, allow_redirects=False,
-                     timeout=30)
+    good = anon.post(f"{server.url}/login", data={"username": "ada", "password": PASSWORD,
+                                                  "csrf": _form_token(anon, server)}, allow_redirects=False, timeout=30)
     assert good.status_code == 303 and good.headers["location"] == "/ui/"
     cookie = good.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie
     assert anon.get(f"{server.url}/ui/", timeout=30).status_code == 200
     assert anon.get(f"{server.url}/api/v1/me", timeout=30).json()["reader"] == "ada"
     assert anon.get(f"{server.url}/logout", timeout=30).status_code == 405  # sign-out is a POST
-    out = anon.post(f"{server.url}/logout", allow_redirects=False, timeout=30)
+    assert anon.post(f"{server.url}/logout", allow_redirects=False, timeout=30).status_code == 403  # no form token
+    from app.security import sign_out_token
+    out = anon.post(f"{server.url}/logout", data={"csrf": sign_out_token(anon.cookies["biascare_session"])},
+                    allow_redirects=False, timeout=30)
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert anon.get(f"{server.url}/api/v1/me", timeout=30).status_code == 401
+
+
+def _form_token(http, server) -> str:
+    """GET the sign-in page: its form token (the same value is set as the SameSite=Strict cookie)."""
+    import re
+    page = http.get(f"{server.url}/login", timeout=30)
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
 
 
 def test_worklist_is_ranked_by_uncertainty_and_filters(server):

@@ -93,7 +93,9 @@ def test_integrity_logout_refuses_the_cookie_also_after_a_restart(app_process: A
     token, _ = _login(app_process)
     assert requests.get(f"{app_process.url}/logout", cookies={SESSION_COOKIE: token}, timeout=30).status_code == 405
     assert _me(app_process.url, token).status_code == 200  # a GET signs nobody out
+    from app.security import sign_out_token
     out = requests.post(f"{app_process.url}/logout", cookies={SESSION_COOKIE: token}, allow_redirects=False,
+                        data={"csrf": sign_out_token(token)},
                         timeout=30)
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert f'{SESSION_COOKIE}=""' in out.headers["set-cookie"] and "max-age=0" in out.headers["set-cookie"].lower()

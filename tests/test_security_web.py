@@ -202,3 +202,20 @@ def test_security_database_and_data_folder_are_private_from_the_start(tmp_path):
     credentials = data / "first_run_credentials.txt"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert list(data.glob("annotations.sqlite*")), "the database was created there"
+
+
+def test_security_exports_are_deleted_after_the_retention_period(server):
+    from app import admin
+
+    http = server.login("ben")
+    view = http.post(f"{server.url}/api/v1/open", json={"case": server.service.store.cases()[0].pseudo_id},
+                     timeout=120).json()["view"]
+    http.post(f"{server.url}/api/v1/submit", json={"nonce": view["nonce"]}, timeout=120).raise_for_status()
+    session = server.service.login("boss", PASSWORD)
+    made = admin.export(server.service, session, "Masks: PNG (zip)")
+    exports = server.service.data_dir / "exports"
+    assert made.exists() and admin.sweep_exports(exports) == 0, "a fresh export is kept for its download"
+    old = time.time() - admin.EXPORT_RETENTION_S - 60
+    for item in exports.iterdir():
+        os.utime(item, (old, old))
+    assert admin.sweep_exports(exports) >= 1 and not made.exists()
