@@ -6,7 +6,9 @@ readers ─┬─ login_sessions (sha256 of the cookie token, idle + absolute ex
 datasets ── cases ── case_identities (the re-identification mapping; never exported)
                ├── case_labels (ground truth per class)   ├── case_masks (reference masks, RLE)
                ├── annotations (final labels / mask, accepted-as-is or corrected)
-               └── events (append-only interaction log with server-side monotonic + wall timestamps)
+               └── events (append-only interaction log with server-side monotonic + wall timestamps;
+                           kinds, payloads and replay in annotations_db/events.py)
+login_attempts (back-off state per user name / client address)   audit_log (every sign-in attempt)
 """
 from __future__ import annotations
 
