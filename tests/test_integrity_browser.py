@@ -96,7 +96,7 @@ def test_integrity_a_stale_tab_in_chromium_files_nothing_on_the_other_case(serve
     sign_in(first, server.url, "ben")
     first.click("#bc-open-top")
     nonce_a = wait_case_open(first)
-    case_a = server.service.session(context.cookies()[0]["value"]).view.case
+    case_a = server.service.session({c["name"]: c["value"] for c in context.cookies()}["biascare_session"]).view.case
 
     second = context.new_page()  # another tab of the same login
     second.goto(f"{server.url}/ui/")
