@@ -54,6 +54,7 @@ class Prediction:
     clicks: tuple[Click, ...] = ()
     box: tuple[float, float, float, float] | None = None
     text: str | None = None
+    resize: object | None = None  # (logits (1, 1, h, w) ndarray, (H, W)) → bool mask; None: PyTorch's interpolate
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -65,6 +66,8 @@ class Prediction:
             return self.mask
         new_h, new_w = self.geometry.resized_shape
         valid = self.low_res_logits[..., :new_h, :new_w]
+        if self.resize is not None:
+            return self.resize(valid.numpy(), tuple(shape))
         return (torch.nn.functional.interpolate(valid, size=tuple(shape), mode="bilinear",
                                                 align_corners=False) > 0)[0, 0].numpy()
 
@@ -113,6 +116,7 @@ class InteractivePredictor:
         self.decoder_dtype = decoder_dtype
         self.decoder_backend = self._choose_backend(decoder_backend)
         self._onnx = None
+        self._onnx_click = None
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
         self.tta_samples = tta_samples
@@ -139,6 +143,18 @@ class InteractivePredictor:
 
             self._onnx = OnnxMaskDecoder(self.model.mask_decoder, cache_dir=self.disk_cache)
         return self._onnx
+
+    def _click_decoder(self):
+        """The one-image click pass on ONNX Runtime (:class:`core_model.onnx_runtime.OnnxClickDecoder`), or None when
+        this predictor decodes with PyTorch."""
+        if self.decoder_backend == "torch":
+            return None
+        if self._onnx_click is None:
+            from core_model.onnx_runtime import OnnxClickDecoder, OnnxMaskResize, PromptTokens
+
+            self._onnx_click = (OnnxClickDecoder(self.model, cache_dir=self.disk_cache),
+                                PromptTokens(self.model.prompt_encoder), OnnxMaskResize())
+        return self._onnx_click
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, image: np.ndarray) -> str:
@@ -283,12 +299,27 @@ class InteractivePredictor:
     def _run(self, entry: _ImageEntry, clicks: tuple[Click, ...], box: tuple | None, text: str | None,
              prev_logits: torch.Tensor | None, with_tta: bool, multimask: bool) -> Prediction:
         points, boxes, tokens = self._prompts(entry.geometry, clicks, box, text)
-        with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
-                            enabled=self.decoder_dtype is not None):
-            logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens, multimask=multimask,
-                                            predict_masks=self._predict_masks())
-        best = int(iou[0].argmax())
-        logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
+        click = self._click_decoder()
+        resize = None
+        if click is not None and self.device.type == "cpu":
+            # the same pass as model.decode on ONNX Runtime with the image's constants, no PyTorch operator
+            decoder, prompt_tokens, resize = click
+            coords, labels = (points[0][0].numpy(), points[1][0].numpy()) if points is not None else (None, None)
+            sparse = prompt_tokens(coords, labels, boxes[0].numpy() if boxes is not None else None)
+            if tokens is not None:
+                sparse = np.concatenate([sparse, tokens.detach().cpu().float().numpy()], axis=1)
+            masks, iou_all = decoder(entry.embedding, sparse, prev_logits)
+            first = 1 if multimask else 0
+            best = first + int(iou_all[0, first:first + (3 if multimask else 1)].argmax())
+            logits = torch.from_numpy(masks[:, best:best + 1].copy())
+            iou_value = float(iou_all[0, best])
+        else:
+            with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
+                                enabled=self.decoder_dtype is not None):
+                logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens,
+                                                multimask=multimask, predict_masks=self._predict_masks())
+            best = int(iou[0].argmax())
+            logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
         tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
         u_sl = None
         if tokens is not None:
@@ -296,7 +327,7 @@ class InteractivePredictor:
         uncertainty = SegmentationUncertainty(iou_gap=1.0 - iou_value, tta=tta, u_sl=u_sl,
                                               ranking=ranking_score(1.0 - iou_value, tta, u_sl))
         return Prediction(low_res_logits=logits, iou=iou_value, uncertainty=uncertainty, geometry=entry.geometry,
-                          clicks=clicks, box=box, text=text)
+                          clicks=clicks, box=box, text=text, resize=resize)
 
     def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor) -> float:
         """Disagreement of K decoder passes with jittered prompts (±2 model pixels) and the mask prompt dropped."""
