@@ -144,17 +144,20 @@ def _block_heads(x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
 
 class _ClickGraph(torch.nn.Module):
     """One click's prompt-to-logits pass (batch 1) rewritten for the CPU, the same function as
-    ``prompt_encoder`` (mask prompt) + ``BatchedMaskDecoder.predict_masks``, up to float rounding:
+    ``prompt_encoder`` (mask prompt) + ``BatchedMaskDecoder.predict_masks``, up to float rounding (logits within
+    ~4e-5 of PyTorch's on real CXRs):
 
-    * image tokens stay channels-last (N = 64·64 rows): no NCHW ↔ token transposes, no per-head transposes (each
-      cross-attention scores all heads with one matmul against a block-diagonal matrix of the few prompt tokens);
-    * what depends only on the image (its embedding plus the fixed positional encoding) is computed once per image
-      (:meth:`image_constants`): the first layer's three image projections are linear in the image tokens, and the
-      mask prompt enters them only through the 16 channels before the mask encoder's last 1×1 convolution, so per click
-      they cost a (N × 16) @ (16 × 384) product; later layers' positional terms are model constants;
-    * each layer's image projections are one matmul; the attention output projection is folded into the values;
-    * the two transposed 2×2 convolutions of the upscaling are matmuls on sub-pixel rows (layer norm over 64 contiguous
-      channels), and the pixels are put in place once, on the 4 mask channels at the end.
+    * image tokens stay channels-last (N = 64·64 rows): no NCHW ↔ token transposes of the (N, 256) image;
+    * what depends only on the image (its embedding, the fixed positional encoding, the dense prompt's constant part)
+      is computed once per image (:meth:`image_constants`), in per-head layout: the first layer's three image
+      projections are linear in the image tokens, and the mask prompt enters them only through the 16 channels before
+      the mask encoder's last 1×1 convolution, so per click they cost an (N × 16) @ (16 × d) product per head;
+    * in the second layer and the final attention the image-side projections are folded into the few prompt
+      tokens' side (``q·(x Wk) = (q Wk)·x``, ``A (x Wv) = (A x) Wv``, ``(x Wq)·k = x·(Wq k)``): (H·T × 256)
+      products instead of (N × 256) @ (256 × 128) ones while the prompt has fewer than ~16 tokens;
+    * the image→token attention folds its output projection into the values (``sum_h A_h (v_h Wo_h)``);
+    * the two transposed 2×2 convolutions of the upscaling are matmuls on sub-pixel rows (layer norm over 64
+      contiguous channels), and the pixels are put in place once, on the 4 mask channels at the end.
     """
 
     def __init__(self, model: BiasCareModel) -> None:
@@ -308,7 +311,7 @@ class OnnxClickDecoder(_OnnxPart):
     ``predict_masks`` give them. The image's constants (:meth:`_ClickGraph.image_constants`) are computed once per
     embedding and kept for the last few images."""
 
-    name = "click_decoder"
+    name = "click_decoder_v3"  # the graph's revision: the cache key is the weights', so a new graph needs a new name
     inputs = ("image_tokens", "k1", "v1", "q1", "sparse", "mask_logits", "has_mask")
     outputs = ("masks", "iou")
     dynamic_axes = {"sparse": {1: "tokens"}}
