@@ -56,7 +56,6 @@ from core_model.classes import label_rules
 ROLES = ("admin", "reader")
 DESIGNS = ("crossover", "sequential")
 UNAIDED_ARM_NAMES = frozenset({"unaided", "no_ai", "without_ai", "control"})
-EVENT_KINDS = event_log.KINDS
 SESSION_TOUCH_S = 30.0  # a login's last_seen_at is written at most this often (idle expiry is that coarse)
 
 
@@ -103,6 +102,7 @@ class AssignmentView:
     order: int
     status: str
     available: bool
+    submitted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -606,24 +606,17 @@ class Store:
         unlocks (None while the previous session is unfinished)."""
         views = self.assignments_for(reader, study_id, include_locked=True)
         settings = self.study_settings(study_id)
-        submitted_at = self._submitted_at([v.id for v in views])
         out = []
         for number in sorted({v.session for v in views}):
             reads = [v for v in views if v.session == number]
             previous = [v for v in views if v.session == number - 1]
             unlock = None
             if previous and all(v.status == "submitted" for v in previous):
-                unlock = max(submitted_at[v.id] for v in previous) + timedelta(days=settings.washout_days)
+                unlock = max(v.submitted_at for v in previous) + timedelta(days=settings.washout_days)
             out.append(SessionStatus(number, tuple(sorted({v.arm for v in reads})), len(reads),
                                      sum(v.status == "submitted" for v in reads), reads[0].available,
                                      None if number == 1 else unlock))
         return out
-
-    def _submitted_at(self, assignment_ids: Sequence[int]) -> dict[int, datetime]:
-        with self.read_session() as session:
-            rows = session.execute(select(Assignment.id, Assignment.submitted_at)
-                                   .where(Assignment.id.in_(list(assignment_ids) or [-1]))).all()
-        return {row.id: row.submitted_at for row in rows}
 
     def last_open_target(self, reader: ReaderLike) -> AssignmentView | CaseRef | None:
         """The case the reader last had on screen, if its case session is still open (no submit, no
@@ -693,7 +686,7 @@ class Store:
             open_sessions[key] = _open_session(group, self.now())
         return [AssignmentView(row.id, row.study_id, row.study, row.reader_id, row.case_id, row.case, row.arm,
                                row.shows_ai, row.session, row.order_index, row.status,
-                               row.session <= open_sessions[(row.study_id, row.reader_id)])
+                               row.session <= open_sessions[(row.study_id, row.reader_id)], row.submitted_at)
                 for row in rows]
 
     # -- events -------------------------------------------------------------------------------------------------
@@ -704,7 +697,7 @@ class Store:
         ``idempotency_key`` (optional, globally unique) makes a client retry return the first event's id instead
         of writing a duplicate. Submits go through :meth:`save_annotation` for study assignments.
         """
-        body = validate_event(kind, payload)
+        body = event_log.validate(kind, payload)
         reader_id = reader.id if isinstance(reader, ReaderRef) else int(reader)
         try:
             with self._writer_queue, self._write_engine.begin() as connection:
@@ -922,11 +915,6 @@ def plan_assignments(case_ids: Sequence[int], reader_ids: Sequence[int], n_arms:
     return plan
 
 
-def validate_event(kind: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload as a plain dict, or InvalidEvent naming what is wrong (see :mod:`annotations_db.events`)."""
-    return event_log.validate(kind, payload)
-
-
 def validate_labels(labels: Mapping[str, int], classes: Sequence[str]) -> dict[str, int]:
     """{class: 0/1} checked against the label set's classes and rules (ValueError says what is wrong)."""
     bad = {k: v for k, v in labels.items() if v not in (0, 1, True, False)}
@@ -951,13 +939,14 @@ def validate_ratings(ratings: Mapping[str, Any] | None, labels: Mapping[str, int
     unknown = sorted(set(given) - set(classes))
     if unknown:
         raise ValueError(f"ratings for unknown class(es) {unknown}")
-    missing = [c for c in classes if labels.get(c) and not _in_range(given.get(c), 1, rating_max)]
+    missing = [c for c in classes if labels.get(c) and not rating_in_range(given.get(c), 1, rating_max)]
     if missing:
         raise ValueError(f"rate your confidence (1–{rating_max}) for: {', '.join(missing)}")
     return {c: int(given[c]) if labels.get(c) else 0 for c in classes}
 
 
-def _in_range(value: Any, low: int, high: int) -> bool:
+def rating_in_range(value: Any, low: int, high: int) -> bool:
+    """An integer rating (not a bool) within low..high."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from annotations_db import events as event_log
 from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
 from annotations_db.events import CaseState
-from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store
+from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rating_in_range
 from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26, label_rules
@@ -757,7 +757,7 @@ class AppService:
         for name, value in ratings.items():
             if name not in CLASSES:
                 raise AppError(f"rating for an unknown class {name!r}")
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= view.rating_max:
+            if not rating_in_range(value, 0, view.rating_max):
                 raise AppError(f"the rating of {name} must be an integer 0–{view.rating_max}")
             out[name] = value
         return out
@@ -782,7 +782,6 @@ class AppService:
                 raise Forbidden(str(error)) from None
             except ValueError as error:
                 raise AppError(str(error)) from None
-            view.state.apply("submit", {"annotation_id": annotation_id})
             session.view = None
             return annotation_id
 
