@@ -28,6 +28,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from core_model.classes import CXR_LT_26, CXR_LT_40
+from core_model.findings import NOT_TRAINED, NOT_VALIDATED, ClassEvidence, FindingsCard
 from core_model.language import LanguagePathway
 
 EMBED_DIM = 256
@@ -200,6 +201,20 @@ class BiasCareModel(nn.Module):
     def classify(self, image_embeddings: torch.Tensor, label_set: str = "cxr-lt-26") -> torch.Tensor:
         """(B, 256, 64, 64) → class probabilities (B, C) for ``label_set``."""
         return torch.sigmoid(self.classifiers[label_set](image_embeddings))
+
+    def findings_card(self, label_set: str = "cxr-lt-26") -> FindingsCard:
+        """The evidence card of this checkpoint's ``label_set`` head (stored in the checkpoint header by training).
+
+        A checkpoint without one (the stock model, older checkpoints) gets a card on which every class the head was
+        trained for is "not validated" and every other class "not trained": probabilities shown, nothing suggested."""
+        stored = (self.info.extra.get("findings") or {}).get(label_set)
+        if stored:
+            return FindingsCard.from_dict(stored)
+        classes = self.classifiers[label_set].classes
+        trained = set(classes) if self.info.classifier_trained.get(label_set) else set()
+        evidence = {c: ClassEvidence(c, NOT_VALIDATED if c in trained else NOT_TRAINED) for c in classes}
+        return FindingsCard(self.info.version, "built-in", f"checkpoint {self.info.version} (no validation evidence)",
+                            label_set, evidence)
 
     # ----------------------------------------------------------------- weights
     def load_stock_weights(self) -> None:
