@@ -36,6 +36,9 @@ EMBED_GRID = 64
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model" / "biascare_lite.safetensors"
 STOCK_VERSION = "litemedsam-stock"
+# kept in float32 by save_checkpoint: the standardised linear probe and its calibration (a few hundred kB) lose
+# too much in float16 (feature means far from 0)
+FLOAT32_KEYS = ("classifiers.",)
 
 
 def encoder_version(tensors: dict[str, torch.Tensor]) -> str:
@@ -93,26 +96,64 @@ class BatchedMaskDecoder(MaskDecoder):
 
 
 class MultiLabelHead(nn.Module):
-    """Sigmoid multi-label classifier over pooled image embeddings (mean ‖ max over the 64×64 grid → 512).
+    """Sigmoid multi-label classifier over pooled image embeddings, with post-hoc calibration.
 
-    ``thresholds`` (C,) are per-class decision thresholds on the probabilities, tuned by training on validation data.
+    Two layouts, chosen by the checkpoint (buffer ``kind``):
+
+    * ``kind = 0`` (v1–v4 checkpoints, the stock model): ``net``, an MLP on :meth:`pool` (mean ‖ max over the 64×64
+      grid → 512);
+    * ``kind = 1`` (v5 on): ``probe``, a linear layer on :meth:`rich_pool` (mean, max, standard deviation and the
+      four quadrant means of every channel → 7 × 256 = 1792), standardised by the buffers ``feat_mean`` /
+      ``feat_scale`` (fitted on the training images).
+
+    Both read the image embedding (B, 256, 64, 64) the mask decoder reads: the head costs no encoder pass of its own.
+    ``calib_a`` / ``calib_b`` (C,): per-class Platt scaling ``p = σ(a·logit + b)`` fitted on validation (identity in
+    checkpoints without it); ``thresholds`` (C,): the operating points on the calibrated probabilities (> 1 = never
+    suggested); the suggestion rule itself is the findings card's (:meth:`BiasCareModel.findings_card`).
     """
+
+    RICH_DIM = 7 * EMBED_DIM
 
     def __init__(self, classes: tuple[str, ...], hidden: int = 256) -> None:
         super().__init__()
         self.classes = tuple(classes)
+        c = len(classes)
         self.net = nn.Sequential(nn.LayerNorm(2 * EMBED_DIM), nn.Linear(2 * EMBED_DIM, hidden), nn.GELU(),
-                                 nn.Dropout(0.1), nn.Linear(hidden, len(classes)))
-        self.register_buffer("thresholds", torch.full((len(classes),), 0.5))
+                                 nn.Dropout(0.1), nn.Linear(hidden, c))
+        self.probe = nn.Linear(self.RICH_DIM, c)
+        self.register_buffer("feat_mean", torch.zeros(self.RICH_DIM))
+        self.register_buffer("feat_scale", torch.ones(self.RICH_DIM))
+        self.register_buffer("kind", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("calib_a", torch.ones(c))
+        self.register_buffer("calib_b", torch.zeros(c))
+        self.register_buffer("thresholds", torch.full((c,), 0.5))
 
     @staticmethod
     def pool(embedding: torch.Tensor) -> torch.Tensor:
         """(B, 256, 64, 64) → (B, 512): global mean and max pooling, concatenated."""
         return torch.cat([embedding.mean(dim=(2, 3)), embedding.amax(dim=(2, 3))], dim=1)
 
+    @staticmethod
+    def rich_pool(embedding: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) → (B, 7C): per channel the grid's mean, max, standard deviation and the 4 quadrant means
+        (top-left, top-right, bottom-left, bottom-right), in that order."""
+        x = embedding.float()
+        quadrants = nn.functional.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2).flatten(1)
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3)), x.std((2, 3)), quadrants], dim=1)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 1792) :meth:`rich_pool` features → uncalibrated logits (B, C) of the ``kind = 1`` probe."""
+        return self.probe((features - self.feat_mean) / self.feat_scale)
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(B, 256, 64, 64) → class logits (B, C)."""
+        """(B, 256, 64, 64) → uncalibrated class logits (B, C)."""
+        if int(self.kind) == 1:
+            return self.logits_from_features(self.rich_pool(embedding))
         return self.net(self.pool(embedding))
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits (B, C) → calibrated probabilities (B, C): σ(calib_a · logit + calib_b)."""
+        return torch.sigmoid(self.calib_a * logits.float() + self.calib_b)
 
 
 @dataclass
@@ -199,8 +240,10 @@ class BiasCareModel(nn.Module):
 
     # ----------------------------------------------------------------- classification
     def classify(self, image_embeddings: torch.Tensor, label_set: str = "cxr-lt-26") -> torch.Tensor:
-        """(B, 256, 64, 64) → class probabilities (B, C) for ``label_set``."""
-        return torch.sigmoid(self.classifiers[label_set](image_embeddings))
+        """(B, 256, 64, 64) → calibrated class probabilities (B, C) for ``label_set`` (the head's Platt scaling
+        applied; identity for checkpoints without it)."""
+        head = self.classifiers[label_set]
+        return head.calibrate(head(image_embeddings))
 
     def findings_card(self, label_set: str = "cxr-lt-26") -> FindingsCard:
         """The evidence card of this checkpoint's ``label_set`` head (stored in the checkpoint header by training).
@@ -241,10 +284,11 @@ class BiasCareModel(nn.Module):
 
     def save_checkpoint(self, path: str | Path, info: ModelInfo, include_encoder: bool | tuple[str, ...] = False,
                         dtype: torch.dtype = torch.float16) -> Path:
-        """Write the project checkpoint as safetensors (floating tensors cast to ``dtype``) with ``info`` in its header."""
+        """Write the project checkpoint as safetensors (floating tensors cast to ``dtype``, the classifier heads kept in
+        float32: :data:`FLOAT32_KEYS`) with ``info`` in its header."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
+        tensors = {k: (v.to(dtype) if v.is_floating_point() and not k.startswith(FLOAT32_KEYS) else v).contiguous().cpu()
                    for k, v in self.trainable_state(include_encoder).items()}
         save_file(tensors, str(path), metadata={"biascare_info": json.dumps(info.__dict__)})
         return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,12 @@ def initial_prompt(model: BiasCareModel, height: int, width: int, concept: str =
 class TriageResult:
     """One image's first pass. ``low_res_logits`` (1, 256, 256) are on the model grid (see ``geometry``)."""
 
-    probabilities: dict[str, float] | None  # None while the classifier head is untrained
-    suggested: list[str]
+    probabilities: dict[str, float] | None  # None while the classifier head is untrained; calibrated
+    suggested: list[str]  # the findings card's rule: classes with an operating point and p ≥ it
     low_res_logits: torch.Tensor
     iou: float
     uncertainty: SegmentationUncertainty
-    class_uncertainty: dict[str, float] | None
+    class_uncertainty: dict[str, float | None] | None  # entropy; min_margin to the operating points (None: none)
 
 
 class Triage:
@@ -63,6 +64,14 @@ class Triage:
         self.encoder_backend = encoder_backend
         self.onnx_cache = onnx_cache
         self._encode_fn = None  # built on first use: run_embeddings never needs it
+        self._card = None  # the findings card, read on first use
+
+    @property
+    def card(self):
+        """The findings card of the model's ``label_set`` head (its suggestion rule and operating points)."""
+        if self._card is None:
+            self._card = self.model.findings_card(self.label_set)
+        return self._card
 
     @property
     def classifier_trained(self) -> bool:
@@ -133,7 +142,9 @@ class Triage:
             concept = self.model.language.concept_embedding([self.concept]).expand(embedding.shape[0], -1)
             u_sl = semantic_uncertainty(embedding, logits, concept)
         classes = self.model.classifiers[self.label_set].classes
-        thresholds = self.model.classifiers[self.label_set].thresholds
+        card = self.card
+        operating = card.thresholds()  # the card's operating points; +inf = never suggested
+        thresholds = torch.tensor([operating.get(c, float("inf")) for c in classes])
         class_u = classification_uncertainty(probs, thresholds) if probs is not None else None
         results = []
         for i in range(embedding.shape[0]):
@@ -141,9 +152,12 @@ class Triage:
             gap = 1.0 - float(iou[i, 0])
             seg_u = SegmentationUncertainty(iou_gap=gap, tta=0.0, u_sl=u, ranking=ranking_score(gap, 0.0, u))
             probabilities = None if probs is None else {c: float(p) for c, p in zip(classes, probs[i])}
-            suggested = [] if probs is None else [c for c, p, t in zip(classes, probs[i], thresholds) if p >= t]
-            case_u = None if class_u is None else {"entropy": float(class_u["case_entropy"][i]),
-                                                   "min_margin": float(class_u["case_min_margin"][i])}
+            suggested = [] if probabilities is None else card.suggested(probabilities)
+            case_u = None
+            if class_u is not None:
+                margin = float(class_u["case_min_margin"][i])
+                case_u = {"entropy": float(class_u["case_entropy"][i]),
+                          "min_margin": None if math.isnan(margin) else margin}
             results.append(TriageResult(probabilities, suggested, logits[i, :1].clone(), float(iou[i, 0]), seg_u,
                                         case_u))
         return results

@@ -16,7 +16,8 @@ Segmentation
       ``iou_gap`` flagged IoU < 0.9 with AUROC 0.88, so it is shown to the reader but does not reorder the worklist.
 
 Classification: per-class normalised binary entropy H(p)/ln 2 ∈ [0, 1], and per case the mean entropy and the
-smallest margin ``|p − threshold|`` (a small margin = a class that could flip).
+smallest margin ``|p − operating point|`` over the classes that have one (a small margin = a suggestion that could
+flip); triage takes the operating points from the findings card.
 """
 from __future__ import annotations
 
@@ -107,7 +108,15 @@ def binary_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def classification_uncertainty(probs: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-class entropy (B, C), per-case mean entropy (B,) and smallest margin to the thresholds (B,)."""
+    """Per-class entropy (B, C), per-case mean entropy (B,) and smallest margin ``|p − threshold|`` (B,).
+
+    ``thresholds`` (C,): the operating points; a non-finite one (a class never suggested) has no margin. Without any
+    finite threshold the margin is NaN (nothing can flip)."""
     entropy = binary_entropy(probs)
-    margin = (probs - thresholds.to(probs.device)).abs().amin(dim=1)
+    thresholds = thresholds.to(probs.device, torch.float32)
+    finite = torch.isfinite(thresholds)
+    if finite.any():
+        margin = (probs.float()[:, finite] - thresholds[finite]).abs().amin(dim=1)
+    else:
+        margin = torch.full((probs.shape[0],), float("nan"), device=probs.device)
     return {"per_class_entropy": entropy, "case_entropy": entropy.mean(dim=1), "case_min_margin": margin}

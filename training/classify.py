@@ -150,3 +150,194 @@ def train_classifier(model, samples: list[ClsSample], csv_classes: tuple[str, ..
 
 
 __all__ = ["train_classifier", "masked_loss", "auroc", "prior_logits", "pooled_features"]
+
+
+# ====================================================================================================== v5: probe
+# A linear probe on the rich pooling of the embedding the mask decoder reads (MultiLabelHead kind 1), trained on
+# the patient split of the NIH images (training.findings_data), calibrated per class on validation (Platt), with the
+# evidence card of core_model.findings stored in the checkpoint header.
+PROBE_STAGE = "neck"  # the cached feature block the probe reads: rich_pool of the (B, 256, 64, 64) embedding
+
+
+def standardiser(features: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) training features → per-dimension mean and scale (D,), (D,) (scale ≥ ``eps``)."""
+    return features.mean(0), features.std(0).clamp(min=eps)
+
+
+def train_probe(features: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, loss: str = "bce",
+                weight_decay: float = 1e-2, epochs: int = 300, lr: float = 1e-2, seed: int = 0,
+                state_path: str | None = None, save_every: int = 50) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Full-batch AdamW on a linear layer over standardised features; returns (weight (C, D), bias (C,), loss curve).
+
+    ``features`` (N, D) standardised; ``labels`` (N, C) 1/0/−1 (−1 masked). L2 penalty ``weight_decay·‖W‖²`` (not
+    the bias). With ``state_path`` the state is saved every ``save_every`` epochs and a rerun resumes from it."""
+    from pathlib import Path
+
+    torch.manual_seed(seed)
+    n, d = features.shape
+    c = labels.shape[1]
+    weight = torch.zeros(c, d, requires_grad=True)
+    bias = prior.clone().float().requires_grad_(True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    start, curve = 0, []
+    if state_path and Path(state_path).is_file():
+        state = torch.load(state_path, weights_only=False)
+        with torch.no_grad():
+            weight.copy_(state["weight"])
+            bias.copy_(state["bias"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, curve = state["epoch"], list(state["curve"])
+        log.info("probe: resumed at epoch %d from %s", start, state_path)
+    for epoch in range(start, epochs):
+        optimizer.zero_grad()
+        logits = features @ weight.T + bias
+        value = masked_loss(logits, labels, loss, prior) + weight_decay * weight.pow(2).sum() / c
+        if not torch.isfinite(value):
+            raise RuntimeError(f"probe: non-finite loss at epoch {epoch}")
+        value.backward()
+        optimizer.step()
+        curve.append(float(value.detach()))
+        if state_path and ((epoch + 1) % save_every == 0 or epoch + 1 == epochs):
+            torch.save({"weight": weight.detach(), "bias": bias.detach(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1, "curve": curve}, state_path)
+    return weight.detach(), bias.detach(), curve
+
+
+def install_probe(head, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                  trained: torch.Tensor, prior: torch.Tensor) -> None:
+    """Write a probe into a :class:`core_model.model.MultiLabelHead` (kind 1): trained classes (C,) bool get their
+    weights, the others weight 0 and the CXR-LT prior logit as bias; calibration reset to identity."""
+    with torch.no_grad():
+        head.kind.fill_(1)
+        head.feat_mean.copy_(mean)
+        head.feat_scale.copy_(scale)
+        head.probe.weight.copy_(torch.where(trained[:, None], weight, torch.zeros_like(weight)))
+        head.probe.bias.copy_(torch.where(trained, bias, prior))
+        head.calib_a.fill_(1.0)
+        head.calib_b.fill_(0.0)
+        head.thresholds.fill_(NEVER_SUGGESTED)
+
+
+NEVER_SUGGESTED = 2.0  # the thresholds buffer of a class without an operating point (no probability reaches it)
+
+
+def calibrate_head(head, val_logits: np.ndarray, val_labels: np.ndarray, trained: list[str]) -> dict[str, tuple[float, float]]:
+    """Per-class Platt scaling fitted on the validation logits (N, C) / labels (N, C, −1 masked) of the trained
+    classes (``core_model.findings.fit_platt``), written into ``calib_a`` / ``calib_b``; returns {class: (a, b)}."""
+    from core_model.findings import fit_platt
+
+    params = {}
+    with torch.no_grad():
+        for k, name in enumerate(head.classes):
+            if name not in trained:
+                continue
+            keep = val_labels[:, k] >= 0
+            a, b = fit_platt(val_logits[keep, k], val_labels[keep, k])
+            head.calib_a[k], head.calib_b[k] = a, b
+            params[name] = (a, b)
+    return params
+
+
+def findings_card(head, version: str, origin: str, label_set: str, probabilities: np.ndarray, labels: np.ndarray,
+                  trained: list[str], description: str):
+    """The :class:`core_model.findings.FindingsCard` of a calibrated head from its validation probabilities; also
+    sets the head's ``thresholds`` to the card's operating points (``NEVER_SUGGESTED`` where there is none)."""
+    from core_model.findings import FindingsCard, evaluate
+
+    evidence, summary = evaluate(head.classes, probabilities, labels, trained=trained)
+    summary["description"] = description
+    with torch.no_grad():
+        for k, name in enumerate(head.classes):
+            point = evidence[name].operating_point
+            head.thresholds[k] = NEVER_SUGGESTED if point is None else point
+    return FindingsCard(name=version, kind="built-in", origin=origin, label_set=label_set, evidence=evidence,
+                        validation=summary)
+
+
+__all__ += ["standardiser", "train_probe", "install_probe", "calibrate_head", "findings_card", "NEVER_SUGGESTED"]
+
+
+def split_samples(split: dict, samples: list[ClsSample]) -> dict[str, list[ClsSample]]:
+    """{"train" | "validation" | "demo": samples} in the split file's order; every id must be present."""
+    by_key = {s.key: s for s in samples}
+    missing = [k for part in ("train", "validation", "demo") for k in split[part] if k not in by_key]
+    if missing:
+        raise ValueError(f"split ids without an image: {missing[:5]}")
+    return {part: [by_key[k] for k in split[part]] for part in ("train", "validation", "demo")}
+
+
+def probe_inputs(parts: dict[str, list[ClsSample]], cache, classes: tuple[str, ...], flips: bool,
+                 stages: tuple[str, ...] = (PROBE_STAGE,)) -> dict:
+    """Cached features and labels: train (with the flipped views appended when ``flips``), validation."""
+    from training.findings_data import label_matrix, load_features
+
+    x_train = load_features(parts["train"], cache, stages)
+    y_train = label_matrix(parts["train"], classes)
+    if flips:
+        x_train = torch.cat([x_train, load_features(parts["train"], cache, stages, flip=True)])
+        y_train = np.concatenate([y_train, y_train])
+    return {"x_train": x_train, "y_train": y_train, "x_val": load_features(parts["validation"], cache, stages),
+            "y_val": label_matrix(parts["validation"], classes)}
+
+
+def train_findings(model, split: dict, samples: list[ClsSample], cache, version: str, origin: str,
+                   loss: str = "bce", weight_decay: float = 1e-2, epochs: int = 300, lr: float = 1e-2,
+                   flips: bool = False, run_dir: str | None = None, seed: int = 0,
+                   label_sets: tuple[str, ...] = ("cxr-lt-26", "cxr-lt-40")) -> dict:
+    """Train, calibrate and card the v5 findings heads of ``model`` in place (kind-1 probes on the embedding's rich
+    pooling); the cards go to ``model.info.extra["findings"][label_set]``. Features come from ``cache``
+    (:class:`training.findings_data.FeatureCache`, filled for the split's images). Returns the metrics."""
+    from pathlib import Path
+
+    from core_model.findings import expected_calibration_error
+
+    parts = split_samples(split, samples)
+    widest = max(label_sets, key=lambda n: len(model.classifiers[n].classes))
+    classes = model.classifiers[widest].classes
+    data = probe_inputs(parts, cache, classes, flips)
+    y_train = torch.from_numpy(data["y_train"])
+    trained = [c for k, c in enumerate(classes) if (data["y_train"][:, k] == 1).any() and (data["y_train"][:, k] == 0).any()]
+    mean, scale = standardiser(data["x_train"])
+    prior = prior_logits(classes)
+    state = str(Path(run_dir) / "probe_state.pt") if run_dir else None
+    weight, bias, curve = train_probe((data["x_train"] - mean) / scale, y_train, prior, loss, weight_decay, epochs,
+                                      lr, seed, state)
+    results = {"version": version, "loss": loss, "weight_decay": weight_decay, "epochs": epochs, "lr": lr,
+               "flips": flips, "n_train": len(parts["train"]), "n_validation": len(parts["validation"]),
+               "trained_classes": trained, "final_loss": curve[-1], "loss_curve": curve[:: max(1, len(curve) // 50)],
+               "heads": {}}
+    findings = dict(model.info.extra.get("findings") or {})
+    for name in label_sets:
+        head = model.classifiers[name]
+        index = [classes.index(c) for c in head.classes]
+        mask = torch.tensor([c in trained for c in head.classes])
+        install_probe(head, weight[index], bias[index], mean, scale, mask, prior[index])
+        with torch.no_grad():
+            raw_logits = head.logits_from_features(data["x_val"]).numpy()
+        y_val = data["y_val"][:, index]
+        platt = calibrate_head(head, raw_logits, y_val, trained)
+        with torch.no_grad():
+            calibrated = head.calibrate(torch.from_numpy(raw_logits)).numpy()
+        description = (f"{len(parts['validation'])} validation images ({split['patients']['validation']} patients) "
+                       f"never trained on; calibrated (Platt) on these same images")
+        card = findings_card(head, version, origin, name, calibrated, y_val, trained, description)
+        scored = [k for k, c in enumerate(head.classes) if card.evidence[c].auroc is not None]
+        raw = 1 / (1 + np.exp(-raw_logits))
+        card.validation["ece_uncalibrated"] = expected_calibration_error(raw[:, scored], y_val[:, scored])
+        card.validation["mean_probability_uncalibrated"] = float(raw[:, scored][y_val[:, scored] >= 0].mean())
+        findings[name] = card.to_dict()
+        results["heads"][name] = {"validation": card.validation, "platt": platt,
+                                  "operating_points": {c: e.operating_point for c, e in card.evidence.items()
+                                                       if e.operating_point is not None}}
+        log.info("findings %s: validation macro AUROC %.3f (%.3f–%.3f), ECE %.3f → %.3f", name,
+                 card.validation.get("macro_auroc", float("nan")), card.validation.get("macro_auroc_low", float("nan")),
+                 card.validation.get("macro_auroc_high", float("nan")), card.validation["ece_uncalibrated"],
+                 card.validation.get("ece", float("nan")))
+    model.info.extra["findings"] = findings
+    model.info.classifier_trained = {n: True for n in label_sets}
+    model.info.extra.setdefault("trained_classes", {}).update({n: [c for c in model.classifiers[n].classes
+                                                                   if c in trained] for n in label_sets})
+    return results
+
+
+__all__ += ["split_samples", "probe_inputs", "train_findings"]
