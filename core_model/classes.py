@@ -170,3 +170,13 @@ TRAIN_POSITIVE_COUNTS: dict[str, int] = {
     'Tortuous Aorta': 3336,
     'Tuberculosis': 2078,
 }
+
+# NIH ChestX-ray14 label → CXR-LT 2024 class (as ../shared/data/nih_cxr14_sample/label_mapping_nih14_to_cxrlt2024.json):
+# an NIH row assesses exactly these 15 CXR-LT classes; the others are not assessed.
+NIH14_TO_CXRLT: dict[str, str] = {
+    "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
+    "Edema": "Edema", "Effusion": "Pleural Effusion", "Emphysema": "Emphysema", "Fibrosis": "Fibrosis",
+    "Hernia": "Hernia", "Infiltration": "Infiltration", "Mass": "Mass", "Nodule": "Nodule",
+    "Pleural_Thickening": "Pleural Thickening", "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax",
+    "No Finding": "Normal",
+}

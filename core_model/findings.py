@@ -196,14 +196,15 @@ def _rates(p: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------- evidence
-def class_evidence(name: str, probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -> ClassEvidence:
+def class_evidence(name: str, probabilities: np.ndarray, labels: np.ndarray, seed: int = 0,
+                   rounds: int = BOOTSTRAP_ROUNDS) -> ClassEvidence:
     """The evidence of one trained class from its validation probabilities and labels (−1 = not assessed)."""
     p, y = np.asarray(probabilities, float), np.asarray(labels)
     keep = y >= 0
     p, y = p[keep], y[keep]
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     a = auroc(p, y)
-    interval = bootstrap_auroc(p, y, seed=seed) if a is not None else None
+    interval = bootstrap_auroc(p, y, rounds, seed) if a is not None else None
     low, high = interval or (None, None)
     validated = n_pos >= MIN_VALIDATION and n_neg >= MIN_VALIDATION and low is not None and low > 0.5
     if not validated:
@@ -213,7 +214,8 @@ def class_evidence(name: str, probabilities: np.ndarray, labels: np.ndarray, see
 
 
 def evaluate(classes: Iterable[str], probabilities: np.ndarray, labels: np.ndarray,
-             trained: Iterable[str] | None = None, seed: int = 0) -> tuple[dict[str, ClassEvidence], dict[str, Any]]:
+             trained: Iterable[str] | None = None, seed: int = 0,
+             rounds: int = BOOTSTRAP_ROUNDS) -> tuple[dict[str, ClassEvidence], dict[str, Any]]:
     """Per-class evidence and summary metrics of (N, C) probabilities against (N, C) labels (1/0, −1 = not assessed).
 
     ``trained``: the classes the source has an output for (default all); the others are "not trained".
@@ -224,14 +226,14 @@ def evaluate(classes: Iterable[str], probabilities: np.ndarray, labels: np.ndarr
     trained = set(classes if trained is None else trained)
     evidence = {}
     for k, name in enumerate(classes):
-        evidence[name] = (class_evidence(name, probabilities[:, k], labels[:, k], seed) if name in trained
+        evidence[name] = (class_evidence(name, probabilities[:, k], labels[:, k], seed, rounds) if name in trained
                           else ClassEvidence(name, NOT_TRAINED))
     scored = [k for k, name in enumerate(classes) if evidence[name].auroc is not None]
     summary: dict[str, Any] = {"images": int(len(labels)), "classes_with_positives": len(scored)}
     if scored:
         summary["macro_auroc"] = float(np.mean([evidence[classes[k]].auroc for k in scored]))
         summary["macro_auroc_low"], summary["macro_auroc_high"] = _macro_interval(probabilities[:, scored],
-                                                                                labels[:, scored], seed)
+                                                                                labels[:, scored], seed, rounds)
         summary["ece"] = expected_calibration_error(probabilities[:, scored], labels[:, scored])
         summary["mean_probability"] = float(probabilities[:, scored][labels[:, scored] >= 0].mean())
         summary["prevalence"] = float((labels[:, scored] == 1).sum() / max(1, (labels[:, scored] >= 0).sum()))
