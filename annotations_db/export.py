@@ -10,8 +10,12 @@ reader × case × arm × class of every submitted assignment of one study:
 
     study (the study's name), reader, case, arm, class, answer (0/1), score (the reader's confidence rating that the
     finding is present, the raw integer 0..the study's rating_max as the reader gave it, not rescaled; empty when the
-    answer has no ratings, e.g. a binary-only study), truth (0/1 or empty), ai_probability (float; empty in unaided
-    arms), ai_uncertainty (case-level total of the study's model, in both arms; float or empty), time_s (submit −
+    answer has no ratings, e.g. a binary-only study), truth (0/1 or empty), ai_probability (the probability of the
+    AI source the reader saw; empty in unaided arms and for classes the source has no output for), ai_source (that
+    source's name = version, as the answer recorded it; empty in unaided arms), ai_suggested (1/0: the finding was
+    suggested by the source card's rule, :meth:`core_model.findings.FindingsCard.suggested` — the rule the AI panel
+    applied; empty in unaided arms and for a source stored without a card), ai_uncertainty (case-level total of the
+    study's source, in both arms; empty when the source has none, e.g. imported predictions), time_s (submit −
     shown − idle, from events), clicks, order (the reader's reading order), shown_at, submitted_at (ISO 8601 UTC),
     sex, age, race
 
@@ -23,7 +27,7 @@ shared/data/mrmc_vandyke/vandyke_ratings.imrmc.
 An export with nothing to write (no submitted read, no mask, no annotation) raises :class:`ExportError` instead of
 writing an empty file or folder (masks: with ``require_any=True``, which the command line and the app pass).
 
-Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with a mask per case:
+Masks (:func:`export_masks`, written under ``OUT/``), the mask of each case's answer of record:
     masks/<case>.png         2-D cases: uint8 0/255, the source image's height × width
     masks/<case>.nii.gz      volumes: uint8 0/1 in the source voxel order with the source affine
     masks/<case>.seg.dcm     DICOM sources: DICOM-SEG (highdicom, binary, every frame kept); a 2-D case has one
@@ -34,19 +38,11 @@ Masks (:func:`export_masks`, written under ``OUT/``), the latest annotation with
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
 Training manifest (:func:`export_training`): ``OUT/manifest.json`` and ``OUT/manifest.jsonl`` (one item per line),
-paths relative to the manifest's folder::
-
-    {"schema": "biascare/training-manifest@1", "created_at": ISO, "label_set": [classes...], "items": [
-      {"case_id": "c1a2b3...",            # pseudonymous
-       "image": "images/c1a2b3....png",  # de-identified copy (images="source" is refused: no server path)
-       "mask": "masks/c1a2b3....png" | null,
-       "clicks": [{"x": float, "y": float, "positive": bool, "t": seconds since the case was shown}],
-       "labels": {"Edema": 1, ...},       # the final answer (0/1)
-       "model_version": "name" | null,    # the model whose output the reader saw / corrected
-       "accepted_as_is": bool, "slice_index": int | null, "modality": str | null, "split": str | null}]}
-
-``clicks`` is the effective click sequence behind the final mask: the logged clicks replayed with undo (drops the last)
-and reset (clears), in original-image pixel coordinates.
+paths relative to the manifest's folder, in the versioned contract of :mod:`annotations_db.manifest` (schema, item
+fields, the label-of-record rule that picks each case's answer, canonical split names, the site's held-out split that
+no training export contains). ``clicks`` is the effective click sequence behind the mask of record: the logged clicks
+of the case session that its submit closed, replayed with undo (drops the last) and reset (clears), in
+original-image pixel coordinates. Masks (:func:`export_masks`) are the masks of the same answers of record.
 """
 from __future__ import annotations
 
@@ -63,11 +59,12 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
+from annotations_db import manifest as manifest_contract
 from annotations_db import rle
 from annotations_db.deid import DeidOptions, Deidentifier
 from annotations_db.errors import ExportError
-from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Event, LabelSet, ModelVersion, Prediction,
-                                   Reader, Study, StudyArm, utcnow)
+from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Dataset, Event, LabelSet, ModelVersion,
+                                   Prediction, Reader, Study, StudyArm, utcnow)
 from annotations_db.events import EventRecord, derive_time_s, effective_clicks, submitted_session
 from annotations_db.store import Store
 
@@ -75,8 +72,8 @@ if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not wit
     from core_model.io import LoadedVolume, SeriesLayout
 
 RESULT_COLUMNS = ["study", "reader", "case", "arm", "class", "answer", "score", "truth", "ai_probability",
-                  "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
-MANIFEST_SCHEMA = "biascare/training-manifest@1"
+                  "ai_source", "ai_suggested", "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
+MANIFEST_SCHEMA = manifest_contract.SCHEMA
 
 
 def _store(store_or_url: Store | str) -> tuple[Store, bool]:
@@ -168,11 +165,14 @@ def _results(session: Any, study: Study) -> pd.DataFrame:
     answers = _latest_answers(session, ids)
     events = _events_by_assignment(session, ids)
     truth = _truth(session, {r.case_id for r in reads})
-    predictions = _predictions(session, study.model_version_id, {r.case_id for r in reads})
+    case_ids = {r.case_id for r in reads}
+    predictions = _predictions(session, study.model_version_id, case_ids)
+    seen = _sources_seen(session, study, reads, answers, case_ids)
     rows = []
     for read in reads:
         labels = answers[read.id].labels if read.id in answers else {}
-        probabilities, uncertainty = predictions.get(read.case_id, ({}, None))
+        _, uncertainty = predictions.get(read.case_id, ({}, None))
+        source = seen.get(read.id)
         log = events.get(read.id, [])
         shown = next((e.wall_at for e in log if e.kind == "case_shown"), None)
         ratings = (answers[read.id].confidence if read.id in answers else None) or {}
@@ -181,16 +181,58 @@ def _results(session: Any, study: Study) -> pd.DataFrame:
                       time_s=derive_time_s(log), clicks=sum(e.kind == "click" for e in log), order=read.order_index,
                       shown_at=_iso(shown), submitted_at=_iso(read.submitted_at), sex=read.sex, age=read.age,
                       race=read.race)
+        ai = source.output(read.case_id) if source is not None else {}
+        suggested = source.suggested(ai) if source is not None else None
         for name in classes:
             rows.append({**common, "class": name, "answer": int(labels.get(name, 0)), "score": ratings.get(name),
-                         "truth": truth.get((read.case_id, name)),
-                         "ai_probability": probabilities.get(name) if read.shows_ai else None})
+                         "truth": truth.get((read.case_id, name)), "ai_probability": ai.get(name),
+                         "ai_source": source.name if source is not None else None,
+                         "ai_suggested": None if suggested is None or name not in ai else int(name in suggested)})
     return _typed(pd.DataFrame(rows, columns=RESULT_COLUMNS))
+
+
+@dataclass
+class SourceSeen:
+    """The AI source of aided reads: its name, card (None if stored without one) and predictions by case."""
+    name: str
+    card: Any
+    predictions: dict[int, tuple[dict[str, float], float | None]]
+
+    def output(self, case_id: int) -> dict[str, float]:
+        """The probabilities the reader saw: the classes the source has an output for (all without a card)."""
+        probabilities = self.predictions.get(case_id, ({}, None))[0]
+        return self.card.shown(probabilities) if self.card is not None else dict(probabilities)
+
+    def suggested(self, probabilities: dict[str, float]) -> set[str] | None:
+        return set(self.card.suggested(probabilities)) if self.card is not None else None
+
+
+def _sources_seen(session: Any, study: Study, reads: Sequence[Any], answers: dict[int, Annotation],
+                  case_ids: set[int]) -> dict[int, SourceSeen]:
+    """{assignment id: the source its reader saw} for the aided reads: the source the answer recorded, else the
+    study's."""
+    from core_model.findings import FindingsCard
+
+    by_version: dict[int | None, SourceSeen] = {}
+    out = {}
+    for read in reads:
+        if not read.shows_ai:
+            continue
+        recorded = answers[read.id].model_version_id if read.id in answers else None
+        version_id = recorded or study.model_version_id
+        if version_id not in by_version:
+            row = session.get(ModelVersion, version_id) if version_id is not None else None
+            by_version[version_id] = SourceSeen(row.name if row else None,
+                                                FindingsCard.from_dict(row.card) if row is not None and row.card
+                                                else None, _predictions(session, version_id, case_ids))
+        out[read.id] = by_version[version_id]
+    return out
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame["answer"] = frame["answer"].astype("int64")
     frame["truth"] = frame["truth"].astype("Int64")
+    frame["ai_suggested"] = pd.to_numeric(frame["ai_suggested"], errors="coerce").astype("Int64")
     for column in ("score", "ai_probability", "ai_uncertainty", "time_s", "age"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["clicks"] = frame["clicks"].astype("int64")
@@ -232,7 +274,8 @@ def _predictions(session: Any, model_version_id: int | None,
         query = select(Prediction).where(Prediction.case_id.in_(chunk)).order_by(Prediction.model_version_id)
         if model_version_id is not None:
             query = query.where(Prediction.model_version_id == model_version_id)
-        found.update({p.case_id: (p.probabilities, p.uncertainty_total) for p in session.scalars(query)})
+        found.update({p.case_id: (p.probabilities, p.uncertainty_total if p.uncertainty else None)
+                      for p in session.scalars(query)})
     return found
 
 
@@ -329,13 +372,55 @@ def _write_imrmc(path: Path, rows: pd.DataFrame, class_name: str) -> Path:
 
 
 # -- masks -------------------------------------------------------------------------------------------------------------
-def final_annotations(session: Any) -> list[tuple[Case, Annotation]]:
-    """The latest annotation of every annotated case (any reader, in or outside a study)."""
-    latest: dict[int, Annotation] = {}
-    for annotation in session.scalars(select(Annotation).order_by(Annotation.id)):
-        latest[annotation.case_id] = annotation
-    cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_(list(latest) or [-1])))}
-    return [(cases[case_id], latest[case_id]) for case_id in sorted(latest)]
+def final_annotations(session: Any, selection: Selection | None = None) -> list[tuple[Case, Annotation]]:
+    """The answer of record of every case that has one (:func:`annotations_db.manifest.label_of_record`: the latest
+    free-annotation or AI-aided answer with a mask, else the latest such answer; unaided reads never), cases in id
+    order; ``selection`` narrows the cases and answers considered."""
+    selection = selection or Selection()
+    rows = session.execute(select(Annotation, StudyArm.shows_ai, Study.name.label("study"))
+                           .outerjoin(Assignment, Assignment.id == Annotation.assignment_id)
+                           .outerjoin(StudyArm, StudyArm.id == Assignment.arm_id)
+                           .outerjoin(Study, Study.id == Assignment.study_id).order_by(Annotation.id)).all()
+    by_case: dict[int, dict[int, Annotation]] = {}
+    answers: dict[int, list[manifest_contract.Answer]] = {}
+    for annotation, shows_ai, study in rows:
+        if not selection.keeps_answer(study):
+            continue
+        source = "free" if annotation.assignment_id is None else ("aided" if shows_ai else "unaided")
+        by_case.setdefault(annotation.case_id, {})[annotation.id] = annotation
+        answers.setdefault(annotation.case_id, []).append(
+            manifest_contract.Answer(annotation.id, source, annotation.mask_rle is not None))
+    chosen = {case_id: manifest_contract.label_of_record(found) for case_id, found in answers.items()}
+    chosen = {case_id: by_case[case_id][answer.id] for case_id, answer in chosen.items() if answer is not None}
+    query = select(Case).where(Case.id.in_(list(chosen) or [-1]))
+    if selection.datasets:
+        query = query.join(Dataset, Dataset.id == Case.dataset_id).where(Dataset.name.in_(list(selection.datasets)))
+    cases = {c.id: c for c in session.scalars(query)}
+    return [(cases[case_id], chosen[case_id]) for case_id in sorted(cases)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which data a training export takes: cases of ``datasets`` (None: all), answers from free annotation (when
+    ``free``) and from the aided arms of ``studies`` (None: every study), labels of ``classes`` only (None: all)."""
+    datasets: tuple[str, ...] | None = None
+    studies: tuple[str, ...] | None = None
+    free: bool = True
+    classes: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Selection:
+        data = data or {}
+        as_tuple = lambda key: tuple(data[key]) if data.get(key) else None  # noqa: E731
+        return cls(as_tuple("datasets"), as_tuple("studies"), bool(data.get("free", True)), as_tuple("classes"))
+
+    def keeps_answer(self, study: str | None) -> bool:
+        if study is None:
+            return self.free
+        return self.studies is None or study in self.studies
+
+    def labels(self, labels: dict[str, Any]) -> dict[str, int]:
+        return {k: int(v) for k, v in labels.items() if self.classes is None or k in self.classes}
 
 
 def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
@@ -522,30 +607,20 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
 
     ``require_any``: ExportError, before anything is written, when no final mask can be written in ``formats``.
     ``deid``: the export run's de-identifier for the DICOM-SEGs (default: a new one for this export)."""
-    deid = deid or Deidentifier()
     store, owned = _store(store_or_url)
     out = Path(out_dir)
-    written: dict[str, dict[str, str]] = {}
-    coco_items = []
     try:
         with store.read_session() as session:
             finals = final_annotations(session)
             if require_any:
                 _require_writable_masks(finals, formats)
-            (out / "masks").mkdir(parents=True, exist_ok=True)
-            for case, annotation in finals:
-                mask = mask_at_source(case, annotation)
-                if mask is None:
-                    continue
-                written[case.pseudo_id] = _write_case_masks(case, mask, out, formats, deid)
-                if case.depth is None:
-                    coco_items.append((case, annotation))
+            written = _export_final_masks(finals, out, formats, deid or Deidentifier())
     finally:
         if owned:
             store.close()
     result: dict[str, Any] = {"masks": written}
     if "coco" in formats:
-        result["coco"] = str(write_coco(coco_items, out / "coco.json"))
+        result["coco"] = str(out / "coco.json")
     return result
 
 
@@ -669,57 +744,108 @@ def _annotation_events(session: Any, annotation: Annotation) -> list[EventRecord
 
 def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: str = "copy",
                     formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco"),
-                    deid_options: DeidOptions | None = None) -> Path:
-    """Images, final masks, MONAI datalist and the training manifest (schema in the module docstring).
+                    deid_options: DeidOptions | None = None, selection: Selection | None = None,
+                    heldout: bool = False) -> Path:
+    """Images, masks of record, MONAI datalist and the training manifest (:mod:`annotations_db.manifest`).
 
-    ``images`` must be ``"copy"``: de-identified copies named by pseudonymous id, paths relative to the manifest.
-    ``"source"`` (the server's source paths) is refused with ExportError: a path names the server's folders and often
-    the patient or the accession, and a manifest leaves the server. One de-identifier (``deid_options``; one UID map,
-    one date offset) serves the whole run, so every DICOM-SEG references its exported image copy."""
+    The site's held-out split (:mod:`annotations_db.site`) is never in it; ``heldout=True`` writes the held-out
+    cases instead (split ``heldout``: what the promotion gate evaluates on, never trained on). ``selection`` narrows
+    datasets, studies and classes. ``images`` must be ``"copy"``: de-identified copies named by pseudonymous id, paths
+    relative to the manifest. ``"source"`` (the server's source paths) is refused with ExportError: a path names the
+    server's folders and often the patient or the accession, and a manifest leaves the server. One de-identifier
+    (``deid_options``; one UID map, one date offset) serves the whole run, so every DICOM-SEG references its exported
+    image copy."""
+    from annotations_db.site import heldout_split
+
     if images != "copy":
         raise ExportError(f"images={images!r} refused: a training export never writes server paths; use images='copy' "
                           "(de-identified copies named by pseudonymous id)")
     store, owned = _store(store_or_url)
     out = Path(out_dir)
     deid = Deidentifier(deid_options)
+    selection = selection or Selection()
     try:
-        masks = export_masks(store, out, formats, deid=deid)["masks"]
+        split = heldout_split(store)
+        with store.read_session() as session:
+            finals = final_annotations(session, selection)
+        chosen = [(c, a) for c, a in finals if split.contains(c.pseudo_id) == heldout]
+        masks = _export_final_masks(chosen, out, formats, deid)
         (out / "images").mkdir(parents=True, exist_ok=True)
         with store.read_session() as session:
             versions = {v.id: v.name for v in session.scalars(select(ModelVersion))}
-            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, deid, versions)
-                     for case, annotation in final_annotations(session)]
+            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, deid, versions,
+                                    selection, heldout) for case, annotation in chosen]
     finally:
         if owned:
             store.close()
-    manifest = {"schema": MANIFEST_SCHEMA, "created_at": _iso(utcnow()), "items": items}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    document = {**manifest_contract.header(_label_set(items), _iso(utcnow()), split.share, len(finals) - len(chosen)),
+                "items": items}
+    (out / "manifest.json").write_text(json.dumps(document, indent=1))
     (out / "manifest.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     write_datalist(items, out / "datalist.json")
     return out / "manifest.json"
 
 
+def _export_final_masks(finals: Sequence[tuple[Case, Annotation]], out: Path, formats: Sequence[str],
+                        deid: Deidentifier) -> dict[str, dict[str, str]]:
+    """The masks of ``finals`` in ``formats`` under ``out/masks`` (COCO of the 2-D ones); {case: {format: path}}."""
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, str]] = {}
+    coco_items = []
+    for case, annotation in finals:
+        mask = mask_at_source(case, annotation)
+        if mask is None:
+            continue
+        written[case.pseudo_id] = _write_case_masks(case, mask, out, formats, deid)
+        if case.depth is None:
+            coco_items.append((case, annotation))
+    if "coco" in formats:
+        write_coco(coco_items, out / "coco.json")
+    return written
+
+
+def _label_set(items: Sequence[dict[str, Any]]) -> list[str]:
+    """The classes of the smallest CXR-LT label set holding every class the items' labels use (in its order), else
+    those classes sorted."""
+    from core_model.classes import label_set
+    used = {name for item in items for name in item["labels"]}
+    for name in ("cxr-lt-26", "cxr-lt-40"):
+        if used <= set(label_set(name)):
+            return list(label_set(name))
+    return sorted(used)
+
+
 def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict[str, str], out: Path,
-                   deid: Deidentifier, versions: dict[int, str]) -> dict[str, Any]:
+                   deid: Deidentifier, versions: dict[int, str], selection: Selection,
+                   heldout: bool) -> dict[str, Any]:
     image = copy_image(case, out / "images", deid).relative_to(out).as_posix()
     mask = masks.get("png") or masks.get("nifti")
+    try:
+        split = manifest_contract.HELDOUT if heldout else manifest_contract.normalise_split(case.split)
+    except manifest_contract.ManifestError as error:
+        raise ExportError(f"case {case.pseudo_id}: {error}") from None
+    if split == manifest_contract.HELDOUT and not heldout:
+        raise ExportError(f"case {case.pseudo_id}: imported with split {case.split!r}, the name of the site's "
+                          "held-out split; re-import it with train, validation or test")
     return {"case_id": case.pseudo_id, "image": image,
             "mask": Path(mask).relative_to(out).as_posix() if mask else None,
             "clicks": effective_clicks(_annotation_events(session, annotation)),
-            "labels": {k: int(v) for k, v in annotation.labels.items()},
+            "labels": selection.labels(annotation.labels),
             "model_version": versions.get(annotation.model_version_id), "accepted_as_is": annotation.accepted_as_is,
-            "slice_index": annotation.slice_index, "modality": case.modality, "split": case.split}
+            "slice_index": annotation.slice_index, "modality": case.modality, "split": split,
+            "source": "free" if annotation.assignment_id is None else "aided"}
 
 
 def write_datalist(items: Sequence[dict[str, Any]], path: Path) -> Path:
-    """MONAI-style datalist: items with a mask, grouped by split (unset → training)."""
+    """MONAI-style datalist: items with a mask, grouped by their (canonical) split; no split → training, the held-out
+    split → test."""
     groups: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
-    names = {"train": "training", "training": "training", "val": "validation", "valid": "validation",
-             "validation": "validation", "test": "test"}
+    names = {None: "training", "train": "training", "validation": "validation", "test": "test",
+             manifest_contract.HELDOUT: "test"}
     for item in items:
         if item["mask"] is None:
             continue
-        groups[names.get((item["split"] or "training").lower(), "training")].append(
+        groups[names[manifest_contract.normalise_split(item["split"])]].append(
             {"image": item["image"], "label": item["mask"], "case_id": item["case_id"]})
     path.write_text(json.dumps(groups, indent=1))
     return path

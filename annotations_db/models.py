@@ -1,7 +1,7 @@
 """The schema of a human–AI reader study, as SQLAlchemy 2 ORM classes.
 
 readers ─┬─ login_sessions (sha256 of the cookie token, idle + absolute expiry; the raw token is never stored)
-         │                    label_sets ── model_versions ── predictions (case × model version)
+         │                    label_sets ── model_versions (AI sources + cards) ── predictions (case × source)
          ├─ assignments (reader × case × arm, order, session) ── studies ── study_arms
 datasets ── cases ── case_identities (the re-identification mapping; never exported)
                ├── case_labels (ground truth per class)   ├── case_masks (reference masks, RLE)
@@ -130,11 +130,17 @@ class LabelSet(Base):
 
 
 class ModelVersion(Base):
+    """A findings AI source (its name is the version): the built-in model of a checkpoint, imported predictions or a
+    local torchxrayvision model. ``card``: its :class:`core_model.findings.FindingsCard` as a dict (evidence per
+    class and the suggestion rule); None for a version recorded before sources had cards."""
     __tablename__ = "model_versions"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     label_set_id: Mapped[int | None] = mapped_column(ForeignKey("label_sets.id"))
     description: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32), default="built-in", server_default="built-in")
+    origin: Mapped[str | None] = mapped_column(Text)
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -259,3 +265,78 @@ class AuditLog(Base):
     address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[str | None] = mapped_column(String(200))
+
+
+class SiteSetting(Base):
+    """One setting of this site's database (e.g. the held-out split's salt and share), JSON value."""
+    __tablename__ = "site_settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrainingJob(Base):
+    """A training run asked for by an admin and run by a ``launch.py worker`` (annotations_db.jobs): queued →
+    running (claimed under a lease a live worker renews) → succeeded | failed | cancelled."""
+    __tablename__ = "training_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    task: Mapped[str] = mapped_column(String(16))  # seg | cls | seg,cls
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # data selection, recipe preset, start checkpoint, options
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("readers.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class JobEvent(Base):
+    """Progress and log of a training job, append-only: ``loss`` rows (step, value) for the curve, ``log`` lines."""
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id"))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # loss | log | state
+    step: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelCheckpoint(Base):
+    """The model registry: every checkpoint a job produced (or an admin registered), with its lineage, data, recipe,
+    the gate's evaluation and its state (candidate | promoted | retired | rejected)."""
+    __tablename__ = "model_checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_checkpoints.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="candidate")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("readers.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModelPromotion(Base):
+    """Which checkpoint is in use since when: the latest row wins (a rollback is a promotion of an earlier one)."""
+    __tablename__ = "model_promotions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoints.id"), index=True)
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("model_checkpoints.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # promote | auto | rollback
+    by: Mapped[int | None] = mapped_column(ForeignKey("readers.id"))  # None: the auto-promotion rule
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

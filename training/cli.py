@@ -20,6 +20,7 @@ import logging
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from training.data import DataError, SkipLog
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-suffix", default="_lung.png", help="mask file = <image stem><suffix> in masks/")
     d.add_argument("--group-column", default="patientid", help="patient column of DIR/metadata.csv (for the split)")
     d.add_argument("--manifest", action="append", default=[], help="exported training manifest JSON/JSONL (repeatable)")
-    d.add_argument("--manifest-split", default="train", help="manifest items of this split (and without a split)")
+    d.add_argument("--manifest-split", default="train",
+                   help="train on manifest items of this split (and without a split; names as in annotations_db.manifest: Train/training = train); validation items validate, test items are left out, heldout is refused")
     d.add_argument("--nifti", action="append", default=[], help="VOLUME:MASK NIfTI pair → 2-D slices (repeatable)")
     d.add_argument("--nifti-labels", default=None, help="comma list of label values of a multilabel NIfTI mask")
     d.add_argument("--nifti-axis", type=int, default=2)
@@ -216,6 +218,27 @@ def _split_cache(model, stages: int, cache_dir: str):
     return SplitCache(EmbeddingCache(cache_dir, tag=tag), split.trunk, split.head)
 
 
+def _manifest_split(manifest: str, args, skips: SkipLog, counts: Counter) -> tuple[list, list]:
+    """(training, validation) samples of one manifest: items of ``--manifest-split`` and without a split train
+    (``--holdout`` of them by patient validate), its ``validation`` items validate; ``test`` items are counted, not
+    used; the site's held-out split is never trained on."""
+    from annotations_db.manifest import HELDOUT, ManifestError, normalise_split
+    from training.data import manifest_samples, split_by_group
+
+    try:
+        chosen = normalise_split(args.manifest_split)
+    except ManifestError as exc:
+        raise DataError(f"--manifest-split: {exc}") from exc
+    if chosen == HELDOUT:
+        raise DataError("--manifest-split heldout: the site's held-out split is for the promotion gate, never "
+                        "trained on")
+    items = manifest_samples(manifest, skips, splits=(chosen, None), split_counts=counts)
+    train, val = split_by_group(items, args.holdout, args.split_seed)
+    if chosen != "validation":
+        val += manifest_samples(manifest, SkipLog(strict=skips.strict), splits=("validation",))
+    return train, val
+
+
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
     root = logging.getLogger("training")
     root.setLevel(logging.INFO)
@@ -253,7 +276,7 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
 
     from core_model.model import build_model, encoder_version
     from training.cache import EmbeddingCache, prepare_images
-    from training.data import cxrlt_samples, folder_samples, manifest_samples, nifti_samples, split_by_group
+    from training.data import cxrlt_samples, folder_samples, nifti_samples, split_by_group
     from training.distributed import barrier, cleanup, init_distributed
 
     cfg = _config(args)
@@ -289,11 +312,13 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             train, val = split_by_group(items, args.holdout, args.split_seed)
             samples += train
             held += val
+        manifest_splits: Counter = Counter()
         for manifest in args.manifest:
-            items = manifest_samples(manifest, skips, splits=(args.manifest_split, None))
-            train, val = split_by_group(items, args.holdout, args.split_seed)
+            train, val = _manifest_split(manifest, args, skips, manifest_splits)
             samples += train
             held += val
+        if args.manifest:
+            seg_info["manifest_splits"] = dict(manifest_splits)
         labels = tuple(int(x) for x in args.nifti_labels.split(",")) if args.nifti_labels else None
         for pair in args.nifti:
             if ":" not in pair:

@@ -6,7 +6,9 @@ Sources
       used for splitting by patient.
     * ``manifest_samples(path)``: the training manifest exported by ``annotations_db`` (JSON list, ``{"items": [...]}``
       or JSON Lines), items ``{image, mask, clicks:[{x,y,positive,t}], labels:{class: 0/1}, model_version, case_id,
-      split}``; relative paths are relative to the manifest's folder. Read as a file, never the live database.
+      split}``; relative paths are relative to the manifest's folder. Read as a file, never the live database; its
+      version, item fields and split names follow the contract of :mod:`annotations_db.manifest` (the one module
+      both sides import: pure Python, no database).
     * ``nifti_samples(volume, mask)``: 2-D slices (default axial, radiological display, lung window) where the mask is
       present (at least ``min_pixels``).
     * ``cxrlt_samples(csv, image_root)``: the CXR-LT 2024 ``train_labeled.csv`` layout; a blank cell = not assessed →
@@ -192,7 +194,12 @@ def folder_samples(root: str | Path, mask_suffix: str = DEFAULT_MASK_SUFFIX, ski
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    """The exported training manifest → list of item dicts (JSON list, ``{"items": [...]}`` or JSON Lines)."""
+    """The exported training manifest → list of item dicts (JSON list, ``{"items": [...]}`` or JSON Lines).
+
+    A document with a ``schema`` is checked against the contract (:func:`annotations_db.manifest.check_document`):
+    an unknown schema or a newer version than this code reads is a DataError saying so."""
+    from annotations_db.manifest import ManifestError, check_document
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
@@ -202,7 +209,11 @@ def read_manifest(path: str | Path) -> list[dict]:
             items = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             data = json.loads(text)
+            if isinstance(data, dict):
+                check_document(data)
             items = data["items"] if isinstance(data, dict) else data
+    except ManifestError as exc:
+        raise DataError(f"{path}: {exc}") from exc
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a training manifest (JSON list, {{'items': [...]}} or JSON Lines): {exc}") from exc
     if not isinstance(items, list):
@@ -210,32 +221,45 @@ def read_manifest(path: str | Path) -> list[dict]:
     return items
 
 
-def manifest_samples(path: str | Path, skips: SkipLog | None = None, splits: Iterable[str] | None = ("train", None),
-                     ) -> list[SegSample]:
+def _manifest_path(root: Path, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else (root / value).resolve()
+
+
+def manifest_samples(path: str | Path, skips: SkipLog | None = None, splits: Iterable[str | None] | None = ("train", None),
+                     split_counts: Counter | None = None) -> list[SegSample]:
     """Segmentation samples of a manifest; items with missing files / no mask are skipped and counted.
 
-    ``splits``: keep items whose ``split`` is in this set (None = items without a split); ``None`` keeps all.
+    ``splits``: keep items whose canonical split (:func:`annotations_db.manifest.normalise_split`: ``Train`` and
+    ``training`` are ``train``) is in this set (None = items without a split); ``None`` keeps every split except the
+    site's held-out one, which is read only when named. ``split_counts`` (if given) counts every item by canonical
+    split, so the run's metrics say what was left out and why; an unknown split name is a counted skip.
     """
+    from annotations_db.manifest import HELDOUT, ManifestError, check_item, normalise_split
+
     path = Path(path)
     skips = skips if skips is not None else SkipLog()
-    keep = None if splits is None else set(splits)
+    keep = None if splits is None else {normalise_split(s) for s in splits}
     samples = []
     for index, item in enumerate(read_manifest(path)):
         name = f"{path.name}[{index}]"
-        if not isinstance(item, dict) or "image" not in item:
-            skips.skip("manifest item without 'image'", name)
+        try:
+            check_item(item)
+            split = normalise_split(item.get("split"))
+        except ManifestError as exc:
+            skips.skip("manifest item breaks the contract", name, str(exc))
             continue
-        split = item.get("split")
-        if keep is not None and split not in keep:
+        if split_counts is not None:
+            split_counts[split or "none"] += 1
+        if (split not in keep) if keep is not None else split == HELDOUT:
             continue
-        image_path = (path.parent / item["image"]).resolve() if not Path(item["image"]).is_absolute() else Path(item["image"])
+        image_path = _manifest_path(path.parent, item["image"])
         if not image_path.is_file():
             skips.skip("manifest points to a missing file", name, str(image_path))
             continue
         if not item.get("mask"):
             skips.skip("image without mask", name, str(image_path))
             continue
-        mask_path = Path(item["mask"]) if Path(item["mask"]).is_absolute() else (path.parent / item["mask"]).resolve()
+        mask_path = _manifest_path(path.parent, item["mask"])
         if not mask_path.is_file():
             skips.skip("manifest points to a missing file", name, str(mask_path))
             continue

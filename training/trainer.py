@@ -1,7 +1,8 @@
 """The segmentation trainer: prompt-mode/phase batches, click-sequence memory, AdamW, DDP, resume, run outputs.
 
 Run folder ``runs/<name>/``: ``config.json``, ``last.pt`` (resume state, float32), ``checkpoint.safetensors``
-(the project checkpoint, fp16), ``metrics.json`` (per-step losses, per-epoch validation, skip counts, timings),
+(the project checkpoint, fp16), ``progress.jsonl`` (one line per step: step, total, loss), ``metrics.json``
+(per-step losses, per-epoch validation, skip counts, timings),
 ``curves.png`` and ``train.log``.
 
 Learning rates: the paper's AdamW lrs are the defaults (vision 1e-5, language 5e-6); linear warm-up then cosine decay
@@ -408,6 +409,7 @@ class SegTrainer:
                       "lr": self.optimizer.param_groups[0]["lr"], "finite": finite,
                       **{k: all_reduce_mean(v, self.dist) if self.dist.enabled else v for k, v in out.parts.items()}}
             self.history.append(record)
+            self._report(record)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", iou=f"{record['iou']:.3f}", mode=batch.mode[:1])
@@ -427,6 +429,16 @@ class SegTrainer:
         elapsed = time.perf_counter() - t0
         return {"steps": self.step, "seconds": elapsed, "samples_per_second": samples * self.dist.world_size / max(elapsed, 1e-9),
                 "nan_steps": self.nan_steps}
+
+    def _report(self, record: dict) -> None:
+        """One line per step in ``progress.jsonl`` of the run folder (step, total, loss): what a job's worker reads
+        to show progress and the loss curve live (the main rank only; appended across resumes)."""
+        if not self.dist.is_main:
+            return
+        line = {"step": self.step, "total": self.total_steps, "loss": float(record.get("loss", float("nan"))),
+                "time": time.time()}
+        with open(self.run_dir / "progress.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
 
     @torch.no_grad()
     def validation_images(self, batch_size: int = 8) -> list[PreparedImage]:
