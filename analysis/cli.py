@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if study.ai_rater is not None:
+        print(f"AI alone: {study.ai_source or 'source not named in the results'}")
     config = AnalysisConfig(age_edges=args.age_bins, n_boot=args.bootstrap, seed=args.seed, accuracy=args.accuracy,
                             alpha=args.alpha, min_group_size=args.min_group_size)
     files = write_report(run_analysis(study, config), Path(args.out), title=args.title)

@@ -2,8 +2,10 @@
 
 Input contract: one row per reader × case × arm × class with columns ``reader, case, arm, class, answer (0/1),
 truth (0/1 or empty), ai_probability, ai_uncertainty, time_s, clicks, order, shown_at, submitted_at, sex, age, race``.
-Arms are ``unaided`` and ``ai_aided``; the AI-alone "arm" is derived from ``ai_probability`` (threshold 0.5 or
-per-class thresholds). An optional ``score`` column (a reader's confidence rating that the finding is present, on any
+Arms are ``unaided`` and ``ai_aided``; the AI-alone "arm" is the AI source the aided readers saw (``ai_source``, named in
+the report): its answers are ``ai_suggested`` (1/0, the source card's suggestion rule, exported with the results — the
+rule the AI panel applied) where given, else ``ai_probability`` thresholded (0.5 or per-class thresholds), and its
+scores are ``ai_probability``. An optional ``score`` column (a reader's confidence rating that the finding is present, on any
 monotone scale, e.g. the raw 0..rating_max of the export) is used for the AUC analyses (reader AUCs, MRMC AUC,
 iMRMC files); accuracy, sensitivity and specificity always use ``answer``. An optional ``study`` column names the
 study (:func:`select_study` keeps one).
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ["reader", "case", "arm", "class", "answer", "truth"]
-OPTIONAL = ["ai_probability", "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at",
+OPTIONAL = ["ai_probability", "ai_source", "ai_suggested", "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at",
             "sex", "age", "race", "score"]
 ARMS = ("unaided", "ai_aided")
 AI = "AI"
@@ -57,6 +59,7 @@ class Study:
     thresholds: dict[str, float]
     row_accounting: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    ai_source: str | None = None   # the AI source of the AI-alone arm (names joined if the rows hold several)
 
     def rater_index(self, reader: str, arm: str) -> int | None:
         return next((i for i, r in enumerate(self.raters) if r.reader == reader and r.arm == arm), None)
@@ -145,10 +148,11 @@ def normalize(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for col in ("reader", "case", "arm", "class"):
         df[col] = df[col].map(lambda v: str(v).strip() if pd.notna(v) else np.nan)
     df["answer"], df["truth"] = _as_binary(df["answer"]), _as_binary(df["truth"])
+    df["ai_suggested"] = _as_binary(df["ai_suggested"])
     for col in ("ai_probability", "ai_uncertainty", "time_s", "clicks", "order", "age", "score"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     _time_from_timestamps(df, notes)
-    for col in ("sex", "race"):
+    for col in ("sex", "race", "ai_source"):
         df[col] = df[col].map(lambda v: str(v).strip() if pd.notna(v) and str(v).strip() else np.nan)
     df["_status"] = "used"
     _flag(df, df[["reader", "case", "arm", "class"]].isna().any(axis=1), "missing reader/case/arm/class", notes)
@@ -224,6 +228,29 @@ def _ai_matrix(used: pd.DataFrame, cases: list[str], classes: list[str], notes: 
     return matrix
 
 
+def _ai_answers(used: pd.DataFrame, ai: np.ndarray, cases: list[str], classes: list[str],
+                thresholds: dict[str, float], notes: list[str]) -> np.ndarray:
+    """The AI alone's 0/1 answers: the source's suggestions (``ai_suggested``) where exported, else ``ai_probability``
+    ≥ the class's threshold."""
+    cut = np.array([thresholds[c] for c in classes])
+    answers = np.where(np.isnan(ai), np.nan, (ai >= cut).astype(float))
+    known = used.dropna(subset=["ai_suggested"])
+    if known.empty:
+        notes.append("AI alone: no ai_suggested column (the source's suggestion rule): probabilities thresholded")
+        return answers
+    grid = known.groupby(["case", "class"])["ai_suggested"].max()
+    suggested = grid.reindex(pd.MultiIndex.from_product([cases, classes])).to_numpy(float).reshape(ai.shape)
+    thresholded = int((np.isnan(suggested) & ~np.isnan(ai)).sum())
+    if thresholded:
+        notes.append(f"AI alone: {thresholded} case×class pairs have no ai_suggested value and were thresholded")
+    return np.where(np.isnan(suggested), answers, suggested)
+
+
+def _ai_source(used: pd.DataFrame) -> str | None:
+    names = sorted(used["ai_source"].dropna().astype(str).unique())
+    return " + ".join(names) if names else None
+
+
 def _rater_grid(used: pd.DataFrame, raters: list[Rater], cases: list[str], classes: list[str], column: str
                 ) -> np.ndarray:
     humans = [r for r in raters if r.reader != AI]
@@ -292,8 +319,7 @@ def build_study(raw: pd.DataFrame, thresholds: dict[str, float] | None = None, d
     _balance_notes(answers, raters, cases, notes)
     if ai is not None:
         raters = raters + [Rater(AI, AI_ARM)]
-        cut = np.array([thresholds[c] for c in classes])
-        ai_answers = np.where(np.isnan(ai), np.nan, (ai >= cut).astype(float))
+        ai_answers = _ai_answers(used, ai, cases, classes, thresholds, notes)
         answers = np.concatenate([answers, ai_answers[None]], axis=0)
         ai_time = np.nan if ai_seconds_per_case is None else float(ai_seconds_per_case)
         times = np.concatenate([times, np.where(np.isnan(ai).all(axis=1), np.nan, ai_time)[None]], axis=0)
@@ -311,4 +337,4 @@ def build_study(raw: pd.DataFrame, thresholds: dict[str, float] | None = None, d
                            ignore_index=True)
     return Study(frame=df, readers=readers, arms=arms, cases=cases, classes=classes, raters=raters,
                  answers=answers, truth=truth, ai_probability=ai, scores=scores, times=times, case_info=case_info,
-                 order=order, thresholds=thresholds, row_accounting=accounting, notes=notes)
+                 order=order, thresholds=thresholds, row_accounting=accounting, notes=notes, ai_source=_ai_source(used))

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.data import AI  # noqa: E402
+from analysis.data import AI, Study  # noqa: E402
 from analysis.imrmc import export_study  # noqa: E402
 from analysis.mrmc import Analysis, ORHResult  # noqa: E402
 from analysis.pipeline import AnalysisResults  # noqa: E402
@@ -309,13 +309,19 @@ def _render_figures(res: AnalysisResults, notes: list[str]) -> dict[str, bytes]:
     return figures
 
 
+def _ai_alone(study: Study) -> str:
+    """How the AI-alone arm was formed, naming its source."""
+    source = f"the AI source {study.ai_source}" if study.ai_source else "ai_probability (source not named)"
+    return f"; AI alone = {source}: its suggestions (ai_suggested) where exported, scores = ai_probability"
+
+
 def _html(res: AnalysisResults, figures: dict[str, bytes], notes: list[str], files: ReportFiles, title: str) -> str:
     s, c = res.study, res.config
     fig = lambda name, alt: _img(figures[name], alt) if name in figures else ""  # noqa: E731
     macro_diffs = res.differences[res.differences["class"].isin(["macro", "all"])] if not res.differences.empty \
         else res.differences
     design = (f"{len(s.readers)} readers, arms: {', '.join(s.arms)}; {len(s.cases)} cases; {len(s.classes)} classes"
-              f"{'; AI alone from ai_probability' if s.ai_rater is not None else ''}. Accuracy = per-class "
+              f"{_ai_alone(s) if s.ai_rater is not None else ''}. Accuracy = per-class "
               f"{'accuracy on the cases of each class (TP/positives)' if c.accuracy == 'recall' else '(TP+TN)/N'}"
               f", macro-averaged over classes where it is defined. Bootstrap: {c.n_boot} paired case resamples, "
               f"seed {c.seed}, {100 * (1 - c.alpha):.0f}% percentile intervals.")

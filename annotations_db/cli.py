@@ -3,11 +3,15 @@
     launch.py import DIR_OR_CSV [--kind auto|images|dicom|nifti|cxr-lt] [--dataset NAME] [--masks DIR
                      --mask-pattern '{stem}_lung.png' --mask-name lung] [--demographics CSV] [--image-root DIR]
                      [--label-set cxr-lt-40] [--strict] [--db URL]
+    launch.py import --ai-predictions CSV --source-name NAME [--thresholds FILE] [--masks DIR] [--study S]
+                     (a CXR-LT 2024 submission CSV as a study's AI source; the report lists unmatched rows)
+    launch.py import --xrv-weights FILE [--source-name NAME] [--study S]   (a local torchxrayvision model)
     launch.py export results OUT [--study NAME] [--format csv --format parquet]
     launch.py export imrmc OUT --class Edema [--study NAME]   (without --class: OUT is a folder, one file per class)
     launch.py export masks OUTDIR [--format png --format nifti --format dicom-seg --format coco]
     launch.py export training OUTDIR [--images copy|source]
-    launch.py db upgrade | current | stats
+    launch.py db upgrade | current | stats | sources
+    launch.py db set-study-source STUDY SOURCE        (refused once a read of the study has started)
     launch.py db create-reader NAME [--role admin|reader] (password from --password or $BIASCARE_PASSWORD or prompt)
     launch.py db create-study NAME --readers a,b --dataset NAME|--cases c1,c2 [--design crossover|sequential]
                      [--arms unaided,ai_aided] [--seed 0] [--washout-days 28] [--allow-revisit]
@@ -44,7 +48,8 @@ def _open(url: str):  # type: ignore[no-untyped-def]
 # -- import ----------------------------------------------------------------------------------------------------------
 def import_main(argv: list[str]) -> int:
     parser = _with_db(argparse.ArgumentParser(prog="launch.py import", description="import cases into the database"))
-    parser.add_argument("path", type=Path, help="folder of PNG/JPG, DICOM folder, NIfTI folder, or CXR-LT CSV")
+    parser.add_argument("path", type=Path, nargs="?",
+                        help="folder of PNG/JPG, DICOM folder, NIfTI folder, or CXR-LT CSV")
     parser.add_argument("--kind", default="auto", choices=["auto", "images", "dicom", "nifti", "cxr-lt"])
     parser.add_argument("--dataset", help="dataset name (default: the folder or CSV name)")
     parser.add_argument("--masks", type=Path, help="images: folder of masks")
@@ -55,7 +60,18 @@ def import_main(argv: list[str]) -> int:
     parser.add_argument("--label-set", default="cxr-lt-40", help="cxr-lt: label set the class columns belong to")
     parser.add_argument("--strict", action="store_true", help="write nothing if any file fails")
     parser.add_argument("--no-progress", action="store_true")
+    ai = parser.add_argument_group("a study's AI source (instead of PATH)")
+    ai.add_argument("--ai-predictions", type=Path, metavar="CSV",
+                    help="CXR-LT 2024 submission CSV: dicom_id + one probability column per class (26 or 40)")
+    ai.add_argument("--xrv-weights", type=Path, metavar="FILE", help="a local torchxrayvision weights file")
+    ai.add_argument("--source-name", help="the AI source's name (= version) the predictions are stored under")
+    ai.add_argument("--thresholds", type=Path, help="supplier thresholds: CSV class,threshold or JSON {class: t}")
+    ai.add_argument("--study", help="match to this study's cases and attach the source to it")
     args = parser.parse_args(argv)
+    if args.ai_predictions or args.xrv_weights:
+        return _import_ai_source(args)
+    if args.path is None:
+        parser.error("give PATH, --ai-predictions CSV or --xrv-weights FILE")
     from annotations_db.importers import import_path
     options = _import_options(args)
     try:
@@ -68,6 +84,30 @@ def import_main(argv: list[str]) -> int:
         print(f"skipped {error}", file=sys.stderr)
     print(report.summary())
     return 1 if report.errors else 0
+
+
+def _import_ai_source(args: argparse.Namespace) -> int:
+    """Imported predictions or a torchxrayvision model as an AI source; prints the report (exit 1: rows left out)."""
+    from annotations_db.ai_sources import compute_xrv_predictions, import_ai_predictions
+    from core_model.xrv_source import XrvSourceError
+    try:
+        with _open(args.db) as store:
+            if args.ai_predictions:
+                if not args.source_name:
+                    print("error: --ai-predictions needs --source-name", file=sys.stderr)
+                    return 2
+                report = import_ai_predictions(store, args.ai_predictions, args.source_name,
+                                               thresholds=args.thresholds, masks_dir=args.masks, study=args.study,
+                                               strict=args.strict)
+                incomplete = bool(report.unmatched or report.bad_rows or report.mask_errors)
+            else:
+                report = compute_xrv_predictions(store, args.xrv_weights, args.source_name, study=args.study)
+                incomplete = bool(report.errors)
+    except (AnnotationDbError, XrvSourceError) as error:  # each names the file (or study, source) and the cause
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 1 if incomplete else 0
 
 
 def _import_options(args: argparse.Namespace) -> dict:
@@ -135,6 +175,10 @@ def db_main(argv: list[str]) -> int:
     _with_db(sub.add_parser("upgrade", help="create the database / run migrations to head"))
     _with_db(sub.add_parser("current", help="print the schema revision"))
     _with_db(sub.add_parser("stats", help="row counts per table"))
+    _with_db(sub.add_parser("sources", help="the AI sources: name, kind, origin, cases predicted"))
+    attach = _with_db(sub.add_parser("set-study-source", help="the AI source a study's aided arm shows"))
+    attach.add_argument("study")
+    attach.add_argument("source")
     reader = _with_db(sub.add_parser("create-reader", help="add a reader account"))
     reader.add_argument("name")
     reader.add_argument("--role", default="reader", choices=["admin", "reader"])
@@ -173,6 +217,12 @@ def _db_command(args: argparse.Namespace) -> int:
                 print(migrate.current_revision(connection))
         elif args.command == "stats":
             print(json.dumps(store.counts(), indent=1))
+        elif args.command == "sources":
+            for source in store.ai_sources():
+                print(f"{source.name}\t{source.kind}\t{source.predictions} case(s)\t{source.origin or ''}")
+        elif args.command == "set-study-source":
+            store.set_study_ai_source(args.study, args.source)
+            print(f"study {args.study!r} shows AI source {args.source!r}")
         elif args.command == "create-reader":
             password = args.password or os.environ.get("BIASCARE_PASSWORD") or getpass.getpass("password: ")
             print(store.create_reader(args.name, password, args.role))

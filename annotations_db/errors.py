@@ -53,6 +53,19 @@ class UnknownClass(BadCsv):
     """A CSV with class columns that are not in the label set."""
 
 
+class BadProbability(BadCsv):
+    """A predictions CSV cell that is not a finite probability in [0, 1]; ``line`` and ``column`` name the cell."""
+
+    def __init__(self, path: Path | str, line: int, column: str, value: str) -> None:
+        self.line, self.column, self.value = line, column, value
+        super().__init__(path, f"line {line}, column {column!r}: a probability must be a finite number in [0, 1], "
+                               f"got {value!r}")
+
+
+class BadThresholds(ImportFileError):
+    """A supplier thresholds file (CSV class,threshold or JSON {class: threshold}) that cannot be used."""
+
+
 class ImportFailed(AnnotationDbError):
     """A strict import that found errors; nothing was written. ``errors`` lists every per-file error."""
 

@@ -52,6 +52,7 @@ from annotations_db.models import (Annotation, Assignment, AuditLog, Case, CaseL
                                    LoginSession, ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
 from annotations_db.security import AuditRecord, BackoffPolicy, check_password, hash_password
 from core_model.classes import label_rules
+from core_model.findings import FindingsCard
 
 ROLES = ("admin", "reader")
 DESIGNS = ("crossover", "sequential")
@@ -114,6 +115,18 @@ class StudySettings:
     allow_revisit: bool
     washout_days: int
     classes: tuple[str, ...]
+    ai_source: str | None = None  # the AI source the aided arm shows (a model version name)
+
+
+@dataclass(frozen=True)
+class AiSourceRecord:
+    """One registered AI source as listed for the admin: name (= version), kind, origin, cases predicted."""
+    name: str
+    kind: str
+    origin: str | None
+    label_set: str | None
+    predictions: int
+    has_card: bool
 
 
 @dataclass(frozen=True)
@@ -464,6 +477,90 @@ class Store:
         session.flush()
         return row.id
 
+    # -- AI sources -------------------------------------------------------------------------------------------------
+    def register_ai_source(self, card: FindingsCard) -> int:
+        """Store (or update) an AI source under ``card.name``: its kind, origin and card; returns its id.
+
+        Refused (StudyDesignError) when the card changes for a source that a started study shows: the readers' reads
+        must keep the evidence they saw."""
+        with self.write_session() as session:
+            return self._register(session, card).id
+
+    def _register(self, session: Session, card: FindingsCard) -> ModelVersion:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.name == card.name))
+        if row is None:
+            row = ModelVersion(name=card.name)
+            session.add(row)
+        elif row.card is not None and row.card != card.to_dict():
+            self._refuse_if_started(session, row.id, f"the AI source {card.name!r} cannot change")
+        row.kind, row.origin, row.card = card.kind, card.origin, card.to_dict()
+        row.label_set_id = self.label_set_id(session, card.label_set) if card.label_set else row.label_set_id
+        session.flush()
+        return row
+
+    def replace_source_predictions(self, card: FindingsCard,
+                                   predictions: Mapping[int, tuple[Mapping[str, float], rle.Rle | None]]) -> int:
+        """Register ``card`` and make ``predictions`` ({case id: (probabilities, AI mask RLE or None)}) the source's
+        whole output, in one transaction (earlier predictions of the source are replaced). Refused like
+        :meth:`register_ai_source` once a study showing the source has started; returns the source's id."""
+        with self.write_session() as session:
+            row = self._register(session, card)
+            self._refuse_if_started(session, row.id, f"the predictions of AI source {card.name!r} cannot change")
+            session.execute(delete(Prediction).where(Prediction.model_version_id == row.id))
+            rows = [dict(case_id=case_id, model_version_id=row.id, mask_rle=mask, uncertainty={},
+                         probabilities={k: float(v) for k, v in probs.items()}, uncertainty_total=0.0,
+                         created_at=self.now()) for case_id, (probs, mask) in predictions.items()]
+            if rows:
+                session.execute(insert(Prediction), rows)
+            return row.id
+
+    def ai_source(self, name: str) -> FindingsCard | None:
+        """The card of the AI source ``name``; None when there is no such source or it was stored without a card."""
+        with self.read_session() as session:
+            row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            return FindingsCard.from_dict(row.card) if row is not None and row.card else None
+
+    def ai_sources(self) -> list[AiSourceRecord]:
+        """Every AI source (model version), oldest first, with how many cases it has a prediction for."""
+        counts = (select(Prediction.model_version_id, func.count().label("n"))
+                  .group_by(Prediction.model_version_id).subquery())
+        query = (select(ModelVersion, LabelSet.name, counts.c.n).outerjoin(LabelSet)
+                 .outerjoin(counts, counts.c.model_version_id == ModelVersion.id).order_by(ModelVersion.id))
+        with self.read_session() as session:
+            return [AiSourceRecord(row.name, row.kind, row.origin, label_set, int(n or 0), row.card is not None)
+                    for row, label_set, n in session.execute(query)]
+
+    def set_study_ai_source(self, study: int | str, name: str) -> None:
+        """Attach the AI source ``name`` to a study (its aided arm shows that source's output); refused with
+        StudyDesignError once any read of the study has started (an event was logged), NotFound for an unknown
+        study or source."""
+        with self.write_session() as session:
+            row = session.scalar(select(Study).where(Study.name == study if isinstance(study, str)
+                                                     else Study.id == int(study)))
+            if row is None:
+                raise NotFound(f"no study {study!r}")
+            source = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name))
+            if source is None:
+                known = ", ".join(session.scalars(select(ModelVersion.name).order_by(ModelVersion.id))) or "none"
+                raise NotFound(f"no AI source {name!r}; registered sources: {known}")
+            if row.model_version_id != source:
+                self._refuse_if_started(session, None, f"study {row.name!r} cannot change its AI source",
+                                        study_id=row.id)
+            row.model_version_id = source
+
+    @staticmethod
+    def _refuse_if_started(session: Session, model_version_id: int | None, what: str, *,
+                           study_id: int | None = None) -> None:
+        """StudyDesignError when a study (``study_id``, or any study showing ``model_version_id``) has reads with
+        events: what a reader saw must not change under the recorded answers."""
+        query = (select(Study.name, func.count(func.distinct(Event.assignment_id))).join(Assignment,
+                 Assignment.study_id == Study.id).join(Event, Event.assignment_id == Assignment.id).group_by(Study.name))
+        query = query.where(Study.id == study_id) if study_id is not None else \
+            query.where(Study.model_version_id == model_version_id)
+        started = session.execute(query).first()
+        if started is not None:
+            raise StudyDesignError(f"{what}: study {started[0]!r} has started ({started[1]} read(s) opened)")
+
     # -- predictions and worklist -----------------------------------------------------------------------------------
     def record_prediction(self, case: CaseLike, model_version: str, probabilities: Mapping[str, float],
                           mask_rle: rle.Rle | np.ndarray | None = None,
@@ -501,11 +598,13 @@ class Store:
     def worklist(self, reader: ReaderLike, *, status: str = "open", class_name: str | None = None,
                  min_probability: float = 0.5, min_uncertainty: float | None = None,
                  model_version: str | None = None, dataset: str | None = None,
-                 limit: int | None = None) -> list[WorklistItem]:
+                 limit: int | None = None, card: FindingsCard | None = None) -> list[WorklistItem]:
         """Cases for free annotation, highest uncertainty first (cases without a prediction last).
 
-        status: 'open' (no annotation by this reader yet), 'done' or 'all'; class_name keeps cases whose predicted
-        probability for that class is >= min_probability; min_uncertainty drops more certain cases.
+        status: 'open' (no annotation by this reader yet), 'done' or 'all'; class_name keeps the cases where the AI
+        suggests that class — by ``card``'s rule (:meth:`FindingsCard.suggested`, what the app passes: the source's
+        card, with ``model_version`` its name) or, without a card, a probability >= min_probability;
+        min_uncertainty drops more certain cases.
         """
         if status not in ("open", "done", "all"):
             raise ValueError(f"status must be 'open', 'done' or 'all', not {status!r}")
@@ -523,7 +622,7 @@ class Store:
             prediction = predictions.get(case_id)
             item = WorklistItem(case_id, pseudo_id, prediction[1] if prediction else None,
                                 prediction[0] if prediction else {}, case_id in done)
-            if _keep(item, status, class_name, min_probability, min_uncertainty):
+            if _keep(item, status, class_name, min_probability, min_uncertainty, card):
                 items.append(item)
         items.sort(key=lambda i: (i.uncertainty is None, -(i.uncertainty or 0.0), i.case_id))
         return items[:limit] if limit is not None else items
@@ -598,8 +697,9 @@ class Store:
             if study is None:
                 raise NotFound(f"no study {study_id}")
             classes = tuple(session.get(LabelSet, study.label_set_id).classes)
+            source = session.get(ModelVersion, study.model_version_id) if study.model_version_id else None
             return StudySettings(study.id, study.name, study.design, study.rating_max, study.allow_revisit,
-                                 study.washout_days, classes)
+                                 study.washout_days, classes, source.name if source else None)
 
     def study_sessions(self, reader: ReaderLike, study_id: int) -> list[SessionStatus]:
         """The reader's reading sessions of a study: reads, submitted, arms, whether open, and when a locked one
@@ -863,10 +963,12 @@ def _count_failure(row: LoginAttempt, policy: BackoffPolicy, now: datetime) -> d
 
 
 def _keep(item: WorklistItem, status: str, class_name: str | None, min_probability: float,
-          min_uncertainty: float | None) -> bool:
+          min_uncertainty: float | None, card: FindingsCard | None) -> bool:
     if status == "open" and item.annotated or status == "done" and not item.annotated:
         return False
-    if class_name is not None and float(item.probabilities.get(class_name, 0.0)) < min_probability:
+    if class_name is not None and card is not None and class_name not in card.suggested(item.probabilities):
+        return False
+    if class_name is not None and card is None and float(item.probabilities.get(class_name, 0.0)) < min_probability:
         return False
     return min_uncertainty is None or (item.uncertainty is not None and item.uncertainty >= min_uncertainty)
 

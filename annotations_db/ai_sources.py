@@ -1,0 +1,353 @@
+"""A study's own AI: imported predictions (CXR-LT 2024 submission CSV) and a local torchxrayvision model.
+
+    report = import_ai_predictions(store, "submission.csv", "vendor-x-2024", thresholds="thresholds.csv",
+                                   masks_dir="ai_masks/", study="pilot")
+    print("\\n".join(report.lines()))           # matched, unmatched rows (listed), cases without a prediction
+    report = compute_xrv_predictions(store, "/models/densenet121-res224-all.pt", study="pilot")
+
+A source is a model version (``model_versions``) with its :class:`core_model.findings.FindingsCard`; its predictions
+are ``Prediction`` rows under it, and a study shows it once :meth:`Store.set_study_ai_source` attached it.
+
+Submission CSV (the CXR-LT 2024 layout): ``dicom_id`` and one probability column per class — exactly the 26 Task-2 or
+the 40 Task-1 classes of :mod:`core_model.classes`, in any order; any other column is refused
+(:class:`~annotations_db.errors.UnknownClass` names it). Each row is matched to a case by the case's DICOM SOP Instance
+UID, else by its file name or stem (the ``source_key`` the importers record — a CXR-LT case's ``dicom_id`` — or the
+source file's name); a row matching no case, or several, is reported as unmatched with the reason. Every probability
+must be a finite number in [0, 1]: a row with another value is a bad row (:class:`~annotations_db.errors.
+BadProbability`, naming the file, line and column), reported and not imported (``strict=True``: nothing is written).
+
+Thresholds file (optional): CSV with columns ``class,threshold`` or JSON ``{class: threshold}``; they become the
+supplier's operating points on the card (floored at :data:`core_model.findings.SUGGESTION_FLOOR`). Without it nothing
+the source outputs is suggested. AI masks (optional): a folder with ``<dicom_id>.png`` (binary, the case's size; also
+``.nii.gz``/``.nii``/``.dcm`` for volumes) per row, stored as the prediction's ``mask_rle``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from annotations_db import rle
+from annotations_db.errors import (BadCsv, BadProbability, BadThresholds, ImportFailed, ImportFileError, NotFound,
+                                   UnknownClass, UnreadableFile)
+from annotations_db.importers import _read_csv
+from annotations_db.models import Assignment, Case, Study
+from annotations_db.store import Store
+from core_model.classes import CXR_LT_26, CXR_LT_40
+from core_model.findings import FindingsCard, supplier_card
+
+ID_COLUMN = "dicom_id"
+SUBMISSION_SETS = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
+MASK_SUFFIXES = (".png", ".nii.gz", ".nii", ".dcm")
+
+
+@dataclass(frozen=True)
+class UnmatchedRow:
+    line: int
+    dicom_id: str
+    reason: str
+
+
+@dataclass
+class PredictionImportReport:
+    """What an import of predictions did: rows matched to cases, rows not matched (and why), bad rows, the cases in
+    scope (the study's, or all) left without a prediction of the source, AI masks stored."""
+    source: str
+    path: Path
+    label_set: str = ""
+    rows: int = 0
+    matched: dict[str, str] = field(default_factory=dict)  # dicom_id -> case pseudonymous id
+    unmatched: list[UnmatchedRow] = field(default_factory=list)
+    bad_rows: list[ImportFileError] = field(default_factory=list)
+    without_prediction: list[str] = field(default_factory=list)
+    masks: int = 0
+    mask_errors: list[ImportFileError] = field(default_factory=list)
+    study: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        scope = f"study {self.study!r}" if self.study else "the database"
+        return (f"AI source {self.source!r} ({self.label_set}) from {self.path.name}: {len(self.matched)} of "
+                f"{self.rows} row(s) matched to cases, {len(self.unmatched)} unmatched, {len(self.bad_rows)} bad; "
+                f"{len(self.without_prediction)} case(s) of {scope} without a prediction; {self.masks} AI mask(s)"
+                + (f"; attached to study {self.study!r}" if self.study else ""))
+
+    def lines(self) -> list[str]:
+        """The summary, then every unmatched row, bad row, mask problem and case without a prediction."""
+        out = [self.summary()]
+        out += [f"unmatched: line {u.line}, dicom_id {u.dicom_id!r}: {u.reason}" for u in self.unmatched]
+        out += [f"bad row: {error.cause}" for error in self.bad_rows]
+        out += [f"mask not stored: {error.path.name}: {error.cause}" for error in self.mask_errors]
+        if self.without_prediction:
+            out.append(f"cases without a prediction: {', '.join(self.without_prediction)}")
+        return out
+
+
+@dataclass(frozen=True)
+class SubmissionRow:
+    line: int
+    dicom_id: str
+    probabilities: dict[str, float]
+
+
+# -- the submission CSV ----------------------------------------------------------------------------------------------
+def read_submission(path: Path) -> tuple[str, list[SubmissionRow], list[BadProbability]]:
+    """(label set, good rows, bad rows) of a CXR-LT submission CSV; BadCsv / UnknownClass for a structural problem."""
+    columns, rows = _read_csv(path)
+    if ID_COLUMN not in columns:
+        raise BadCsv(path, f"no {ID_COLUMN!r} column; a CXR-LT submission has dicom_id and one probability "
+                           "column per class")
+    classes = [c for c in columns if c != ID_COLUMN]
+    unknown = [c for c in classes if c not in CXR_LT_40]
+    if unknown:
+        raise UnknownClass(path, f"unknown column(s) {unknown}: not CXR-LT 2024 class names")
+    label_set = next((name for name, names in SUBMISSION_SETS.items() if set(classes) == set(names)), None)
+    if label_set is None or len(classes) != len(set(classes)):
+        missing = sorted(set(CXR_LT_26) - set(classes)) or sorted(set(CXR_LT_40) - set(classes))
+        raise BadCsv(path, f"{len(classes)} class column(s): a submission has the 26 or the 40 CXR-LT classes, "
+                           f"once each (missing: {missing})")
+    good, bad, seen = [], [], {}
+    for line, row in enumerate(rows, start=2):
+        dicom_id = (row.get(ID_COLUMN) or "").strip()
+        if not dicom_id:
+            raise BadCsv(path, f"line {line}: empty {ID_COLUMN}")
+        if dicom_id in seen:
+            raise BadCsv(path, f"line {line}: duplicate {ID_COLUMN} {dicom_id!r} (already on line {seen[dicom_id]})")
+        seen[dicom_id] = line
+        try:
+            good.append(SubmissionRow(line, dicom_id, {c: _probability(path, line, c, row.get(c)) for c in classes}))
+        except BadProbability as error:
+            bad.append(error)
+    return label_set, good, bad
+
+
+def _probability(path: Path, line: int, column: str, text: str | None) -> float:
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        raise BadProbability(path, line, column, text or "") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise BadProbability(path, line, column, text or "")
+    return value
+
+
+def load_supplier_thresholds(path: Path | str, classes: Sequence[str]) -> dict[str, float]:
+    """{class: threshold} from a CSV (columns class, threshold) or JSON object; BadThresholds names the problem."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            given = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadThresholds(path, f"cannot read JSON: {error}") from error
+        if not isinstance(given, dict):
+            raise BadThresholds(path, "the JSON must be an object {class: threshold}")
+        items = [(f"key {k!r}", str(k), v) for k, v in given.items()]
+    else:
+        columns, rows = _read_csv(path)
+        if not {"class", "threshold"} <= set(columns):
+            raise BadThresholds(path, f"a thresholds CSV has the columns class, threshold; this one has {columns}")
+        items = [(f"line {n}", (r.get("class") or "").strip(), r.get("threshold")) for n, r in enumerate(rows, 2)]
+    return {name: _threshold(path, where, name, value, classes) for where, name, value in items}
+
+
+def _threshold(path: Path, where: str, name: str, value: Any, classes: Sequence[str]) -> float:
+    if name not in classes:
+        raise BadThresholds(path, f"{where}: {name!r} is not one of the submission's {len(classes)} classes")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise BadThresholds(path, f"{where}: the threshold of {name!r} must be a number in [0, 1], got {value!r}")
+    return number
+
+
+# -- matching rows to cases ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaseKeys:
+    id: int
+    pseudo_id: str
+    shape: tuple[int, ...]  # (height, width) of a 2-D case, (width, height, depth) of a volume
+    uid: str | None
+    names: frozenset[str]
+
+
+def _stem(name: str) -> str:
+    lower = name.lower()
+    for suffix in MASK_SUFFIXES + (".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _case_keys(row: Any) -> CaseKeys:
+    names = set()
+    for text in (row.source_key, row.source_uri):
+        if text:
+            name = Path(text).name
+            names |= {name, _stem(name)}
+    if row.source_key:
+        names |= {row.source_key, _stem(row.source_key)}
+    shape = (row.height, row.width) if row.depth is None else (row.width, row.height, row.depth)
+    return CaseKeys(row.id, row.pseudo_id, shape, row.sop_instance_uid, frozenset(names))
+
+
+def cases_in_scope(store: Store, study: str | None) -> list[CaseKeys]:
+    """The cases a source is imported for: the study's (NotFound for an unknown study), else every case."""
+    query = select(Case.id, Case.pseudo_id, Case.width, Case.height, Case.depth, Case.source_key, Case.source_uri,
+                   Case.sop_instance_uid).order_by(Case.id)
+    with store.read_session() as session:
+        if study is not None:
+            study_id = session.scalar(select(Study.id).where(Study.name == study))
+            if study_id is None:
+                raise NotFound(f"no study {study!r}")
+            query = query.where(Case.id.in_(select(Assignment.case_id).where(Assignment.study_id == study_id)))
+        return [_case_keys(row) for row in session.execute(query)]
+
+
+def match_rows(rows: Iterable[SubmissionRow], cases: Sequence[CaseKeys]) -> tuple[dict[int, SubmissionRow],
+                                                                                  list[UnmatchedRow]]:
+    """{case id: row} by SOP Instance UID first, then file name / stem; the rows left over with the reason."""
+    by_uid: dict[str, list[CaseKeys]] = {}
+    by_name: dict[str, list[CaseKeys]] = {}
+    for case in cases:
+        if case.uid:
+            by_uid.setdefault(case.uid, []).append(case)
+        for name in case.names:
+            by_name.setdefault(name, []).append(case)
+    matched: dict[int, SubmissionRow] = {}
+    unmatched: list[UnmatchedRow] = []
+    for row in rows:
+        found = by_uid.get(row.dicom_id) or by_name.get(row.dicom_id) or by_name.get(_stem(row.dicom_id)) or []
+        if len(found) != 1:
+            reason = ("no case has this SOP Instance UID or file name" if not found else
+                      f"matches {len(found)} cases ({', '.join(c.pseudo_id for c in found)}): name the file uniquely")
+            unmatched.append(UnmatchedRow(row.line, row.dicom_id, reason))
+        elif found[0].id in matched:
+            unmatched.append(UnmatchedRow(row.line, row.dicom_id, f"case {found[0].pseudo_id} is already matched by "
+                                                                  f"line {matched[found[0].id].line}"))
+        else:
+            matched[found[0].id] = row
+    return matched, unmatched
+
+
+def _ai_mask(masks_dir: Path, row: SubmissionRow, case: CaseKeys) -> rle.Rle | None:
+    """The AI mask ``<dicom_id>.<png|nii.gz|nii|dcm>`` of a row at the case's geometry; None when there is none."""
+    from core_model.errors import ImageReadError
+    from core_model.io import load_mask
+
+    path = next((masks_dir / f"{row.dicom_id}{s}" for s in MASK_SUFFIXES if (masks_dir / f"{row.dicom_id}{s}").is_file()),
+                None)
+    if path is None:
+        return None
+    try:
+        return rle.encode(load_mask(path, case.shape))
+    except ImageReadError as error:
+        raise UnreadableFile(path, error.cause) from error
+
+
+# -- import ------------------------------------------------------------------------------------------------------------
+def import_ai_predictions(store: Store, csv_path: Path | str, source_name: str, *,
+                          thresholds: Path | str | None = None, masks_dir: Path | str | None = None,
+                          study: str | None = None, origin: str | None = None,
+                          strict: bool = False) -> PredictionImportReport:
+    """Import a CXR-LT submission CSV as the AI source ``source_name`` (see the module docstring); with ``study``,
+    rows are matched to that study's cases and the source is attached to it. Replaces an earlier import of the same
+    source (refused once a study showing it has started)."""
+    started = time.perf_counter()
+    csv_path = Path(csv_path)
+    if not (source_name or "").strip():
+        raise BadCsv(csv_path, "name the AI source (--source-name)")
+    report = PredictionImportReport(source_name.strip(), csv_path, study=study)
+    report.label_set, rows, report.bad_rows = read_submission(csv_path)
+    if strict and report.bad_rows:
+        raise ImportFailed(list(report.bad_rows))
+    report.rows = len(rows) + len(report.bad_rows)
+    classes = SUBMISSION_SETS[report.label_set]
+    supplied = load_supplier_thresholds(thresholds, classes) if thresholds else None
+    cases = cases_in_scope(store, study)
+    matched, report.unmatched = match_rows(rows, cases)
+    by_id = {case.id: case for case in cases}
+    predictions = {case_id: (row.probabilities, _mask_of(report, masks_dir, row, by_id[case_id]))
+                   for case_id, row in matched.items()}
+    card = supplier_card(report.source, "imported", origin or _origin(csv_path, report.label_set, thresholds),
+                         report.label_set, classes, supplied)
+    store.replace_source_predictions(card, predictions)
+    if study is not None:
+        store.set_study_ai_source(study, report.source)
+    report.matched = {row.dicom_id: by_id[case_id].pseudo_id for case_id, row in matched.items()}
+    report.without_prediction = [case.pseudo_id for case in cases if case.id not in matched]
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _mask_of(report: PredictionImportReport, masks_dir: Path | str | None, row: SubmissionRow,
+             case: CaseKeys) -> rle.Rle | None:
+    if masks_dir is None:
+        return None
+    try:
+        mask = _ai_mask(Path(masks_dir), row, case)
+    except ImportFileError as error:
+        report.mask_errors.append(error)
+        return None
+    report.masks += mask is not None
+    return mask
+
+
+def _origin(csv_path: Path, label_set: str, thresholds: Path | str | None) -> str:
+    supplied = f"supplier thresholds {Path(thresholds).name}" if thresholds else "no supplier thresholds"
+    return f"imported predictions {csv_path.name} (CXR-LT submission, {label_set}; {supplied})"
+
+
+# -- a local torchxrayvision model -------------------------------------------------------------------------------------
+@dataclass
+class XrvReport:
+    source: str
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # volumes: the model reads chest radiographs
+    errors: list[str] = field(default_factory=list)
+    study: str | None = None
+
+    def summary(self) -> str:
+        return (f"AI source {self.source!r} (torchxrayvision): {len(self.predicted)} case(s) predicted, "
+                f"{len(self.skipped)} volume(s) skipped, {len(self.errors)} error(s)"
+                + (f"; attached to study {self.study!r}" if self.study else ""))
+
+    def lines(self) -> list[str]:
+        return [self.summary(), *self.errors]
+
+
+def compute_xrv_predictions(store: Store, weights_path: Path | str, name: str | None = None, *,
+                            study: str | None = None) -> XrvReport:
+    """Load a torchxrayvision model from a local weights file (``core_model.xrv_source``; its typed error names the
+    file and cause), predict every 2-D case in scope (the study's, or all) and store them under the source's name;
+    with ``study``, attach the source to it."""
+    from core_model.errors import ImageReadError
+    from core_model.io import load_image
+    from core_model.xrv_source import load_xrv_source
+
+    source = load_xrv_source(weights_path, name)
+    card: FindingsCard = source.card()
+    report = XrvReport(card.name, study=study)
+    predictions: dict[int, tuple[Mapping[str, float], None]] = {}
+    for case in cases_in_scope(store, study):
+        if len(case.shape) == 3:
+            report.skipped.append(case.pseudo_id)
+            continue
+        try:
+            pixels = load_image(store.case_info(case.id).source_uri).pixels
+        except (ImageReadError, OSError) as error:
+            report.errors.append(f"case {case.pseudo_id}: {getattr(error, 'cause', error)}")
+            continue
+        predictions[case.id] = (source.predict(pixels), None)
+        report.predicted.append(case.pseudo_id)
+    store.replace_source_predictions(card, predictions)
+    if study is not None:
+        store.set_study_ai_source(study, card.name)
+    return report
