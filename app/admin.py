@@ -172,6 +172,82 @@ def studies(service: AppService) -> list[str]:
         return list(s.scalars(select(Study.name).order_by(Study.id)))
 
 
+# -- AI sources: the built-in model, imported predictions, a local torchxrayvision model ---------------------------------
+AI_SOURCE_COLUMNS = ["source", "kind", "cases predicted", "label set", "origin"]
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def ai_sources_frame(service: AppService, session: Session) -> pd.DataFrame:
+    service.require_admin(session)
+    return pd.DataFrame([{"source": s.name, "kind": s.kind, "cases predicted": s.predictions,
+                          "label set": s.label_set or "", "origin": s.origin or ""} for s in service.store.ai_sources()],
+                        columns=AI_SOURCE_COLUMNS)
+
+
+def import_ai_predictions(service: AppService, session: Session, csv_file: Any, thresholds_file: Any,
+                          mask_files: Sequence[Any] | None, source_name: str, study: str | None) -> str:
+    """An uploaded CXR-LT submission CSV (optional thresholds file and AI mask PNGs named ``<dicom_id>.png``) as the
+    AI source ``source_name``, attached to ``study`` when one is chosen; returns the import report (every unmatched
+    row listed)."""
+    from annotations_db.ai_sources import import_ai_predictions as run_import
+    from annotations_db.errors import AnnotationDbError
+
+    service.require_admin(session)
+    if csv_file is None:
+        raise AppError("choose the predictions CSV (CXR-LT submission layout) first")
+    csv_path = _uploaded_path(csv_file, service, session)
+    thresholds = _uploaded_path(thresholds_file, service, session) if thresholds_file else None
+    masks = Path(tempfile.mkdtemp(prefix="biascare-ai-masks-")) if mask_files else None
+    try:
+        for value in mask_files or []:
+            path = _uploaded_path(value, service, session)
+            shutil.copyfile(path, masks / _safe_upload_name(path.name))
+        report = run_import(service.store, csv_path, (source_name or "").strip(), thresholds=thresholds,
+                            masks_dir=masks, study=study or None)
+    except AnnotationDbError as error:
+        raise AppError(f"{csv_path.name}: {getattr(error, 'cause', error)}") from None
+    finally:
+        if masks is not None:
+            shutil.rmtree(masks, ignore_errors=True)
+    return "\n\n".join(report.lines())
+
+
+def load_xrv_source(service: AppService, session: Session, weights_path: str, name: str, study: str | None) -> str:
+    """A torchxrayvision model from a weights file on the server (the admin points to it): its predictions for the
+    cases of ``study`` (or every case) stored under the source's name, attached to the study when one is chosen."""
+    from annotations_db.ai_sources import compute_xrv_predictions
+    from annotations_db.errors import AnnotationDbError
+    from core_model.xrv_source import XrvSourceError
+
+    service.require_admin(session)
+    path = Path((weights_path or "").strip()).expanduser()
+    if not path.name.lower().endswith(WEIGHTS_SUFFIXES):
+        raise AppError(f"{path.name or 'no file'}: a torchxrayvision weights file ends in {', '.join(WEIGHTS_SUFFIXES)}")
+    try:
+        report = compute_xrv_predictions(service.store, path, (name or "").strip() or None, study=study or None)
+    except (AnnotationDbError, XrvSourceError) as error:
+        raise AppError(str(error)) from None
+    return "\n\n".join(report.lines())
+
+
+def attach_ai_source(service: AppService, session: Session, study: str, source: str) -> str:
+    """The AI source a study's aided arm shows; refused once a read of the study has started."""
+    from annotations_db.errors import NotFound, StudyDesignError
+
+    service.require_admin(session)
+    if not study or not source:
+        raise AppError("choose a study and an AI source")
+    try:
+        service.store.set_study_ai_source(study, source)
+    except (NotFound, StudyDesignError) as error:
+        raise AppError(str(error)) from None
+    return f"study {study!r} shows the AI source {source!r} in its aided arm"
+
+
+def _safe_upload_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:128] or "mask.png"
+
+
 DASHBOARD_COLUMNS = ["reader", "arm", "rater", "reads", "accuracy", "mean_time_s", "median_time_s"]
 ACCURACY_DEFINITION = (
     "**Accuracy** = for each finding, the share of the cases that have it (ground truth) which the reader marked "

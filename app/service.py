@@ -19,6 +19,12 @@ Click path
 Arms
     In an unaided arm no AI output leaves the server: no mask, no probability, and the click tool (a model forward
     pass) is refused.
+
+AI sources
+    The findings shown beside the checklist come from one AI source (:class:`core_model.findings.FindingsCard`): in a
+    study's aided arm the study's source (the built-in model, imported predictions or a local torchxrayvision model,
+    see :mod:`annotations_db.ai_sources`), in free annotation the built-in model, whose card is registered at start.
+    What is suggested is decided by the card's rule only (:meth:`FindingsCard.suggested`).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rati
 from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from core_model.classes import CXR_LT_26, label_rules
+from core_model.findings import FindingsCard, display_probability, supplier_card
 from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Click, Prediction
 from core_model.triage import Triage, initial_prompt
@@ -52,6 +59,7 @@ from core_model.triage import Triage, initial_prompt
 log = logging.getLogger("biascare.app")
 
 LABEL_SET = "cxr-lt-26"
+SUGGESTED_MARK = "●"  # beside a suggested finding's probability (panel and worklist)
 CLASSES: tuple[str, ...] = CXR_LT_26
 SESSION_COOKIE = "biascare_session"
 SESSION_TTL_S = 12 * 3600  # absolute lifetime of a login (the cookie's max-age), whatever the activity
@@ -121,10 +129,11 @@ class View:
     shows_ai: bool
     image: CaseImage
     ai_mask: np.ndarray | None  # the AI's initial mask on the original grid (None in unaided arms)
-    ai_probabilities: dict[str, float] | None
-    ai_suggested: list[str]
+    ai_probabilities: dict[str, float] | None  # the source's output for the case (classes it has an output for)
+    ai_suggested: list[str]  # by the source card's rule
     initial_prompt: dict[str, Any]
-    model_version: str
+    model_version: str  # the AI source shown (its name = version); the built-in model's when no AI is shown
+    ai_source: FindingsCard | None = None  # the card of the source shown (None in unaided arms)
     state: CaseState = field(default_factory=CaseState)
     rating_max: int = 0  # > 0: each positive finding is rated 1..rating_max
     progress: ReadProgress | None = None  # study reads only
@@ -295,6 +304,21 @@ class AppService:
         self._volumes = LruCache(VOLUMES_KEPT)  # case id -> LoadedVolume, for slice scrolling
         self.events = EventWriter(store)
         self.background = BackgroundWorker(self) if background else None
+        self.builtin_card = self._register_builtin()
+
+    def _register_builtin(self) -> FindingsCard:
+        """The built-in model's card under its version name, registered as an AI source (kept as stored when a
+        started study shows it with other evidence)."""
+        from annotations_db.errors import StudyDesignError
+
+        card = self.model.findings_card(LABEL_SET)
+        card = card if card.name == self.model_version else replace(card, name=self.model_version)
+        try:
+            self.store.register_ai_source(card)
+        except StudyDesignError as error:
+            log.warning("built-in AI source kept as stored: %s", error)
+            return self.store.ai_source(card.name) or card
+        return card
 
     # ------------------------------------------------------------------ sessions
     def login(self, name: str, password: str, user_agent: str | None = None, address: str | None = None) -> Session:
@@ -429,12 +453,14 @@ class AppService:
         During a study read the worklist shows no AI output (no uncertainty ranking, no finding): the reader is
         inside the study's protocol until the read is submitted or paused."""
         items = self.store.worklist(session.reader, status=status, class_name=class_name or None,
-                                    min_uncertainty=min_uncertainty)
+                                    min_uncertainty=min_uncertainty, model_version=self.model_version,
+                                    card=self.builtin_card)
         if max_uncertainty is not None:
             items = [i for i in items if i.uncertainty is None or i.uncertainty <= max_uncertainty]
         blind = self.in_study_read(session)
         rows = [{"case": i.case, "case_id": i.case_id, "uncertainty": None if blind else i.uncertainty,
-                 "annotated": i.annotated, "top_finding": "" if blind else _top(i.probabilities)} for i in items]
+                 "annotated": i.annotated, "top_finding": "" if blind else _top(self.builtin_card, i.probabilities)}
+                for i in items]
         if self.background and not blind:
             self.background.prefetch([r["case_id"] for r in rows[:PREFETCH_AHEAD]])
         return rows
@@ -532,10 +558,11 @@ class AppService:
                 ai_mask = session.predictor.predict(**prompt).mask  # the first click refines this pass's logits
                 for click in state.clicks:
                     session.predictor.predict([Click(click.x, click.y, click.positive)])
-            probabilities, suggested = self._ai_findings(case_id, image) if shows_ai else (None, [])
+            source = self.ai_source_for(target) if shows_ai else None
+            probabilities, suggested = self._ai_findings(case_id, image, source) if source else (None, [])
             view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
-                        probabilities, suggested, prompt, self.model_version, state=state,
-                        **self._read_rules(target))
+                        probabilities, suggested, prompt, source.name if source else self.model_version,
+                        ai_source=source, state=state, **self._read_rules(target))
             session.view = view
             self._announce(session, view, {"restored": bool(prior),
                                            "embed_ms": round((time.perf_counter() - started) * 1000, 1)})
@@ -547,8 +574,10 @@ class AppService:
     def _announce(self, session: Session, view: View, payload: dict[str, Any]) -> None:
         """The case is on screen (``case_shown`` starts a viewing segment) with, where shown, the AI output."""
         self._record(session, view, "case_shown", {"arm": getattr(view.target, "arm", None), **payload})
-        if view.shows_ai:
-            self._record(session, view, "ai_shown", {"model_version": self.model_version})
+        if view.shows_ai and view.ai_source is not None:
+            source = view.ai_source
+            self._record(session, view, "ai_shown", {"model_version": source.name, "source": source.name,
+                                                     "kind": source.kind})
 
     def _read_rules(self, target: AssignmentView | CaseRef) -> dict[str, Any]:
         """The answer rules of a read: the study's rating scale and its progress line; free annotation: binary."""
@@ -567,24 +596,24 @@ class AppService:
         ids = [i.case_id for i in items if i.case_id != case_id]
         return ids[:PREFETCH_AHEAD]
 
-    def _ai_findings(self, case_id: int, image: CaseImage) -> tuple[dict | None, list[str]]:
-        """The findings classifier's probabilities for the case and the suggested findings (CXR only)."""
+    def ai_source_for(self, target: AssignmentView | CaseRef) -> FindingsCard:
+        """The AI source a read shows: its study's (attached by the admin), the built-in model outside studies."""
+        if isinstance(target, AssignmentView):
+            name = self.store.study_settings(target.study_id).ai_source
+            if name and name != self.builtin_card.name:
+                return self.store.ai_source(name) or _unvalidated_card(name)
+        return self.builtin_card
+
+    def _ai_findings(self, case_id: int, image: CaseImage, source: FindingsCard) -> tuple[dict | None, list[str]]:
+        """The source's probabilities for the case (classes it has an output for) and, by its card's rule, the
+        suggested findings; radiographs only (a CT/MR volume gets none)."""
         if image.slice_count is not None:
             return None, []
-        prediction = self.store.prediction(case_id, self.model_version) or self.store.prediction(case_id)
+        prediction = self.store.prediction(case_id, source.name)
         if prediction is None:
             return None, []
-        probabilities = {k: float(v) for k, v in (prediction.probabilities or {}).items() if k in CLASSES} or None
-        thresholds = self._thresholds()
-        suggested = [c for c, p in (probabilities or {}).items() if p >= thresholds.get(c, 0.5)]
-        return probabilities, suggested
-
-    def _thresholds(self) -> dict[str, float]:
-        try:
-            head = self.model.classifiers[LABEL_SET]
-            return {c: float(t) for c, t in zip(head.classes, head.thresholds)}
-        except Exception:
-            return {}
+        probabilities = {k: p for k, p in source.shown(prediction.probabilities or {}).items() if k in CLASSES}
+        return probabilities or None, source.suggested(probabilities)
 
     def _hide(self, session: Session, reason: str) -> None:
         view = session.view
@@ -775,7 +804,7 @@ class AppService:
                     confidence=dict(view.state.ratings) if view.rating_max else None,
                     slice_index=view.image.slice_index if mask is not None else None,
                     accepted_as_is=bool(view.state.accepted and view.clicks == 0 and view.shows_ai),
-                    model_version=self.model_version if view.shows_ai else None, label_set=LABEL_SET)
+                    model_version=view.model_version if view.shows_ai else None, label_set=LABEL_SET)
             except AlreadySubmitted as error:
                 raise Conflict(str(error)) from None
             except AccessDenied as error:
@@ -826,19 +855,23 @@ class AppService:
 
     # ------------------------------------------------------------------ AI payload for the page
     def ai_panel(self, view: View) -> dict[str, Any] | None:
-        """Probabilities and suggestions for the page; None in an unaided arm (nothing leaves the server)."""
-        if not view.shows_ai:
+        """The AI source shown, its probabilities and suggestions for the page; None in an unaided arm (nothing
+        leaves the server)."""
+        if not view.shows_ai or view.ai_source is None:
             return None
         return {"probabilities": view.ai_probabilities, "suggested": view.ai_suggested,
-                "model_version": view.model_version,
+                "model_version": view.model_version, "source": view.ai_source,
                 "why_none": None if view.ai_probabilities else self._why_none(view)}
 
     def _why_none(self, view: View) -> str:
+        source = view.ai_source
         if view.image.slice_count is not None:
             return "The findings classifier reads chest radiographs: no probabilities for a CT/MR volume."
-        if not self.model.info.classifier_trained.get(LABEL_SET):
+        if source.kind == "built-in" and not self.model.info.classifier_trained.get(LABEL_SET):
             return "No classifier probabilities for this model (segmentation only)."
-        return "No finding probabilities for this case yet (the model has not read it)."
+        if source.kind == "built-in":
+            return "No finding probabilities for this case yet (the model has not read it)."
+        return f"No prediction of this source for this case: {source.name} has no output for it."
 
     def close(self) -> None:
         if self.__dict__.get("_login_guard") is not None:
@@ -954,11 +987,19 @@ def _coordinate(value: Any) -> float:
     return number
 
 
-def _top(probabilities: dict[str, float]) -> str:
-    if not probabilities:
+def _top(card: FindingsCard, probabilities: dict[str, float]) -> str:
+    """The most probable finding the source shows, "Edema 0.83" (with the suggestion mark when suggested)."""
+    shown = card.shown(probabilities)
+    if not shown:
         return ""
-    name, p = max(probabilities.items(), key=lambda kv: kv[1])
-    return f"{name} {p:.2f}"
+    name, p = max(shown.items(), key=lambda kv: kv[1])
+    return f"{name} {display_probability(p)}{' ' + SUGGESTED_MARK if name in card.suggested(shown) else ''}"
+
+
+def _unvalidated_card(name: str) -> FindingsCard:
+    """The card of a model version stored without one (recorded before sources had cards): every class shown as
+    "not validated", nothing suggested."""
+    return supplier_card(name, "built-in", "model version recorded without evidence", LABEL_SET, CLASSES)
 
 
 def _safe_name(text: str) -> str:

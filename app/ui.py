@@ -221,6 +221,24 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                                   int(seed or 0), int(washout or 0), bool(revisit), int(ratings or 0),
                                   bool(exclude_seen))
 
+    def adm_ai_sources(session: Session):
+        frame = admin.ai_sources_frame(service, session)
+        studies = admin.studies(service)
+        return (frame, gr.update(choices=["(none)"] + studies), gr.update(choices=studies),
+                gr.update(choices=list(frame["source"])))
+
+    def adm_ai_import(session: Session, csv_file, thresholds_file, mask_files, name: str, study: str):
+        message = admin.import_ai_predictions(service, session, csv_file, thresholds_file, mask_files, name,
+                                              None if study in (None, "", "(none)") else study)
+        return message, admin.ai_sources_frame(service, session)
+
+    def adm_xrv(session: Session, path: str, name: str, study: str):
+        message = admin.load_xrv_source(service, session, path, name, None if study in (None, "", "(none)") else study)
+        return message, admin.ai_sources_frame(service, session)
+
+    def adm_attach(session: Session, study: str, source: str):
+        return admin.attach_ai_source(service, session, study, source)
+
     def adm_model(session: Session):
         return admin.model_info(service, session, checkpoint)
 
@@ -249,7 +267,7 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
             with gr.Tab("Worklist", id="worklist"):
                 with gr.Row():
                     status = gr.Radio(["open", "done", "all"], value="open", label="Status")
-                    class_name = gr.Dropdown(["All", *CLASSES], value="All", label="AI finding (p ≥ 0.5)")
+                    class_name = gr.Dropdown(["All", *CLASSES], value="All", label="AI finding (suggested)")
                     u_min = gr.Slider(0, 1, value=0, step=0.01, label="Uncertainty from")
                     u_max = gr.Slider(0, 1, value=1, step=0.01, label="Uncertainty up to")
                 with gr.Row():
@@ -337,6 +355,35 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     audit_btn = gr.Button("Show the last sign-in attempts")
                     audit = gr.Dataframe(interactive=False, label="Sign-in audit log (UTC)", elem_id="bc-audit")
                     audit_btn.click(guarded(audit_log), None, audit, api_name="admin_audit_log")
+                with gr.Tab("AI sources"):
+                    gr.Markdown("The AI a study's aided arm shows: the built-in model, imported predictions (a CXR-LT "
+                                "2024 submission CSV: `dicom_id` + one probability column per class, 26 or 40 "
+                                "classes, matched to cases by DICOM SOP Instance UID or file name) or a "
+                                "torchxrayvision model from a local weights file. Suggested = probability ≥ the "
+                                "class's operating point (supplier thresholds for imported predictions; none: "
+                                "nothing is suggested).")
+                    ai_table = gr.Dataframe(interactive=False, label="AI sources", elem_id="bc-ai-sources")
+                    with gr.Row():
+                        ai_csv = gr.File(label="Predictions CSV", file_types=[".csv"], elem_id="bc-ai-csv")
+                        ai_thresholds = gr.File(label="Thresholds (optional: CSV class,threshold or JSON)",
+                                                file_types=[".csv", ".json"], elem_id="bc-ai-thresholds")
+                        ai_masks = gr.File(file_count="multiple", label="AI masks (optional: <dicom_id>.png)",
+                                           file_types=[".png"], elem_id="bc-ai-masks")
+                    with gr.Row():
+                        ai_name = gr.Textbox(label="Source name (= version)", elem_id="bc-ai-name")
+                        ai_study = gr.Dropdown(["(none)"], value="(none)", label="Match to and attach to study",
+                                               elem_id="bc-ai-study")
+                    ai_import_btn = gr.Button("Import predictions", variant="primary", elem_id="bc-ai-import")
+                    ai_msg = gr.Markdown(elem_id="bc-ai-message")
+                    with gr.Row():
+                        xrv_path = gr.Textbox(label="torchxrayvision weights file on the server (.pt, .pth, "
+                                                    ".safetensors)")
+                        xrv_name = gr.Textbox(label="Source name (blank: from the file)")
+                    xrv_btn = gr.Button("Load the model and predict the cases")
+                    with gr.Row():
+                        attach_study = gr.Dropdown([], label="Study", elem_id="bc-attach-study")
+                        attach_source = gr.Dropdown([], label="AI source", elem_id="bc-attach-source")
+                    attach_btn = gr.Button("Attach the source to the study", elem_id="bc-attach")
                 with gr.Tab("Model"):
                     model_md = gr.Markdown()
                     retriage = gr.Button("Triage new cases")
@@ -376,7 +423,12 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         # admin
         admin_tab.select(guarded(adm_users), None, [users], api_name=False).then(
             guarded(adm_choices), None, [st_cases, st_readers, study_pick, ex_study], api_name=False).then(
-            guarded(adm_model), None, [model_md], api_name=False)
+            guarded(adm_model), None, [model_md], api_name=False).then(
+            guarded(adm_ai_sources), None, [ai_table, ai_study, attach_study, attach_source], api_name=False)
+        ai_import_btn.click(guarded(adm_ai_import), [ai_csv, ai_thresholds, ai_masks, ai_name, ai_study],
+                            [ai_msg, ai_table], api_name="admin_import_ai_predictions")
+        xrv_btn.click(guarded(adm_xrv), [xrv_path, xrv_name, ai_study], [ai_msg, ai_table], api_name=False)
+        attach_btn.click(guarded(adm_attach), [attach_study, attach_source], [ai_msg], api_name="admin_attach_ai_source")
         im_btn.click(guarded(adm_import), [im_files, im_dataset], [im_msg], api_name="admin_import")
         u_btn.click(guarded(adm_create_user), [u_name, u_pass, u_role], [u_msg, users], api_name="admin_create_user")
         st_btn.click(guarded(adm_create_study), [st_name, st_cases, st_readers, st_arms, st_design, st_seed,
