@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("annotations_db.cli", "db_main", "database administration: migrate, users, studies"),
     "train": ("training.cli", "train_main", "train the segmentation / classification model"),
     "eval-clicks": ("training.eval_clicks", "main", "evaluate interactive segmentation with the RITM click protocol"),
+    "worker": ("app.worker", "main", "run the training jobs started in the app (claims them from the database)"),
     "eval-findings": ("core_model.eval_findings", "main",
                       "evaluate a findings AI source (built-in, imported CSV, torchxrayvision) on labelled CXRs"),
     "analyze": ("analysis.cli", "main", "reader-study analysis and HTML report (MRMC, subgroups, timing)"),

@@ -40,15 +40,16 @@ def heldout_split(store: Store) -> HeldoutSplit:
         return HeldoutSplit(str(row.value["salt"]), float(row.value["share"]), True)
 
 
-def fix_heldout_split(store: Store, share: float | None = None) -> HeldoutSplit:
-    """Fix the split at ``share`` (default :data:`DEFAULT_HELDOUT_SHARE`); when it is fixed already, return it —
-    ValueError if ``share`` asks for another one (moving the split would put trained-on cases in it)."""
+def fix_heldout_split(store: Store, share: float | None = None, salt: str | None = None) -> HeldoutSplit:
+    """Fix the split at ``share`` (default :data:`DEFAULT_HELDOUT_SHARE`) with ``salt`` (default random; given when a
+    site carries its split over from another database); when it is fixed already, return it — ValueError if
+    ``share`` asks for another one (moving the split would put trained-on cases in it)."""
     if share is not None and not 0.0 < float(share) < 1.0:
         raise ValueError(f"the held-out share must be between 0 and 1 (exclusive), not {share}")
     with store.write_session() as session:
         row = session.get(SiteSetting, HELDOUT_KEY)
         if row is None:
-            value = {"salt": secrets.token_hex(16), "share": float(share or DEFAULT_HELDOUT_SHARE)}
+            value = {"salt": salt or secrets.token_hex(16), "share": float(share or DEFAULT_HELDOUT_SHARE)}
             session.add(SiteSetting(key=HELDOUT_KEY, value=value, updated_at=store.now()))
             return HeldoutSplit(value["salt"], value["share"], True)
         fixed = HeldoutSplit(str(row.value["salt"]), float(row.value["share"]), True)

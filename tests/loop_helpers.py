@@ -69,3 +69,71 @@ def train_args(manifest: Path, runs: Path, name: str, init: Path | None, **recip
             "--batch-size", str(recipe["batch_size"]), "--modes", recipe["modes"], "--threads", str(recipe["threads"]),
             "--warmup-steps", "1", "--hitl-rounds", "1", "--no-flip", "--no-progress", "--save-every", "1"]
     return args + (["--init", str(init)] if init else [])
+
+
+def fix_split_with_both_sides(store: Any, cases: list[Any], share: float, heldout: int) -> set[str]:
+    """Fix the site's held-out split at ``share`` with the first salt ("salt-0", "salt-1", …) that holds out exactly
+    ``heldout`` of ``cases`` (pseudonymous ids are random, so a test picks its salt); returns the held-out ids."""
+    from annotations_db.manifest import in_heldout
+    from annotations_db.site import fix_heldout_split
+
+    for k in range(10_000):
+        chosen = {c.pseudo_id for c in cases if in_heldout(c.pseudo_id, f"salt-{k}", share)}
+        if len(chosen) == heldout:
+            fix_heldout_split(store, share, salt=f"salt-{k}")
+            return chosen
+    raise AssertionError("no salt gives that split")
+
+
+def answer_with_reference_masks(store: Any, cases: list[Any], reader: Any) -> None:
+    """Free annotations carrying the cases' imported lung masks (real human masks), as answers of record."""
+    for case in cases:
+        mask = store.reference_masks(case.id)["lung"]
+        store.log_event(case.id, reader, "case_shown")
+        store.save_annotation(case.id, reader, {"Cardiomegaly": 1}, mask=mask, model_version="biascare_lite_v4",
+                              label_set="cxr-lt-26")
+
+
+def start_worker(url: str, data: Path, *extra: str) -> Any:
+    """``launch.py worker`` as a real child process (its output in DATA/worker-<pid>.out)."""
+    import subprocess
+    import sys
+    data.mkdir(parents=True, exist_ok=True)
+    out = open(data / f"worker-{len(list(data.glob('worker-*.out')))}.out", "w")  # noqa: SIM115 (the child's)
+    return subprocess.Popen([sys.executable, "launch.py", "worker", "--db", url, "--data", str(data),
+                             "--train-cache", str(CACHE_DIR), *extra], cwd=REPO_ROOT, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Any, timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``condition()`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _claim_race(url: str, go: str) -> None:
+    """A claiming process of the race test: waits for ``go`` to exist, then claims until no job is left."""
+    import os
+    import time
+    from annotations_db.jobs import JobQueue
+    from annotations_db.store import Store
+    store = Store.open(url, migrate_schema=False)
+    queue = JobQueue(store, lease_s=600)
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    while (claim := queue.claim(f"racer-{os.getpid()}")) is not None:
+        print(f"claimed {claim.job.id}", flush=True)
+    store.close()
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1] == "claim":
+        _claim_race(sys.argv[2], sys.argv[3])
