@@ -36,7 +36,7 @@ from sqlalchemy import select
 from annotations_db import rle
 from annotations_db.errors import (BadCsv, BadProbability, BadThresholds, ImportFailed, ImportFileError, NotFound,
                                    UnknownClass, UnreadableFile)
-from annotations_db.importers import _read_csv
+from annotations_db.importers import _read_csv, unique_value
 from annotations_db.models import Assignment, Case, Study
 from annotations_db.store import Store
 from core_model.classes import CXR_LT_26, CXR_LT_40
@@ -114,12 +114,7 @@ def read_submission(path: Path) -> tuple[str, list[SubmissionRow], list[BadProba
                            f"once each (missing: {missing})")
     good, bad, seen = [], [], {}
     for line, row in enumerate(rows, start=2):
-        dicom_id = (row.get(ID_COLUMN) or "").strip()
-        if not dicom_id:
-            raise BadCsv(path, f"line {line}: empty {ID_COLUMN}")
-        if dicom_id in seen:
-            raise BadCsv(path, f"line {line}: duplicate {ID_COLUMN} {dicom_id!r} (already on line {seen[dicom_id]})")
-        seen[dicom_id] = line
+        dicom_id = unique_value(path, line, row, ID_COLUMN, seen)
         try:
             good.append(SubmissionRow(line, dicom_id, {c: _probability(path, line, c, row.get(c)) for c in classes}))
         except BadProbability as error:

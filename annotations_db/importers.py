@@ -592,14 +592,21 @@ def validate_cxr_lt(csv_path: Path, classes: Sequence[str]) -> list[CxrLtRow]:
     parsed, seen_ids, seen_paths = [], {}, {}
     for line, row in enumerate(rows, start=2):
         for key, seen in (("dicom_id", seen_ids), ("fpath", seen_paths)):
-            value = (row.get(key) or "").strip()
-            if not value:
-                raise BadCsv(csv_path, f"line {line}: empty {key}")
-            if value in seen:
-                raise BadCsv(csv_path, f"line {line}: duplicate case: {key} {value!r} already on line {seen[value]}")
-            seen[value] = line
+            unique_value(csv_path, line, row, key, seen)
         parsed.append(CxrLtRow(line, row, _row_labels(csv_path, line, row, class_columns)))
     return parsed
+
+
+def unique_value(csv_path: Path, line: int, row: dict[str, str], key: str, seen: dict[str, int]) -> str:
+    """The row's ``key`` value, non-empty and on no earlier line (BadCsv naming both lines otherwise); recorded in
+    ``seen`` ({value: line})."""
+    value = (row.get(key) or "").strip()
+    if not value:
+        raise BadCsv(csv_path, f"line {line}: empty {key}")
+    if value in seen:
+        raise BadCsv(csv_path, f"line {line}: duplicate case: {key} {value!r} already on line {seen[value]}")
+    seen[value] = line
+    return value
 
 
 def _row_labels(csv_path: Path, line: int, row: dict[str, str], class_columns: Sequence[str]) -> dict[str, int]:

@@ -372,7 +372,7 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     with gr.Row():
                         ai_name = gr.Textbox(label="Source name (= version)", elem_id="bc-ai-name")
                         ai_study = gr.Dropdown(["(none)"], value="(none)", label="Match to and attach to study",
-                                               elem_id="bc-ai-study")
+                                               allow_custom_value=True, elem_id="bc-ai-study")
                     ai_import_btn = gr.Button("Import predictions", variant="primary", elem_id="bc-ai-import")
                     ai_msg = gr.Markdown(elem_id="bc-ai-message")
                     with gr.Row():
@@ -381,8 +381,9 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                         xrv_name = gr.Textbox(label="Source name (blank: from the file)")
                     xrv_btn = gr.Button("Load the model and predict the cases")
                     with gr.Row():
-                        attach_study = gr.Dropdown([], label="Study", elem_id="bc-attach-study")
-                        attach_source = gr.Dropdown([], label="AI source", elem_id="bc-attach-source")
+                        attach_study = gr.Dropdown([], label="Study", allow_custom_value=True, elem_id="bc-attach-study")
+                        attach_source = gr.Dropdown([], label="AI source", allow_custom_value=True,
+                                                    elem_id="bc-attach-source")
                     attach_btn = gr.Button("Attach the source to the study", elem_id="bc-attach")
                 with gr.Tab("Model"):
                     model_md = gr.Markdown()

@@ -193,6 +193,12 @@ def test_the_source_of_a_started_study_is_fixed_and_the_export_and_analysis_name
             assert ai[i, k] == expected[(case, name)], (case, name)
     assert study.ai_source == "vendor-y"
 
+    from analysis.cli import main as analyze
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    assert analyze(["--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "report"),
+                    "--bootstrap", "10"]) == 0
+    assert "AI alone = the AI source vendor-y" in (tmp_path / "report" / "report.html").read_text()
+
 
 def test_launch_import_prints_the_report_and_db_commands_list_and_attach(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
@@ -239,3 +245,30 @@ def test_a_local_torchxrayvision_model_predicts_the_cases_as_a_source(tmp_path: 
         stored = store.prediction(store.case(keys[4][0]).id, "xrv-local").probabilities
         assert set(stored) <= set(card.evidence) and all(0 <= p <= 1 and math.isfinite(p) for p in stored.values())
         assert store.study_settings(store.study_id("xrv-study")).ai_source == "xrv-local"
+
+
+def test_the_panel_writes_each_kind_of_evidence_and_the_validation_summary() -> None:
+    import numpy as np
+
+    from app.panels import evidence_text, validation_text
+    from core_model.findings import ClassEvidence, FindingsCard, evaluate
+
+    validated = ClassEvidence("Edema", "validated", 0.7412, 0.6071, 0.8533, 12, 80, 0.2311, 0.75, 0.7)
+    assert evidence_text(validated)[:2] == ("AUROC 0.74 [0.61–0.85] · op 0.23", "bc-ev-ok")
+    assert "12 positive / 80 negative" in evidence_text(validated)[2]
+    assert evidence_text(ClassEvidence("Mass", "not validated", n_pos=2))[:2] == ("not validated", "bc-ev-nv")
+    assert evidence_text(ClassEvidence("Hernia", "not trained"))[0] == "—" and evidence_text(None)[0] == "—"
+    assert evidence_text(ClassEvidence("Edema", "supplier", operating_point=0.5))[0] == \
+        "supplier op 0.50 · not validated here"
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, (60, 2))
+    scores = np.clip(labels * 0.5 + rng.normal(0.25, 0.2, (60, 2)), 0, 1)
+    evidence, summary = evaluate(["Edema", "Mass"], scores, labels, trained=["Edema"], seed=0)
+    card = FindingsCard("biascare-test", "built-in", "checkpoint test", "cxr-lt-26", evidence, summary)
+    assert evidence["Edema"].status == "validated" and evidence_text(evidence["Edema"])[0].startswith("AUROC ")
+    text = validation_text(card)
+    assert text.startswith(f"validation: macro AUROC {summary['macro_auroc']:.2f} [") and "on 60 images · ECE" in text
+    assert validation_text(FindingsCard("v", "built-in", "", "cxr-lt-26", {})).startswith("not validated")
+    assert validation_text(FindingsCard("v", "imported", "", "cxr-lt-26", {})) == \
+        "not validated here (supplier's numbers)"

@@ -183,3 +183,26 @@ def test_integrity_an_imported_submission_drives_the_aided_arm_and_the_export(se
     box = page.locator("#bc-ai-box").inner_text()
     assert server.service.model_version in box and SOURCE not in box and "built-in" in box
     context.close()
+
+
+def test_integrity_the_admin_attaches_a_source_until_the_study_starts(server):
+    from core_model.findings import supplier_card
+
+    store = server.service.store
+    store.register_ai_source(supplier_card("attach-me", "imported", "a test supplier", "cxr-lt-26", CXR_LT_26))
+    cases = [c.pseudo_id for c in store.cases("demo-nih")][:2]
+    store.create_study("attach-study", cases, [store.reader("cy")], washout_days=0)
+    admin = server.gradio_client(server.login("boss"))
+    message = admin.predict("attach-study", "attach-me", api_name="/admin_attach_ai_source")
+    assert "shows the AI source 'attach-me'" in message
+    assert store.study_settings(store.study_id("attach-study")).ai_source == "attach-me"
+    reader = store.reader("cy")
+    store.log_event(store.next_assignment(reader, "attach-study"), reader, "case_shown")  # the study has started
+    with pytest.raises(Exception, match="has started"):
+        admin.predict("attach-study", server.service.model_version, api_name="/admin_attach_ai_source")
+    with pytest.raises(Exception, match="no AI source 'nope'"):
+        admin.predict("attach-study", "nope", api_name="/admin_attach_ai_source")
+    assert store.study_settings(store.study_id("attach-study")).ai_source == "attach-me"
+    reader_client = server.gradio_client(server.login("cy"))
+    with pytest.raises(Exception, match="administrators"):
+        reader_client.predict("attach-study", "attach-me", api_name="/admin_attach_ai_source")
