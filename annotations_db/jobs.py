@@ -190,10 +190,11 @@ class JobQueue:
 
     def report(self, claim: Claim, *, losses: Iterable[tuple[int, float]] = (), lines: Sequence[str] = ()) -> bool:
         """Append loss points and log lines of the claim's job; False (nothing written) when the claim was lost."""
-        rows = [{"job_id": claim.job.id, "at": self.store.now(), "kind": "loss", "step": int(s), "value": float(v)}
+        now = self.store.now()
+        rows = [{"job_id": claim.job.id, "at": now, "kind": "loss", "step": int(s), "value": float(v), "message": None}
                 for s, v in losses]
-        rows += [{"job_id": claim.job.id, "at": self.store.now(), "kind": "log", "message": line[:2000]}
-                 for line in lines]
+        rows += [{"job_id": claim.job.id, "at": now, "kind": "log", "step": None, "value": None,
+                  "message": line[:2000]} for line in lines]
         if not rows:
             return True
         with self.store.write_session() as session:

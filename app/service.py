@@ -295,8 +295,8 @@ class AppService:
         self.session_absolute_s = float(session_absolute_s)
         self.model_version = str(getattr(model.info, "version", "unknown"))
         # embeddings depend on the image-encoder weights only: a new decoder checkpoint keeps the cache
-        encoder = str(getattr(model, "encoder_version", self.model_version))
-        self.embedding_dir = Path(embedding_dir or self.data_dir / "embeddings") / _safe_name(encoder)
+        self._embedding_root = Path(embedding_dir or self.data_dir / "embeddings")
+        self.embedding_dir = self._embedding_dir(model)
         self._predictor_cls = InteractivePredictor
         self.sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -305,6 +305,31 @@ class AppService:
         self.events = EventWriter(store)
         self.background = BackgroundWorker(self) if background else None
         self.builtin_card = self._register_builtin()
+
+    def _embedding_dir(self, model: Any) -> Path:
+        """The disk cache of ``model``'s embeddings: one folder per image-encoder version."""
+        return self._embedding_root / _safe_name(str(getattr(model, "encoder_version", None) or
+                                                     getattr(model.info, "version", "unknown")))
+
+    # ------------------------------------------------------------------ the checkpoint in use (app.loop)
+    def switch_model(self, model: Any) -> None:
+        """Put another checkpoint's model in use (a promotion or a rollback): new reads and the free-annotation AI use
+        it, every AI output and answer from now on records its version, the worklist's uncertainties and AI outputs
+        are recomputed with it in the background; a view already open keeps the model it was opened with until it
+        closes, and a study keeps the AI source it was created with."""
+        with self._sessions_lock:
+            self.model = model
+            self.model_version = str(getattr(model.info, "version", "unknown"))
+            self.embedding_dir = self._embedding_dir(model)
+            self.builtin_card = self._register_builtin()
+        if self.background:
+            self.background.retriage()
+
+    def _current_predictor(self, session: Session) -> None:
+        """Give the session a predictor of the model in use when it still has one of an earlier model."""
+        if getattr(session.predictor, "model", self.model) is not self.model:
+            session.predictor = self._predictor_cls(self.model, self.device, cache_size=2,
+                                                    disk_cache=self.embedding_dir)
 
     def _register_builtin(self) -> FindingsCard:
         """The built-in model's card under its version name, registered as an AI source (kept as stored when a
@@ -550,6 +575,7 @@ class AppService:
         with session.lock:
             if session.view is not None:
                 self._hide(session, "another case was opened")
+            self._current_predictor(session)
             started = time.perf_counter()
             prompt = initial_prompt(self.model, *image.pixels.shape[:2])
             ai_mask = None
@@ -910,6 +936,18 @@ class BackgroundWorker:
             self._submit(lambda case_id=case_id: self._embed(case_id))
 
     def triage_missing(self) -> None:
+        self._submit(self._triage_missing)
+
+    def retriage(self) -> None:
+        """After the model in use changed: a predictor of the new model, then triage of every case for its version
+        (the worklist ranks by the version in use; earlier versions' predictions stay, a pinned study shows them)."""
+        def renew() -> None:
+            service = self.service
+            self._predictor = service._predictor_cls(service.model, service.device, cache_size=2,
+                                                     disk_cache=service.embedding_dir)
+            with self._lock:
+                self._seen.clear()
+        self._submit(renew)
         self._submit(self._triage_missing)
 
     def wait(self, timeout: float = 600.0) -> bool:

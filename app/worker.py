@@ -260,15 +260,23 @@ class JobRun:
     def _beat(self) -> None:
         interval = max(0.2, self.queue.lease_s / 4)
         while not self.done.wait(interval):
-            step, total, loss = self._pump()
-            beat = self.queue.heartbeat(self.claim, step=step, total=total, loss=loss)
-            if not beat.alive:
-                self.lost.set()
-                self._stop_child(signal.SIGKILL)
+            try:
+                self._beat_once()
+            except Exception:  # noqa: BLE001 - a database hiccup: the next beat retries (the lease is 4 beats long)
+                log.exception("heartbeat of job %s failed", self.job.id)
+            if self.lost.is_set():
                 return
-            if beat.cancel and not self.cancelled.is_set():
-                self.cancelled.set()
-                self._stop_child(signal.SIGTERM)
+
+    def _beat_once(self) -> None:
+        """Copy the progress, renew the lease; stop the child when the claim was lost or a cancel was asked."""
+        step, total, loss = self._pump()
+        beat = self.queue.heartbeat(self.claim, step=step, total=total, loss=loss)
+        if not beat.alive:
+            self.lost.set()
+            self._stop_child(signal.SIGKILL)
+        elif beat.cancel and not self.cancelled.is_set():
+            self.cancelled.set()
+            self._stop_child(signal.SIGTERM)
 
     def _pump(self) -> tuple[int | None, int | None, float | None]:
         """Copy the new progress points and log lines of the run into the database; the latest (step, total, loss)."""

@@ -1,0 +1,213 @@
+"""The closed loop in the app: start training jobs, watch them, compare, promote, roll back, follow the registry.
+
+    adopt_at_start(service, checkpoint)     # at start: the app's checkpoint is in use unless the registry says otherwise
+    watcher = RegistryWatcher(service)      # follows promotions made elsewhere (a worker's auto-promotion)
+    job_id = start_job(service, session, recipe="quick", datasets=[...], init="in-use", auto_promote=True)
+    job_view(service, session, job_id)      # progress, loss curve, log
+    promote(service, session, checkpoint_id) / rollback(service, session, checkpoint_id)
+
+Every function that acts takes the caller's session and refuses non-admins (``Forbidden``). Promoting or rolling back
+switches the app to that checkpoint at once (:meth:`app.service.AppService.switch_model`: re-triage in the
+background, new AI outputs and answers record the new version); other app processes on the same database follow
+within :data:`WATCH_S` seconds through their :class:`RegistryWatcher`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from app.service import AppError, AppService, Session
+
+log = logging.getLogger("biascare.loop")
+WATCH_S = 15.0
+JOB_COLUMNS = ["id", "status", "task", "recipe", "progress", "step", "loss", "attempts", "worker", "created_at"]
+CHECKPOINT_COLUMNS = ["id", "version", "state", "parent", "job", "heldout_images", "miou@5 (candidate / in use)",
+                      "auto-promotion", "created_at"]
+
+
+def _registry(service: AppService) -> Any:
+    from annotations_db.registry import Registry
+    return Registry(service.store)
+
+
+def _queue(service: AppService) -> Any:
+    from annotations_db.jobs import JobQueue
+    return JobQueue(service.store)
+
+
+# -- the checkpoint in use ---------------------------------------------------------------------------------------------
+def adopt_at_start(service: AppService, checkpoint: Path | str | None) -> None:
+    """Register the app's checkpoint as the one in use when nothing is (a new site); when the registry has one in use
+    that the app did not load, switch to it (a promotion made while the app was down)."""
+    registry = _registry(service)
+    current = registry.in_use()
+    if current is None:
+        if checkpoint and Path(checkpoint).is_file():
+            registry.adopt(checkpoint, service.model_version)
+        return
+    sync_in_use(service)
+
+
+def sync_in_use(service: AppService) -> bool:
+    """Switch the app to the registry's checkpoint in use when it is another one; True when it switched."""
+    from core_model.model import build_model
+
+    current = _registry(service).in_use()
+    if current is None or current.version == service.model_version:
+        return False
+    log.info("switching to %s (%s)", current.version, current.path)
+    service.switch_model(build_model(Path(current.path)))
+    return True
+
+
+class RegistryWatcher:
+    """A daemon thread that calls :func:`sync_in_use` every ``every`` seconds."""
+
+    def __init__(self, service: AppService, every: float = WATCH_S) -> None:
+        self.service = service
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="biascare-registry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                sync_in_use(self.service)
+            except Exception:  # noqa: BLE001 - a bad checkpoint must not stop the app; the log says why
+                log.exception("could not switch to the checkpoint in use")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def promote(service: AppService, session: Session, checkpoint_id: int, reason: str | None = None) -> str:
+    """Put a registered checkpoint in use (the admin's decision) and switch the app to it."""
+    service.require_admin(session)
+    checkpoint = _act(lambda: _registry(service).promote(int(checkpoint_id), session.reader, reason))
+    sync_in_use(service)
+    return f"{checkpoint.version} is in use; the worklist is being re-triaged with it"
+
+
+def rollback(service: AppService, session: Session, checkpoint_id: int, reason: str | None = None) -> str:
+    """Put an earlier checkpoint back in use and switch the app to it."""
+    service.require_admin(session)
+    checkpoint = _act(lambda: _registry(service).rollback(int(checkpoint_id), session.reader, reason))
+    sync_in_use(service)
+    return f"rolled back: {checkpoint.version} is in use again"
+
+
+def _act(action: Any) -> Any:
+    from annotations_db.errors import NotFound
+    try:
+        return action()
+    except (NotFound, ValueError) as error:
+        raise AppError(str(error)) from None
+
+
+# -- jobs -------------------------------------------------------------------------------------------------------------
+def start_job(service: AppService, session: Session, *, task: str = "seg", recipe: str = "quick",
+              datasets: list[str] | None = None, studies: list[str] | None = None, classes: list[str] | None = None,
+              free: bool = True, init: str | int = "in-use", max_steps: int | None = None, gpus: int = 1,
+              auto_promote: bool = False, min_images: int = 10) -> int:
+    """Queue a training job (a ``launch.py worker`` runs it); returns its id."""
+    from app.worker import RECIPES
+
+    service.require_admin(session)
+    if recipe not in RECIPES:
+        raise AppError(f"unknown recipe {recipe!r}; presets: {', '.join(RECIPES)}")
+    spec: dict[str, Any] = {"recipe": recipe, "overrides": {"max_steps": int(max_steps)} if max_steps else {},
+                            "selection": {"datasets": datasets or None, "studies": studies or None,
+                                          "classes": classes or None, "free": bool(free)},
+                            "init": init, "gpus": int(gpus),
+                            "auto_promote": {"min_images": int(min_images)} if auto_promote else None}
+    try:
+        return _queue(service).submit(task, spec, created_by=session.reader)
+    except ValueError as error:
+        raise AppError(str(error)) from None
+
+
+def cancel_job(service: AppService, session: Session, job_id: int) -> str:
+    service.require_admin(session)
+    job = _act(lambda: _queue(service).cancel(int(job_id)))
+    return f"job {job.id}: {'cancel requested' if job.status == 'running' else job.status}"
+
+
+def jobs_frame(service: AppService, session: Session) -> pd.DataFrame:
+    service.require_admin(session)
+    rows = [{"id": j.id, "status": j.status + (" (cancelling)" if j.cancel_requested and j.status == "running" else ""),
+             "task": j.task, "recipe": j.spec.get("recipe"), "progress": round(j.progress, 3), "step": j.step,
+             "loss": None if j.loss is None else round(j.loss, 4), "attempts": j.attempts, "worker": j.worker,
+             "created_at": j.created_at.isoformat(timespec="seconds")} for j in _queue(service).jobs()]
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def job_view(service: AppService, session: Session, job_id: int) -> dict[str, Any]:
+    """One job for the admin: a progress line, its loss curve (frame of step, loss) and its log."""
+    service.require_admin(session)
+    queue = _queue(service)
+    job = _act(lambda: queue.job(int(job_id)))
+    width = 30
+    done = int(round(job.progress * width))
+    bar = f"`[{'#' * done}{'.' * (width - done)}]` {job.progress:.0%} · step {job.step}/{job.total_steps or '?'}"
+    headline = f"**job {job.id}** · {job.status} · {bar}" + (f" · loss {job.loss:.4f}" if job.loss is not None else "")
+    if job.error:
+        headline += f"\n\n{job.error}"
+    curve = pd.DataFrame(queue.curve(job.id), columns=["step", "loss"])
+    lines = [f"{at:%H:%M:%S} {message}" for _, at, _, message in queue.log(job.id)][-200:]
+    return {"headline": headline, "curve": curve, "log": "\n".join(lines), "job": job}
+
+
+# -- registry -----------------------------------------------------------------------------------------------------
+def checkpoints_frame(service: AppService, session: Session) -> pd.DataFrame:
+    service.require_admin(session)
+    rows = []
+    for c in _registry(service).checkpoints():
+        evaluation = c.evaluation or {}
+        pair = [evaluation.get(side, {}).get("segmentation", {}).get("miou@5") for side in ("candidate", "current")]
+        auto = evaluation.get("auto_promote")
+        rows.append({"id": c.id, "version": c.version, "state": c.state, "parent": c.parent_id, "job": c.job_id,
+                     "heldout_images": evaluation.get("heldout_images"),
+                     "miou@5 (candidate / in use)": " / ".join("—" if v is None else f"{v:.3f}" for v in pair)
+                     if evaluation else "",
+                     "auto-promotion": "" if auto is None else ("rule met" if auto["ok"] else "rule not met"),
+                     "created_at": c.created_at.isoformat(timespec="seconds")})
+    return pd.DataFrame(rows, columns=CHECKPOINT_COLUMNS)
+
+
+def comparison_markdown(service: AppService, session: Session, checkpoint_id: int) -> str:
+    """The gate's side-by-side table of one candidate against the checkpoint in use when it was evaluated."""
+    from app.gate import CLICK_METRICS
+
+    service.require_admin(session)
+    checkpoint = _act(lambda: _registry(service).checkpoint(int(checkpoint_id)))
+    evaluation = checkpoint.evaluation or {}
+    if not evaluation:
+        return f"{checkpoint.version}: not evaluated"
+    if "not_measured" in evaluation:
+        return f"{checkpoint.version}: {evaluation['not_measured']}"
+    lines = [f"**{checkpoint.version}** vs **{evaluation.get('against')}** on {evaluation['heldout_images']} "
+             "held-out image(s) of the site's accepted corrections (RITM protocol, 95 % bootstrap intervals)", "",
+             "| metric | candidate | in use |", "|---|---|---|"]
+    for part, metrics in (("segmentation", CLICK_METRICS), ("findings", ("macro_auroc",))):
+        for metric in metrics:
+            cells = [_cell(evaluation[side][part], metric) for side in ("candidate", "current")]
+            if any(cells):
+                lines.append(f"| {metric} | {cells[0] or '—'} | {cells[1] or '—'} |")
+    auto = evaluation.get("auto_promote")
+    if auto:
+        lines += ["", "Auto-promotion rule: " + ("met" if auto["ok"] else "**not met**"), ""]
+        lines += [f"- {reason}" for reason in auto["reasons"]]
+    return "\n".join(lines)
+
+
+def _cell(figures: dict[str, Any], metric: str) -> str:
+    if metric not in figures or figures[metric] is None:
+        return ""
+    low, high = figures.get("intervals", {}).get(metric, [None, None])
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+    return f"{figures[metric]:.3f}{interval}"

@@ -1,0 +1,113 @@
+"""The promotion gate and what follows it, on real demo CXRs with a real ``launch.py worker`` process: a candidate
+worse on the site's held-out corrections is registered but not auto-promoted; an admin's promotion switches the app,
+re-triages the worklist with the new version and the AI panel names it, a study pinned to the earlier version keeps
+it; a rollback puts the earlier checkpoint back."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.loop_helpers import (CACHE_DIR, PASSWORD, answer_with_reference_masks, database_url, demo_store,
+                                fix_split_with_both_sides, login)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A site whose worker ran one job that wrecked its candidate (a learning rate far too high)."""
+    from annotations_db.jobs import JobQueue
+    from app.loop import adopt_at_start
+    from app.service import AppService
+    from app.testing import shared_embedding_dir, shared_model
+    from core_model.model import DEFAULT_CHECKPOINT
+
+    root = tmp_path_factory.mktemp("promotion")
+    url = database_url("sqlite", root)
+    store, cases = demo_store(url)
+    service = AppService(store, shared_model(), root / "data", embedding_dir=shared_embedding_dir())
+    adopt_at_start(service, DEFAULT_CHECKPOINT)
+    service.background.triage_missing()
+    annotator = store.create_reader("annotator", PASSWORD)
+    answer_with_reference_masks(store, cases, annotator)
+    heldout = fix_split_with_both_sides(store, cases, 0.25, heldout=1)
+    job_id = JobQueue(store).submit("seg", {
+        "recipe": "quick", "overrides": {"max_steps": 3, "steps_per_epoch": 3, "lr_vision": 0.3},
+        "auto_promote": {"min_images": 1}, "eval": {"max_clicks": 5, "bootstrap": 200}})
+    done = subprocess.run([sys.executable, "launch.py", "worker", "--db", url, "--data", str(root / "data"),
+                           "--once", "--train-cache", str(CACHE_DIR)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert service.background.wait(600)
+    yield {"store": store, "service": service, "cases": cases, "job": job_id, "heldout": heldout}
+    service.close()
+    store.close()
+
+
+def test_loop_worse_candidate_is_not_auto_promoted(site):
+    from annotations_db.jobs import JobQueue
+    from annotations_db.registry import Registry
+    from app.loop import checkpoints_frame, comparison_markdown
+
+    job = JobQueue(site["store"]).job(site["job"])
+    assert job.status == "succeeded", job.error
+    assert job.result["promoted"] is False
+    registry = Registry(site["store"])
+    candidate = registry.checkpoint(job.result["checkpoint_id"])
+    assert candidate.state == "candidate" and candidate.version == f"job-{job.id}"
+    assert registry.in_use().version == site["service"].model_version == "biascare_lite_v4"
+    evaluation = candidate.evaluation
+    assert evaluation["heldout_images"] == 1 and evaluation["against"] == "biascare_lite_v4"
+    assert evaluation["auto_promote"]["ok"] is False
+    assert any("worse beyond the interval" in r for r in evaluation["auto_promote"]["reasons"])
+    worse = evaluation["candidate"]["segmentation"]["miou@5"] < evaluation["current"]["segmentation"]["miou@5"]
+    assert worse
+    admin = login(site["service"], "chief", role="admin")
+    frame = checkpoints_frame(site["service"], admin)
+    assert list(frame["state"]) == ["candidate", "promoted"] and frame["auto-promotion"][0] == "rule not met"
+    table = comparison_markdown(site["service"], admin, candidate.id)
+    assert "| miou@5 |" in table and "**not met**" in table
+
+
+def test_loop_promotion_retriages_the_worklist_and_rollback(site):
+    from annotations_db.models import ModelVersion
+    from annotations_db.registry import Registry
+    from app.loop import promote, rollback
+
+    store, service, cases = site["store"], site["service"], site["cases"]
+    registry = Registry(store)
+    base = registry.in_use()
+    candidate = registry.find(f"job-{site['job']}")
+    admin = login(service, "boss", role="admin")
+    reader = login(service, "rui")
+    store.create_study("pinned", [cases[0].id], [reader.reader.id], arms=("ai_aided",), washout_days=0,
+                       model_version=base.version, rating_max=0)
+
+    assert "is in use" in promote(service, admin, candidate.id, reason="trying it on the worklist")
+    assert service.model_version == candidate.version and registry.in_use().id == candidate.id
+    assert service.background.wait(600)
+    for case in cases:  # every case re-triaged with the new version, the worklist ranked by it
+        assert store.prediction(case.id, candidate.version) is not None
+    free = [c for c in cases if c.id != cases[0].id]
+    rows = {r["case"]: r for r in service.worklist(reader)}
+    for case in free:
+        assert rows[case.pseudo_id]["uncertainty"] == \
+            pytest.approx(store.prediction(case.id, candidate.version).uncertainty_total)
+    view = service.open_case(reader, free[0].pseudo_id)
+    assert service.ai_panel(view)["model_version"] == candidate.version
+    service.submit(reader, view.nonce)
+    answer = store.answers(reader.reader)[-1]
+    with store.read_session() as session:
+        assert session.get(ModelVersion, answer.model_version_id).name == candidate.version  # the answer records it
+
+    pinned = service.open_assignment(reader)
+    assert pinned is not None and pinned.model_version == base.version  # the study keeps its version
+    service.pause(reader, pinned.nonce)
+
+    assert "rolled back" in rollback(service, admin, base.id)
+    assert service.model_version == base.version and registry.in_use().id == base.id
+    assert [p.kind for p in registry.promotions()] == ["rollback", "promote", "initial"]
+    assert registry.checkpoint(candidate.id).state == "retired"
+    view = service.open_case(reader, free[1].pseudo_id)
+    assert service.ai_panel(view)["model_version"] == base.version
