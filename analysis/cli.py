@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    help="age bin edges, left-closed (default: 0,40,60,75,200)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--thresholds", metavar="JSON", help="per-class AI thresholds {class: t} (default 0.5)")
+    p.add_argument("--thresholds", metavar="JSON", help="per-class AI thresholds {class: t} (default 0.5), used only "
+                                                       "where the results have no ai_suggested (the AI source's own "
+                                                       "suggestion rule, exported by the app)")
     p.add_argument("--threshold", type=float, default=0.5, help="AI threshold for classes not in --thresholds")
     p.add_argument("--accuracy", choices=("recall", "label"), default="recall",
                    help="per-class accuracy: 'recall' = the paper's (correct among the cases of the class), "

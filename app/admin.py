@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from app.panels import validation_text
 from app.service import AppError, AppService, Forbidden, Session
 
 ALLOWED_FORMATS = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm", "nifti": ".nii.gz"}
@@ -350,7 +351,8 @@ def model_info(service: AppService, session: Session, checkpoint: str | None) ->
     lines = [f"- **version**: `{info.version}`", f"- **checkpoint**: `{checkpoint or 'stock LiteMedSAM'}`",
              f"- **click-trained**: {getattr(info, 'clicks_trained', False)}",
              f"- **language pathway trained**: {getattr(info, 'language_trained', False)}",
-             f"- **classifier trained**: {dict(info.classifier_trained) or 'no (no AI probabilities are shown)'}"]
+             f"- **classifier trained**: {dict(info.classifier_trained) or 'no (no AI probabilities are shown)'}",
+             f"- **findings evidence**: {validation_text(service.builtin_card)}"]
     return "\n".join(lines)
 
 

@@ -272,3 +272,28 @@ def test_the_panel_writes_each_kind_of_evidence_and_the_validation_summary() -> 
     assert validation_text(FindingsCard("v", "built-in", "", "cxr-lt-26", {})).startswith("not validated")
     assert validation_text(FindingsCard("v", "imported", "", "cxr-lt-26", {})) == \
         "not validated here (supplier's numbers)"
+
+
+def test_ai_masks_are_stored_with_their_predictions_and_a_wrong_size_is_reported(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from annotations_db import rle
+
+    with Store.open(f"sqlite:///{tmp_path / 'masks.sqlite'}") as store:
+        import_demo(store)
+        keys = demo_keys(store)
+        (good_case, good), (_, wrong) = keys[4], keys[5]
+        info = store.case_info(good_case)
+        mask = np.zeros((info.height, info.width), np.uint8)
+        mask[100:300, 200:500] = 255
+        (tmp_path / "masks").mkdir()
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{good}.png")
+        Image.fromarray(mask[:50, :50]).save(tmp_path / "masks" / f"{wrong}.png")
+        csv_path = write_submission(tmp_path / "with_masks.csv", [(good, probabilities(0)), (wrong, probabilities(1))])
+        report = import_ai_predictions(store, csv_path, "masked", masks_dir=tmp_path / "masks")
+        assert report.masks == 1 and [e.path.name for e in report.mask_errors] == [f"{wrong}.png"]
+        assert "does not match" in report.mask_errors[0].cause and f"{wrong}.png" in "\n".join(report.lines())
+        stored = store.prediction(store.case(good_case).id, "masked")
+        assert np.array_equal(rle.decode(stored.mask_rle), mask > 0)
+        assert store.prediction(store.case(keys[5][0]).id, "masked").mask_rle is None, "probabilities kept, no mask"
