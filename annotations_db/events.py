@@ -11,7 +11,8 @@ Kinds and payloads (every event also has server-side wall and monotonic timestam
     case_hidden   {reason?}                        the case left the screen without a submit (another case, skip, pause)
     heartbeat     {}                               the page is visible and the reader active (sent every few seconds)
     idle_start    {}  / idle_end {}                no input for the idle period, or the tab was hidden / back
-    ai_shown      {model_version?} / ai_hidden {}  the AI output was (un)shown
+    ai_shown      {model_version?, source?, kind?} the AI output was shown: its source's name (= version), kind
+    ai_hidden     {}                               the AI output was hidden
     click         {x, y, positive, display_x?, display_y?, iou?, model_ms?}   original-image pixel coordinates
     box           {x0, y0, x1, y1}                 (reserved) a box prompt
     text_prompt   {text}                           (reserved) a text prompt

@@ -205,8 +205,9 @@ def import_ai_predictions(service: AppService, session: Session, csv_file: Any, 
             shutil.copyfile(path, masks / _safe_upload_name(path.name))
         report = run_import(service.store, csv_path, (source_name or "").strip(), thresholds=thresholds,
                             masks_dir=masks, study=study or None)
-    except AnnotationDbError as error:
-        raise AppError(f"{csv_path.name}: {getattr(error, 'cause', error)}") from None
+    except AnnotationDbError as error:  # a file error names its file (the CSV or the thresholds) and the cause
+        named = getattr(error, "path", None)
+        raise AppError(f"{named.name}: {error.cause}" if named is not None else str(error)) from None
     finally:
         if masks is not None:
             shutil.rmtree(masks, ignore_errors=True)

@@ -150,12 +150,13 @@ class View:
 
 def view_payload(view: View) -> dict[str, Any]:
     """The open case for API clients: nonce, sizes (original and display), for volumes the slice shown, the answer
-    being built and, for a study read, where it sits in the protocol."""
+    being built, for a study read where it sits in the protocol, and the AI source shown (None: no AI shown)."""
     g = view.image.geometry
     progress = view.progress
     return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width, "height": g.height,
             "display_width": g.disp_width, "display_height": g.disp_height, **view_slices(view),
-            **answer_payload(view), "study": None if progress is None else progress.__dict__}
+            **answer_payload(view), "study": None if progress is None else progress.__dict__,
+            "ai_source": None if view.ai_source is None else {"name": view.ai_source.name, "kind": view.ai_source.kind}}
 
 
 def answer_payload(view: View) -> dict[str, Any]:
