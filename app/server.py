@@ -88,11 +88,14 @@ def build_app(db_url: str, data_dir: Path, checkpoint: str | None = None, *, dem
     if demo:
         import_demo(store)
     credentials = ensure_accounts(store, data_dir)
+    from core_model.model import DEFAULT_CHECKPOINT, build_model
     if model is None:
-        from core_model.model import DEFAULT_CHECKPOINT, build_model
         model = build_model(checkpoint if checkpoint else DEFAULT_CHECKPOINT)
     service = AppService(store, model, data_dir, idle_seconds=idle_seconds, background=background,
                          max_upload_bytes=max_upload_mb * 1024 * 1024, embedding_dir=embedding_dir)
+    from app.loop import RegistryWatcher, adopt_at_start
+    adopt_at_start(service, checkpoint or DEFAULT_CHECKPOINT)  # the registry's checkpoint in use wins (app.loop)
+    service.registry_watcher = RegistryWatcher(service)
     if service.background:
         service.background.triage_missing()
 

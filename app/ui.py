@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from app import admin
+from app import admin, loop_ui
 from app.panels import answer_panel, case_header
 from app.security import sign_out_token
 from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_payload
@@ -381,7 +381,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                         xrv_name = gr.Textbox(label="Source name (blank: from the file)")
                     xrv_btn = gr.Button("Load the model and predict the cases")
                     with gr.Row():
-                        attach_study = gr.Dropdown([], label="Study", allow_custom_value=True, elem_id="bc-attach-study")
+                        attach_study = gr.Dropdown([], label="Study", allow_custom_value=True,
+                                                   elem_id="bc-attach-study")
                         attach_source = gr.Dropdown([], label="AI source", allow_custom_value=True,
                                                     elem_id="bc-attach-source")
                     attach_btn = gr.Button("Attach the source to the study", elem_id="bc-attach")
@@ -389,6 +390,8 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     model_md = gr.Markdown()
                     retriage = gr.Button("Triage new cases")
                     retriage_msg = gr.Markdown()
+                with gr.Tab("Training"):
+                    training_choices, training_outputs = loop_ui.training_tab(service, guarded)
                 with gr.Tab("Exports"):
                     ex_study = gr.Dropdown(["(latest)"], value="(latest)", label="Study (results and iMRMC)",
                                            allow_custom_value=True)
@@ -425,11 +428,13 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
         admin_tab.select(guarded(adm_users), None, [users], api_name=False).then(
             guarded(adm_choices), None, [st_cases, st_readers, study_pick, ex_study], api_name=False).then(
             guarded(adm_model), None, [model_md], api_name=False).then(
-            guarded(adm_ai_sources), None, [ai_table, ai_study, attach_study, attach_source], api_name=False)
+            guarded(adm_ai_sources), None, [ai_table, ai_study, attach_study, attach_source], api_name=False).then(
+            training_choices, None, training_outputs, api_name=False)
         ai_import_btn.click(guarded(adm_ai_import), [ai_csv, ai_thresholds, ai_masks, ai_name, ai_study],
                             [ai_msg, ai_table], api_name="admin_import_ai_predictions")
         xrv_btn.click(guarded(adm_xrv), [xrv_path, xrv_name, ai_study], [ai_msg, ai_table], api_name=False)
-        attach_btn.click(guarded(adm_attach), [attach_study, attach_source], [ai_msg], api_name="admin_attach_ai_source")
+        attach_btn.click(guarded(adm_attach), [attach_study, attach_source], [ai_msg],
+                         api_name="admin_attach_ai_source")
         im_btn.click(guarded(adm_import), [im_files, im_dataset], [im_msg], api_name="admin_import")
         u_btn.click(guarded(adm_create_user), [u_name, u_pass, u_role], [u_msg, users], api_name="admin_create_user")
         st_btn.click(guarded(adm_create_study), [st_name, st_cases, st_readers, st_arms, st_design, st_seed,

@@ -1,0 +1,34 @@
+"""Admin → Training through the Gradio API of a live server (the handlers the tab's buttons and live poll call):
+start a job, see it queued with its progress line, cancel it; the registry lists the checkpoint the app started
+with (adopted at start), its comparison and a promotion; a reader is refused."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.testing import LiveServer
+    live = LiveServer.start(tmp_path_factory.mktemp("loop-ui") / "data", wait_triage=False)
+    yield live
+    live.stop()
+
+
+def test_loop_admin_starts_watches_and_cancels_a_job_and_sees_the_registry(server):
+    from gradio_client.exceptions import AppError
+
+    admin = server.gradio_client(server.login("boss"))
+    message, jobs, job_id = admin.predict("quick", "seg", "in-use", 3, [], [], True, False, 10,
+                                          api_name="/admin_start_job")
+    assert message == f"job {job_id} queued" and jobs["data"][0][1] == "queued"
+    _, headline, _, _ = admin.predict(job_id, api_name="/admin_job_progress")
+    assert f"job {int(job_id)}" in headline and "queued" in headline and "0%" in headline
+    assert admin.predict(job_id, api_name="/admin_cancel_job") == f"job {int(job_id)}: cancelled"
+    in_use = server.service.model_version
+    assert admin.predict(1, api_name="/admin_compare") == f"{in_use}: not evaluated"
+    done, checkpoints = admin.predict(1, api_name="/admin_promote")
+    assert done.startswith(f"{in_use} is in use") and checkpoints["data"][0][1:3] == [in_use, "promoted"]
+
+    reader = server.gradio_client(server.login("ada"))
+    with pytest.raises(AppError, match="administrators"):
+        reader.predict("quick", "seg", "in-use", 3, [], [], True, False, 10, api_name="/admin_start_job")
