@@ -2,10 +2,12 @@
 
 Input contract: one row per reader × case × arm × class with columns ``reader, case, arm, class, answer (0/1),
 truth (0/1 or empty), ai_probability, ai_uncertainty, time_s, clicks, order, shown_at, submitted_at, sex, age, race``.
-Arms are ``unaided`` and ``ai_aided``; the AI-alone "arm" is the AI source the aided readers saw (``ai_source``, named in
-the report): its answers are ``ai_suggested`` (1/0, the source card's suggestion rule, exported with the results — the
-rule the AI panel applied) where given, else ``ai_probability`` thresholded (0.5 or per-class thresholds), and its
-scores are ``ai_probability``. An optional ``score`` column (a reader's confidence rating that the finding is present, on any
+Arms are ``unaided`` and ``ai_aided``; the AI-alone "arm" is the AI source the aided readers saw (``ai_source``,
+named in the report): its answers are ``ai_suggested`` (1/0, the source card's suggestion rule, exported with the
+results — the rule the AI panel applied) where given, else ``ai_probability`` thresholded (0.5 or per-class
+thresholds), and its scores are ``ai_probability``.
+
+An optional ``score`` column (a reader's confidence rating that the finding is present, on any
 monotone scale, e.g. the raw 0..rating_max of the export) is used for the AUC analyses (reader AUCs, MRMC AUC,
 iMRMC files); accuracy, sensitivity and specificity always use ``answer``. An optional ``study`` column names the
 study (:func:`select_study` keeps one).

@@ -237,8 +237,8 @@ def _ai_mask(masks_dir: Path, row: SubmissionRow, case: CaseKeys) -> rle.Rle | N
     from core_model.errors import ImageReadError
     from core_model.io import load_mask
 
-    path = next((masks_dir / f"{row.dicom_id}{s}" for s in MASK_SUFFIXES if (masks_dir / f"{row.dicom_id}{s}").is_file()),
-                None)
+    candidates = [masks_dir / f"{row.dicom_id}{suffix}" for suffix in MASK_SUFFIXES]
+    path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         return None
     try:

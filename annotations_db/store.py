@@ -553,8 +553,9 @@ class Store:
                            study_id: int | None = None) -> None:
         """StudyDesignError when a study (``study_id``, or any study showing ``model_version_id``) has reads with
         events: what a reader saw must not change under the recorded answers."""
-        query = (select(Study.name, func.count(func.distinct(Event.assignment_id))).join(Assignment,
-                 Assignment.study_id == Study.id).join(Event, Event.assignment_id == Assignment.id).group_by(Study.name))
+        query = (select(Study.name, func.count(func.distinct(Event.assignment_id)))
+                 .join(Assignment, Assignment.study_id == Study.id)
+                 .join(Event, Event.assignment_id == Assignment.id).group_by(Study.name))
         query = query.where(Study.id == study_id) if study_id is not None else \
             query.where(Study.model_version_id == model_version_id)
         started = session.execute(query).first()

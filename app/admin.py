@@ -224,7 +224,8 @@ def load_xrv_source(service: AppService, session: Session, weights_path: str, na
     service.require_admin(session)
     path = Path((weights_path or "").strip()).expanduser()
     if not path.name.lower().endswith(WEIGHTS_SUFFIXES):
-        raise AppError(f"{path.name or 'no file'}: a torchxrayvision weights file ends in {', '.join(WEIGHTS_SUFFIXES)}")
+        raise AppError(f"{path.name or 'no file'}: a torchxrayvision weights file ends in "
+                       f"{', '.join(WEIGHTS_SUFFIXES)}")
     try:
         report = compute_xrv_predictions(service.store, path, (name or "").strip() or None, study=study or None)
     except (AnnotationDbError, XrvSourceError) as error:

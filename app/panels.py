@@ -78,7 +78,8 @@ def _ai_box(panel: dict[str, Any] | None) -> str:
     """The AI source and its output in three lines — source (name, kind, origin), validation summary, suggested
     findings or why there is no output — or, in an unaided arm, a box of the same size saying it is off."""
     if panel is None:
-        return '<div class="bc-ai-box" id="bc-ai-box"><span class="bc-note">AI output is not shown in this arm.</span></div>'
+        return ('<div class="bc-ai-box" id="bc-ai-box">'
+                '<span class="bc-note">AI output is not shown in this arm.</span></div>')
     source: FindingsCard = panel["source"]
     origin = html.escape(source.origin or "origin not recorded")
     lines = [f'<b>AI</b> <code id="bc-ai-source">{html.escape(source.name)}</code> · {html.escape(source.kind)} · '

@@ -105,7 +105,8 @@ def test_rows_match_dicom_cases_by_sop_instance_uid(store: Store, shared_data: P
     assert report.imported
     from annotations_db.models import Case
     with store.read_session() as session:
-        uids = [(c.pseudo_id, c.sop_instance_uid) for c in session.query(Case).filter(Case.sop_instance_uid.isnot(None))]
+        dicom = session.query(Case).filter(Case.sop_instance_uid.isnot(None))
+        uids = [(c.pseudo_id, c.sop_instance_uid) for c in dicom]
     shared = {uid for _, uid in uids if [u for _, u in uids].count(uid) > 1}  # two sample files share a UID
     unique = [(pseudo, uid) for pseudo, uid in uids if uid not in shared]
     assert unique and shared

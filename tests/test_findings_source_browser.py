@@ -102,7 +102,8 @@ def test_integrity_an_imported_submission_drives_the_aided_arm_and_the_export(se
     nih = [c for c in store.cases("demo-nih")]
     from annotations_db.models import Case
     with store.read_session() as session:
-        dicom_ids = {row.pseudo_id: row.source_key for row in session.query(Case).filter(Case.id.in_([c.id for c in nih]))}
+        rows = session.query(Case).filter(Case.id.in_([c.id for c in nih]))
+        dicom_ids = {row.pseudo_id: row.source_key for row in rows}
     good, bad = nih[0].pseudo_id, nih[1].pseudo_id
     store.create_study("vendor-study", [good, bad], [store.reader("ada")], arms=("unaided", "ai_aided"),
                        design="sequential", washout_days=0, seed=4, rating_max=0)
