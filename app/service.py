@@ -303,6 +303,7 @@ class AppService:
         self._sessions_lock = threading.Lock()
         self._images = LruCache(image_cache)  # (case id, requested slice) -> CaseImage
         self._volumes = LruCache(VOLUMES_KEPT)  # case id -> LoadedVolume, for slice scrolling
+        self._pinned_models = LruCache(2)  # version -> model of a study pinned to an earlier checkpoint
         self.events = EventWriter(store)
         self.background = BackgroundWorker(self) if background else None
         self.builtin_card = self._register_builtin()
@@ -326,11 +327,29 @@ class AppService:
         if self.background:
             self.background.retriage()
 
-    def _current_predictor(self, session: Session) -> None:
-        """Give the session a predictor of the model in use when it still has one of an earlier model."""
-        if getattr(session.predictor, "model", self.model) is not self.model:
-            session.predictor = self._predictor_cls(self.model, self.device, cache_size=2,
-                                                    disk_cache=self.embedding_dir)
+    def _current_predictor(self, session: Session, model: Any) -> None:
+        """Give the session a predictor of ``model`` (the one in use, or a pinned study's) when it has another."""
+        if getattr(session.predictor, "model", model) is not model:
+            session.predictor = self._predictor_cls(model, self.device, cache_size=2,
+                                                    disk_cache=self._embedding_dir(model))
+
+    def _model_for(self, version: str) -> Any:
+        """The model behind an AI source: the one in use, or — for a study pinned to an earlier registered checkpoint
+        — that checkpoint's (loaded once, the last two kept); an imported source's masks come from the model in use."""
+        if version == self.model_version:
+            return self.model
+        cached = self._pinned_models.get(version)
+        if cached is not None:
+            return cached
+        from annotations_db.registry import Registry
+        from core_model.model import build_model
+
+        checkpoint = Registry(self.store).find(version)
+        if checkpoint is None or not Path(checkpoint.path).is_file():
+            return self.model
+        model = build_model(Path(checkpoint.path))
+        self._pinned_models.put(version, model)
+        return model
 
     def _register_builtin(self) -> FindingsCard:
         """The built-in model's card under its version name, registered as an AI source (kept as stored when a
@@ -576,16 +595,17 @@ class AppService:
         with session.lock:
             if session.view is not None:
                 self._hide(session, "another case was opened")
-            self._current_predictor(session)
+            source = self.ai_source_for(target) if shows_ai else None
+            model = self._model_for(source.name if source else self.model_version)
+            self._current_predictor(session, model)
             started = time.perf_counter()
-            prompt = initial_prompt(self.model, *image.pixels.shape[:2])
+            prompt = initial_prompt(model, *image.pixels.shape[:2])
             ai_mask = None
             if shows_ai:
                 session.predictor.set_image(image.pixels)
                 ai_mask = session.predictor.predict(**prompt).mask  # the first click refines this pass's logits
                 for click in state.clicks:
                     session.predictor.predict([Click(click.x, click.y, click.positive)])
-            source = self.ai_source_for(target) if shows_ai else None
             probabilities, suggested = self._ai_findings(case_id, image, source) if source else (None, [])
             view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
                         probabilities, suggested, prompt, source.name if source else self.model_version,

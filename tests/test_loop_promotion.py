@@ -102,7 +102,8 @@ def test_loop_promotion_retriages_the_worklist_and_rollback(site):
         assert session.get(ModelVersion, answer.model_version_id).name == candidate.version  # the answer records it
 
     pinned = service.open_assignment(reader)
-    assert pinned is not None and pinned.model_version == base.version  # the study keeps its version
+    assert pinned is not None and pinned.model_version == base.version  # the study keeps its version:
+    assert reader.predictor.model.info.version == base.version  # its AI mask and clicks too
     service.pause(reader, pinned.nonce)
 
     assert "rolled back" in rollback(service, admin, base.id)
