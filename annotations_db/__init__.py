@@ -14,6 +14,10 @@ Modules (each documents its own API):
   ``export_imrmc``, ``export_masks`` (PNG, NIfTI, DICOM-SEG, COCO RLE), ``export_training`` (training manifest +
   MONAI datalist); de-identified, pseudonymous case ids.
 - :mod:`annotations_db.rle` — COCO-compatible mask RLE (2-D and N-D).
+- :mod:`annotations_db.manifest` — the versioned training-manifest contract shared with ``training`` (schema, label of
+  record, canonical splits, the held-out rule); :mod:`annotations_db.site` — this site's settings (its held-out split).
+- :mod:`annotations_db.jobs` — training jobs claimed by ``launch.py worker`` processes (lease, heartbeat, progress,
+  cancel); :mod:`annotations_db.registry` — the model registry (checkpoints, promotions, rollback).
 - :mod:`annotations_db.models` / ``migrations/`` — the SQLAlchemy 2 schema and its Alembic history.
 - :mod:`annotations_db.engine` — SQLite (WAL, foreign keys, busy timeout) and PostgreSQL engines, one code path.
 - :mod:`annotations_db.cli` — ``python launch.py import|export|db``.

@@ -9,6 +9,8 @@ datasets ── cases ── case_identities (the re-identification mapping; nev
                └── events (append-only interaction log with server-side monotonic + wall timestamps;
                            kinds, payloads and replay in annotations_db/events.py)
 login_attempts (back-off state per user name / client address)   audit_log (every sign-in attempt)
+training_jobs ── job_events (progress, loss curve, log)   site_settings (the held-out split)
+model_versions ── model_checkpoints (the registry: parent, job, data, recipe, evaluation) ── model_promotions
 """
 from __future__ import annotations
 

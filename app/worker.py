@@ -163,7 +163,7 @@ class JobRun:
         from annotations_db.registry import Registry
 
         registry = Registry(self.worker.store)
-        parent = self._start_checkpoint(registry)
+        parent = self._fixed_start(registry)
         manifest = self._export()
         code = self._train(parent.path if parent else None)
         if self.cancelled.is_set():
@@ -172,15 +172,32 @@ class JobRun:
             return "failed", None, "the lease was lost"
         if code != 0:
             return "failed", None, f"training exited with {code}: {self._tail()}"
-        checkpoint = registry.register(self.run_dir / "checkpoint.safetensors", self.version,
-                                       parent=parent.id if parent else None, job_id=self.job.id,
-                                       data={"manifest": str(manifest), "selection": self.job.spec.get("selection")},
-                                       recipe={"preset": self.job.spec.get("recipe", "quick"),
-                                               "overrides": self.job.spec.get("overrides") or {}},
-                                       created_by=self.job.created_by)
+        checkpoint = registry.find(self.version) or self._register(registry, parent, manifest)  # reused after a
+        # lost attempt that had registered it already
         result = {"checkpoint_id": checkpoint.id, "version": checkpoint.version, "path": checkpoint.path}
         result.update(self._gate(registry, checkpoint, parent))
         return "succeeded", result, None
+
+    def _register(self, registry: Any, parent: Any, manifest: Path) -> Any:
+        """The run's checkpoint in the registry as a candidate: its parent, data, recipe and who started the job."""
+        return registry.register(self.run_dir / "checkpoint.safetensors", self.version,
+                                 parent=parent.id if parent else None, job_id=self.job.id,
+                                 data={"manifest": str(manifest), "selection": self.job.spec.get("selection")},
+                                 recipe={"preset": self.job.spec.get("recipe", "quick"),
+                                         "overrides": self.job.spec.get("overrides") or {}},
+                                 created_by=self.job.created_by)
+
+    def _fixed_start(self, registry: Any) -> Any:
+        """The start checkpoint, chosen by the first attempt and kept in the run folder (``start.json``): a resumed
+        attempt continues from the same one even when another checkpoint was promoted in between."""
+        record = self.run_dir / "start.json"
+        if record.is_file():
+            chosen = json.loads(record.read_text())["checkpoint_id"]
+            return None if chosen is None else registry.checkpoint(chosen)
+        start = self._start_checkpoint(registry)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"checkpoint_id": start.id if start else None}))
+        return start
 
     def _start_checkpoint(self, registry: Any) -> Any:
         """The registered checkpoint the job starts from: the one it names, else the one in use (the shipped
@@ -218,8 +235,8 @@ class JobRun:
     def _train(self, init: str | None) -> int:
         """``launch.py train --resume`` as a child process, watched by the heartbeat thread; its exit code."""
         manifest = self.run_dir / "export" / "manifest.json"
-        args = ["--name", self.version, "--runs-dir", str(self.runs), "--manifest", str(manifest), "--resume",
-                "--no-progress", *recipe_args(self.job.spec)]
+        args = ["--name", self.version, "--runs-dir", str(self.runs), "--task", self.job.task, "--manifest",
+                str(manifest), "--resume", "--no-progress", *recipe_args(self.job.spec)]
         if init:
             args += ["--init", init]
         if self.worker.settings.train_cache:

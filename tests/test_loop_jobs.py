@@ -55,7 +55,7 @@ def test_loop_worker_killed_mid_run_resumes_and_cancel_stops(tmp_path):
     answer_with_reference_masks(store, cases, reader)
     fix_split_with_both_sides(store, cases, 0.25, heldout=1)
     queue = JobQueue(store)
-    steps = 12
+    steps = 8
     job_id = queue.submit("seg", {"recipe": "quick", "overrides": {"max_steps": steps, "steps_per_epoch": steps},
                                   "eval": {"max_clicks": 3, "bootstrap": 50}})
     data = tmp_path / "data"

@@ -27,11 +27,12 @@ def test_loop_roundtrip_answers_export_train_load_predict(backend, model, tmp_pa
     from annotations_db.export import export_training
     from annotations_db.manifest import SCHEMA, VERSION
     from annotations_db.models import Case
+    from app.testing import shared_embedding_dir
     from core_model.classes import CXR_LT_26
     from core_model.model import DEFAULT_CHECKPOINT, build_model
 
     store, cases = demo_store(database_url(backend, tmp_path))
-    service = app_service(store, model, tmp_path / "data")
+    service = app_service(store, model, tmp_path / "data", shared_embedding_dir())
     ada = login(service, "ada")
     for case in cases:
         correct(service, ada, case.pseudo_id)
@@ -69,7 +70,7 @@ def test_loop_roundtrip_answers_export_train_load_predict(backend, model, tmp_pa
 
     trained = build_model(runs / "roundtrip" / "checkpoint.safetensors")
     assert trained.info.version == "roundtrip" and trained.info.clicks_trained
-    fresh = app_service(store, trained, tmp_path / "data2")
+    fresh = app_service(store, trained, tmp_path / "data2", shared_embedding_dir())
     ben = login(fresh, "ben")
     view = fresh.open_case(ben, cases[1].pseudo_id)
     assert fresh.ai_panel(view)["model_version"] == "roundtrip"
