@@ -23,8 +23,6 @@ the source outputs is suggested. AI masks (optional): a folder with ``<dicom_id>
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +34,13 @@ from sqlalchemy import select
 from annotations_db import rle
 from annotations_db.errors import (BadCsv, BadProbability, BadThresholds, ImportFailed, ImportFileError, NotFound,
                                    UnknownClass, UnreadableFile)
-from annotations_db.importers import _read_csv, unique_value
 from annotations_db.models import Assignment, Case, Study
 from annotations_db.store import Store
-from core_model.classes import CXR_LT_26, CXR_LT_40
+from core_model.classes import label_set as classes_of
 from core_model.findings import FindingsCard, supplier_card
+from core_model.io import cxrlt
+from core_model.io.cxrlt import SubmissionRow
 
-ID_COLUMN = "dicom_id"
-SUBMISSION_SETS = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
 MASK_SUFFIXES = (".png", ".nii.gz", ".nii", ".dcm")
 
 
@@ -89,78 +86,26 @@ class PredictionImportReport:
         return out
 
 
-@dataclass(frozen=True)
-class SubmissionRow:
-    line: int
-    dicom_id: str
-    probabilities: dict[str, float]
-
-
 # -- the submission CSV ----------------------------------------------------------------------------------------------
 def read_submission(path: Path) -> tuple[str, list[SubmissionRow], list[BadProbability]]:
-    """(label set, good rows, bad rows) of a CXR-LT submission CSV; BadCsv / UnknownClass for a structural problem."""
-    columns, rows = _read_csv(path)
-    if ID_COLUMN not in columns:
-        raise BadCsv(path, f"no {ID_COLUMN!r} column; a CXR-LT submission has dicom_id and one probability "
-                           "column per class")
-    classes = [c for c in columns if c != ID_COLUMN]
-    unknown = [c for c in classes if c not in CXR_LT_40]
-    if unknown:
-        raise UnknownClass(path, f"unknown column(s) {unknown}: not CXR-LT 2024 class names")
-    label_set = next((name for name, names in SUBMISSION_SETS.items() if set(classes) == set(names)), None)
-    if label_set is None or len(classes) != len(set(classes)):
-        missing = sorted(set(CXR_LT_26) - set(classes)) or sorted(set(CXR_LT_40) - set(classes))
-        raise BadCsv(path, f"{len(classes)} class column(s): a submission has the 26 or the 40 CXR-LT classes, "
-                           f"once each (missing: {missing})")
-    good, bad, seen = [], [], {}
-    for line, row in enumerate(rows, start=2):
-        dicom_id = unique_value(path, line, row, ID_COLUMN, seen)
-        try:
-            good.append(SubmissionRow(line, dicom_id, {c: _probability(path, line, c, row.get(c)) for c in classes}))
-        except BadProbability as error:
-            bad.append(error)
-    return label_set, good, bad
-
-
-def _probability(path: Path, line: int, column: str, text: str | None) -> float:
+    """(label set, good rows, bad rows) of a CXR-LT submission CSV (parsed by :func:`core_model.io.cxrlt.
+    read_submission`); BadCsv / UnknownClass for a structural problem."""
     try:
-        value = float((text or "").strip())
-    except ValueError:
-        raise BadProbability(path, line, column, text or "") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise BadProbability(path, line, column, text or "")
-    return value
+        submission = cxrlt.read_submission(path)
+    except cxrlt.UnknownColumns as error:
+        raise UnknownClass(path, error.cause) from None
+    except cxrlt.FindingsTableError as error:
+        raise BadCsv(path, error.cause) from None
+    bad = [BadProbability(path, cell.line, cell.column, cell.value) for cell in submission.bad_rows]
+    return submission.label_set, submission.rows, bad
 
 
 def load_supplier_thresholds(path: Path | str, classes: Sequence[str]) -> dict[str, float]:
     """{class: threshold} from a CSV (columns class, threshold) or JSON object; BadThresholds names the problem."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        try:
-            given = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BadThresholds(path, f"cannot read JSON: {error}") from error
-        if not isinstance(given, dict):
-            raise BadThresholds(path, "the JSON must be an object {class: threshold}")
-        items = [(f"key {k!r}", str(k), v) for k, v in given.items()]
-    else:
-        columns, rows = _read_csv(path)
-        if not {"class", "threshold"} <= set(columns):
-            raise BadThresholds(path, f"a thresholds CSV has the columns class, threshold; this one has {columns}")
-        items = [(f"line {n}", (r.get("class") or "").strip(), r.get("threshold")) for n, r in enumerate(rows, 2)]
-    return {name: _threshold(path, where, name, value, classes) for where, name, value in items}
-
-
-def _threshold(path: Path, where: str, name: str, value: Any, classes: Sequence[str]) -> float:
-    if name not in classes:
-        raise BadThresholds(path, f"{where}: {name!r} is not one of the submission's {len(classes)} classes")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise BadThresholds(path, f"{where}: the threshold of {name!r} must be a number in [0, 1], got {value!r}")
-    return number
+        return cxrlt.read_thresholds(path, classes)
+    except cxrlt.FindingsTableError as error:
+        raise BadThresholds(path, error.cause) from None
 
 
 # -- matching rows to cases ------------------------------------------------------------------------------------------
@@ -264,7 +209,7 @@ def import_ai_predictions(store: Store, csv_path: Path | str, source_name: str, 
     if strict and report.bad_rows:
         raise ImportFailed(list(report.bad_rows))
     report.rows = len(rows) + len(report.bad_rows)
-    classes = SUBMISSION_SETS[report.label_set]
+    classes = classes_of(report.label_set)
     supplied = load_supplier_thresholds(thresholds, classes) if thresholds else None
     cases = cases_in_scope(store, study)
     matched, report.unmatched = match_rows(rows, cases)

@@ -26,7 +26,7 @@ import numpy as np
 
 from core_model.classes import label_set
 from core_model.findings import FindingsCard, evaluate, supplier_card
-from core_model.io.cxrlt import FindingsTableError, LabelRow, image_id, read_labels, read_predictions, read_thresholds
+from core_model.io.cxrlt import FindingsTableError, LabelRow, image_id, read_labels, read_submission, read_thresholds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 Predict = Callable[[list[tuple[str, Path]]], dict[str, dict[str, float]]]
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
     card, predict = open_source(args)
     predictions = predict([(row.image_id, path) for row, path in located])
     if args.predictions_out:
-        write_predictions(Path(args.predictions_out), predictions, label_set(args.label_set), card)
+        write_predictions(Path(args.predictions_out), predictions, label_set(args.label_set))
     scored = [row for row, _ in located if row.image_id in predictions]
     classes = [c for c in label_set(args.label_set) if any(c in row.labels for row in scored)]
     probabilities = np.array([[predictions[r.image_id].get(c, np.nan) for c in classes] for r in scored])
@@ -109,18 +109,21 @@ def _measured(ev) -> dict:
         "has_output": ev.shows_probability}
 
 
-def write_predictions(path: Path, predictions: dict[str, dict[str, float]], classes: tuple[str, ...],
-                      card: FindingsCard) -> None:
-    """{image id: {class: p}} → a CXR-LT submission CSV (``dicom_id`` + the classes the source has an output for)."""
+def write_predictions(path: Path, predictions: dict[str, dict[str, float]], classes: tuple[str, ...]) -> None:
+    """{image id: {class: p}} → a CXR-LT submission CSV (``dicom_id`` + every class of the label set, as the layout
+    requires); EvalInputError when the source has no output for some class."""
     import csv
 
-    shown = [c for c in classes if c in card.evidence and card.evidence[c].shows_probability]
+    lacking = sorted({c for probs in predictions.values() for c in classes if c not in probs})
+    if lacking:
+        raise EvalInputError(f"{path}: not written — the source has no output for {lacking}, and a CXR-LT "
+                             f"submission has all {len(classes)} classes")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["dicom_id", *shown])
+        writer.writerow(["dicom_id", *classes])
         for key, probs in predictions.items():
-            writer.writerow([key, *(repr(float(probs[c])) for c in shown)])
+            writer.writerow([key, *(repr(float(probs[c])) for c in classes)])
 
 
 def select_rows(rows: list[LabelRow], ids_file: str | None) -> list[LabelRow]:
@@ -153,8 +156,10 @@ def open_source(args: argparse.Namespace) -> tuple[FindingsCard, Predict]:
     if kind == "builtin" or kind == "checkpoint":
         return _model_source(where or None, args.label_set)
     if kind == "csv" and where:
-        classes, table = read_predictions(where)
-        thresholds = read_thresholds(args.thresholds) if args.thresholds else None
+        submission = read_submission(where)  # rows with a bad cell count as images without a prediction
+        classes = submission.classes
+        table = {row.dicom_id: row.probabilities for row in submission.rows}
+        thresholds = read_thresholds(args.thresholds, classes) if args.thresholds else None
         card = supplier_card(Path(where).stem, "imported", f"predictions imported from {where}", args.label_set,
                              classes, thresholds)
         return card, lambda items: {i: table[i] for i, _ in items if i in table}

@@ -16,7 +16,7 @@ import torch
 
 from core_model.classes import CXR_LT_26
 from core_model.eval_findings import main as eval_findings
-from core_model.io.cxrlt import FindingsTableError, read_labels, read_predictions, read_thresholds
+from core_model.io.cxrlt import FindingsTableError, UnknownColumns, read_labels, read_submission, read_thresholds
 from core_model.xrv_source import XRV_TO_CXRLT, XrvSourceError, load_xrv_source
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
@@ -96,17 +96,23 @@ def test_label_tables_of_both_layouts_agree_on_the_sample():
     assert all(nih[i] == cxrlt[i] for i in nih)
 
 
-def test_prediction_and_threshold_files_with_errors_name_row_and_column(tmp_path):
+def test_submission_and_threshold_files_with_errors_name_line_and_column(tmp_path):
+    header = "dicom_id," + ",".join(f'"{c}"' if "," in c else c for c in CXR_LT_26)
     bad = tmp_path / "submission.csv"
-    bad.write_text("dicom_id,Pneumothorax,Cardiomegaly\na,0.2,0.4\nb,1.3,0.1\n")
-    with pytest.raises(FindingsTableError, match=r"row 3, column 'Pneumothorax': 1.3 is not a probability"):
-        read_predictions(bad)
-    bad.write_text("dicom_id,Pneumothorax,Heart Attack\na,0.2,0.4\n")
-    with pytest.raises(FindingsTableError, match=r"not CXR-LT classes: \['Heart Attack'\]"):
-        read_predictions(bad)
+    bad.write_text(header + "\na," + ",".join(["0.2"] * 26) + "\nb,1.3," + ",".join(["0.1"] * 25) + "\n")
+    submission = read_submission(bad)
+    assert submission.label_set == "cxr-lt-26" and [r.dicom_id for r in submission.rows] == ["a"]
+    (cell,) = submission.bad_rows
+    assert (cell.line, cell.column, cell.value) == (3, CXR_LT_26[0], "1.3") and str(bad) in str(cell)
+    bad.write_text(header + ",Heart Attack\na," + ",".join(["0.2"] * 27) + "\n")
+    with pytest.raises(UnknownColumns, match=r"\['Heart Attack'\]"):
+        read_submission(bad)
+    bad.write_text("dicom_id,Pneumothorax\na,0.2\n")
+    with pytest.raises(FindingsTableError, match="the 26 or the 40 CXR-LT classes"):
+        read_submission(bad)
     thresholds = tmp_path / "t.csv"
     thresholds.write_text("class,threshold\nPneumothorax,0.3\nCardiomegaly,x\n")
-    with pytest.raises(FindingsTableError, match="row 3, column 'Cardiomegaly'"):
+    with pytest.raises(FindingsTableError, match="line 3: the threshold of 'Cardiomegaly'"):
         read_thresholds(thresholds)
 
 

@@ -4,27 +4,33 @@
   between labels, "No Finding" = Normal; an NIH row assesses the 15 CXR-LT classes of
   :data:`core_model.classes.NIH14_TO_CXRLT` and no other) and CXR-LT 2024 ``train_labeled.csv`` (``dicom_id``,
   optional ``fpath``, one 0/1 column per class; a blank cell = not assessed).
-* **Predictions**: the CXR-LT 2024 submission layout, ``dicom_id`` + one probability column per class (the 26 Task-2
-  or the 40 Task-1 classes).
+* **Predictions**: the CXR-LT 2024 submission layout, ``dicom_id`` + one probability column for each of exactly the
+  26 Task-2 or the 40 Task-1 classes (:func:`read_submission`), and supplier thresholds (:func:`read_thresholds`).
 
 Rows are keyed by image id = the file stem (``00004030_000``) or the ``dicom_id``. Every problem raises
-:class:`FindingsTableError` naming the file, the row (1-based, header = row 1) and the column.
+:class:`FindingsTableError` naming the file, the line (header = line 1) and the column.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from core_model.classes import CXR_LT_40, NIH14_TO_CXRLT
+from core_model.classes import CXR_LT_26, CXR_LT_40, LABEL_SETS, NIH14_TO_CXRLT
 
 ALL_CLASSES = frozenset(CXR_LT_40)
+ID_COLUMN = "dicom_id"
 
 
 class FindingsTableError(ValueError):
-    """A labels, predictions or thresholds file that cannot be used; the message names the file and the cause."""
+    """A labels, predictions or thresholds file that cannot be used; ``path`` names it and ``cause`` says why."""
+
+    def __init__(self, path: Path | str, cause: str) -> None:
+        self.path, self.cause = Path(path), cause
+        super().__init__(f"{self.path}: {cause}")
 
 
 @dataclass(frozen=True)
@@ -44,62 +50,107 @@ def read_labels(path: str | Path) -> list[LabelRow]:
     if "dicom_id" in header:
         classes = [c for c in header if c in ALL_CLASSES]
         if not classes:
-            raise FindingsTableError(f"{path}: no CXR-LT class column (expected the train_labeled.csv layout)")
+            raise FindingsTableError(path, "no CXR-LT class column (expected the train_labeled.csv layout)")
         return [_cxrlt_row(path, n, row, classes) for n, row in rows]
-    raise FindingsTableError(f"{path}: neither the NIH layout ('Image Index', 'Finding Labels') nor the CXR-LT "
-                             "layout ('dicom_id' + class columns)")
+    raise FindingsTableError(path, "neither the NIH layout ('Image Index', 'Finding Labels') nor the CXR-LT layout "
+                                   "('dicom_id' + class columns)")
 
 
-def read_predictions(path: str | Path) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
-    """A CXR-LT submission CSV → (its classes in column order, {dicom_id: {class: probability}}).
+@dataclass(frozen=True)
+class SubmissionRow:
+    """One row of a submission: its line in the file (header = line 1), ``dicom_id``, {class: probability}."""
+    line: int
+    dicom_id: str
+    probabilities: dict[str, float]
 
-    Unknown columns (other than ``dicom_id`` and the CXR-LT bookkeeping columns) are an error naming them; every
-    probability must be a finite number in [0, 1]; a dicom_id may appear once."""
+
+@dataclass(frozen=True)
+class Submission:
+    """A CXR-LT submission CSV: its label set ("cxr-lt-26" | "cxr-lt-40"), classes in column order, the good rows
+    and the rows with a cell that is not a probability (:class:`BadCell`, not imported, reported)."""
+    label_set: str
+    classes: tuple[str, ...]
+    rows: list[SubmissionRow]
+    bad_rows: list[BadCell]
+
+
+class UnknownColumns(FindingsTableError):
+    """Class columns that are not CXR-LT 2024 class names."""
+
+
+class BadCell(FindingsTableError):
+    """A cell that is not a finite probability in [0, 1]; ``line`` and ``column`` name it."""
+
+    def __init__(self, path: Path, line: int, column: str, value: str) -> None:
+        self.line, self.column, self.value = line, column, value
+        super().__init__(path, f"line {line}, column {column!r}: a probability must be a finite number in [0, 1], "
+                               f"got {value!r}")
+
+
+def read_submission(path: str | Path) -> Submission:
+    """A CXR-LT 2024 submission CSV: ``dicom_id`` and one probability column for each of exactly the 26 Task-2 or
+    the 40 Task-1 classes, in any order. Structural problems (no ``dicom_id``, unknown or missing classes, an empty
+    or repeated ``dicom_id``) raise; a row with a bad cell is collected in ``bad_rows``."""
     path = Path(path)
     header, rows = _read_csv(path)
-    if "dicom_id" not in header:
-        raise FindingsTableError(f"{path}: no 'dicom_id' column (CXR-LT submission layout: dicom_id + one "
-                                 "probability column per class)")
-    bookkeeping = {"dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "fpath"}
-    unknown = [c for c in header if c not in ALL_CLASSES and c not in bookkeeping]
+    if ID_COLUMN not in header:
+        raise FindingsTableError(path, f"no {ID_COLUMN!r} column; a CXR-LT submission has dicom_id and one "
+                                       "probability column per class")
+    classes = tuple(c for c in header if c != ID_COLUMN)
+    unknown = [c for c in classes if c not in ALL_CLASSES]
     if unknown:
-        raise FindingsTableError(f"{path}: columns that are not CXR-LT classes: {unknown}")
-    classes = tuple(c for c in header if c in ALL_CLASSES)
-    if not classes:
-        raise FindingsTableError(f"{path}: no class columns")
-    predictions: dict[str, dict[str, float]] = {}
-    for n, row in rows:
-        key = (row.get("dicom_id") or "").strip()
-        if not key:
-            raise FindingsTableError(f"{path}: row {n}: empty dicom_id")
-        if key in predictions:
-            raise FindingsTableError(f"{path}: row {n}: dicom_id {key!r} appears twice")
-        predictions[key] = {c: _probability(path, n, c, row.get(c)) for c in classes}
-    return classes, predictions
+        raise UnknownColumns(path, f"unknown column(s) {unknown}: not CXR-LT 2024 class names")
+    label_set = next((name for name, names in LABEL_SETS.items() if set(classes) == set(names)), None)
+    if label_set is None or len(classes) != len(set(classes)):
+        missing = sorted(set(CXR_LT_26) - set(classes)) or sorted(set(CXR_LT_40) - set(classes))
+        raise FindingsTableError(path, f"{len(classes)} class column(s): a submission has the 26 or the 40 CXR-LT "
+                                       f"classes, once each (missing: {missing})")
+    good, bad, seen = [], [], {}
+    for line, row in rows:
+        dicom_id = (row.get(ID_COLUMN) or "").strip()
+        if not dicom_id:
+            raise FindingsTableError(path, f"line {line}: empty {ID_COLUMN}")
+        if dicom_id in seen:
+            raise FindingsTableError(path, f"line {line}: duplicate {ID_COLUMN} {dicom_id!r} (already on line "
+                                           f"{seen[dicom_id]})")
+        seen[dicom_id] = line
+        try:
+            good.append(SubmissionRow(line, dicom_id, {c: _probability(path, line, c, row.get(c)) for c in classes}))
+        except BadCell as error:
+            bad.append(error)
+    return Submission(label_set, classes, good, bad)
 
 
-def read_thresholds(path: str | Path) -> dict[str, float]:
-    """Per-class thresholds: JSON ``{class: t}`` or a CSV with columns ``class,threshold``; each in [0, 1]."""
-    path = Path(path)
+def read_thresholds(path: str | Path, classes: Iterable[str] = CXR_LT_40) -> dict[str, float]:
+    """Per-class thresholds for ``classes``: a CSV with columns ``class,threshold`` or a JSON ``{class: t}``; each a
+    number in [0, 1]."""
+    path, classes = Path(path), tuple(classes)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise FindingsTableError(f"{path}: not a readable JSON object ({error})") from None
-        if not isinstance(data, dict):
-            raise FindingsTableError(f"{path}: expected a JSON object {{class: threshold}}")
-        items = [(n, str(k), v) for n, (k, v) in enumerate(data.items(), start=1)]
+            given = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise FindingsTableError(path, f"cannot read JSON: {error}") from None
+        if not isinstance(given, dict):
+            raise FindingsTableError(path, "the JSON must be an object {class: threshold}")
+        items = [(f"key {k!r}", str(k), v) for k, v in given.items()]
     else:
         header, rows = _read_csv(path)
         if not {"class", "threshold"} <= set(header):
-            raise FindingsTableError(f"{path}: expected columns 'class' and 'threshold'")
-        items = [(n, row["class"], row["threshold"]) for n, row in rows]
-    thresholds = {}
-    for n, name, value in items:
-        if name not in ALL_CLASSES:
-            raise FindingsTableError(f"{path}: row {n}: {name!r} is not a CXR-LT class")
-        thresholds[name] = _probability(path, n, name, value)
-    return thresholds
+            raise FindingsTableError(path, f"a thresholds CSV has the columns class, threshold; this one has {header}")
+        items = [(f"line {n}", (row.get("class") or "").strip(), row.get("threshold")) for n, row in rows]
+    return {name: _threshold(path, where, name, value, classes) for where, name, value in items}
+
+
+def _threshold(path: Path, where: str, name: str, value: object, classes: tuple[str, ...]) -> float:
+    if name not in classes:
+        raise FindingsTableError(path, f"{where}: {name!r} is not one of the submission's {len(classes)} classes")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise FindingsTableError(path, f"{where}: the threshold of {name!r} must be a number in [0, 1], got {value!r}")
+    return number
 
 
 def image_id(name: str) -> str:
@@ -118,22 +169,22 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
             header = list(reader.fieldnames or [])
             rows = [(n, row) for n, row in enumerate(reader, start=2)]
     except FileNotFoundError:
-        raise FindingsTableError(f"{path}: file not found") from None
+        raise FindingsTableError(path, "file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise FindingsTableError(f"{path}: not a readable CSV file ({error})") from None
+        raise FindingsTableError(path, f"not a readable CSV file ({error})") from None
     if not header:
-        raise FindingsTableError(f"{path}: empty file (no header)")
+        raise FindingsTableError(path, "empty file (no header)")
     return header, rows
 
 
 def _nih_row(path: Path, n: int, row: dict[str, str]) -> LabelRow:
     name = (row.get("Image Index") or "").strip()
     if not name:
-        raise FindingsTableError(f"{path}: row {n}: empty 'Image Index'")
+        raise FindingsTableError(path, f"line {n}: empty 'Image Index'")
     found = [x.strip() for x in (row.get("Finding Labels") or "").split("|") if x.strip()]
     unknown = [x for x in found if x not in NIH14_TO_CXRLT]
     if unknown:
-        raise FindingsTableError(f"{path}: row {n}: unknown NIH label(s) {unknown}")
+        raise FindingsTableError(path, f"line {n}: unknown NIH label(s) {unknown}")
     positives = {NIH14_TO_CXRLT[x] for x in found}
     return LabelRow(image_id(name), name, {c: int(c in positives) for c in NIH14_TO_CXRLT.values()})
 
@@ -141,26 +192,27 @@ def _nih_row(path: Path, n: int, row: dict[str, str]) -> LabelRow:
 def _cxrlt_row(path: Path, n: int, row: dict[str, str], classes: list[str]) -> LabelRow:
     key = (row.get("dicom_id") or "").strip()
     if not key:
-        raise FindingsTableError(f"{path}: row {n}: empty dicom_id")
+        raise FindingsTableError(path, f"line {n}: empty dicom_id")
     labels = {}
     for c in classes:
         cell = (row.get(c) or "").strip()
         if cell == "":
             continue
         if cell not in ("0", "1", "0.0", "1.0"):
-            raise FindingsTableError(f"{path}: row {n}, column {c!r}: {cell!r} is not 0, 1 or blank")
+            raise FindingsTableError(path, f"line {n}, column {c!r}: {cell!r} is not 0, 1 or blank")
         labels[c] = int(float(cell))
     return LabelRow(key, (row.get("fpath") or "").strip() or None, labels)
 
 
-def _probability(path: Path, n: int, column: str, value: object) -> float:
+def _probability(path: Path, line: int, column: str, text: str | None) -> float:
     try:
-        p = float(str(value).strip())
-    except (TypeError, ValueError):
-        raise FindingsTableError(f"{path}: row {n}, column {column!r}: {value!r} is not a number") from None
-    if not math.isfinite(p) or not 0.0 <= p <= 1.0:
-        raise FindingsTableError(f"{path}: row {n}, column {column!r}: {p} is not a probability in [0, 1]")
-    return p
+        value = float((text or "").strip())
+    except ValueError:
+        raise BadCell(path, line, column, text or "") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise BadCell(path, line, column, text or "")
+    return value
 
 
-__all__ = ["FindingsTableError", "LabelRow", "read_labels", "read_predictions", "read_thresholds", "image_id"]
+__all__ = ["FindingsTableError", "UnknownColumns", "BadCell", "LabelRow", "SubmissionRow", "Submission", "read_labels",
+           "read_submission", "read_thresholds", "image_id", "ID_COLUMN"]
