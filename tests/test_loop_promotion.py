@@ -112,3 +112,22 @@ def test_loop_promotion_retriages_the_worklist_and_rollback(site):
     assert registry.checkpoint(candidate.id).state == "retired"
     view = service.open_case(reader, free[1].pseudo_id)
     assert service.ai_panel(view)["model_version"] == base.version
+
+
+def test_loop_app_follows_a_promotion_made_by_another_process(site):
+    from annotations_db.registry import Registry
+    from annotations_db.store import Store
+    from app.loop import RegistryWatcher
+    from tests.loop_helpers import wait_for
+
+    service = site["service"]
+    candidate = Registry(site["store"]).find(f"job-{site['job']}")
+    watcher = RegistryWatcher(service, every=0.2)
+    try:
+        with Store.open(str(site["store"].engine.url)) as other:  # e.g. a worker's auto-promotion
+            Registry(other).promote(candidate.id, None, "auto: test", auto=True)
+        wait_for(lambda: service.model_version == candidate.version, 60, "the app to follow the registry")
+        assert service.background.wait(600)
+        assert service.store.prediction(site["cases"][0].id, candidate.version) is not None
+    finally:
+        watcher.stop()
