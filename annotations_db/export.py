@@ -783,7 +783,19 @@ def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: s
     (out / "manifest.json").write_text(json.dumps(document, indent=1))
     (out / "manifest.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     write_datalist(items, out / "datalist.json")
+    write_label_table(items, document["label_set"], out / manifest_contract.LABELS_CSV)
     return out / "manifest.json"
+
+
+def write_label_table(items: Sequence[dict[str, Any]], classes: Sequence[str], path: Path) -> Path:
+    """The items' labels of record in the CXR-LT ``train_labeled.csv`` layout (``fpath`` relative to the file, one
+    column per class, 1/0, blank = not assessed), 2-D images only: what ``launch.py train --task cls --cls-csv``
+    reads."""
+    rows = [{"dicom_id": item["case_id"], "fpath": item["image"],
+             **{c: item["labels"].get(c, "") for c in classes}}
+            for item in items if not item["image"].endswith((".nii", ".nii.gz"))]
+    pd.DataFrame(rows, columns=["dicom_id", "fpath", *classes]).to_csv(path, index=False)
+    return path
 
 
 def _export_final_masks(finals: Sequence[tuple[Case, Annotation]], out: Path, formats: Sequence[str],

@@ -36,7 +36,7 @@ from annotations_db.store import ReaderLike, ReaderRef, Store
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
-TASKS = ("seg",)  # the corrections train the segmentation model (findings labels: not yet, see README)
+TASKS = ("seg", "seg,cls")  # masks → segmentation; with cls the labels of record → the findings heads
 MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 60.0
 

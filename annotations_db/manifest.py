@@ -20,6 +20,10 @@ Item (also one per line of ``manifest.jsonl``)::
      "accepted_as_is": bool, "slice_index": int | null, "modality": str | null,
      "split": "train" | "validation" | "test" | null, "source": "free" | "aided"}
 
+Next to it the export writes ``labels.csv`` (:data:`LABELS_CSV`): the same items' labels in the CXR-LT
+``train_labeled.csv`` layout (``dicom_id`` = case id, ``fpath`` = image, one column per class of ``label_set``, blank =
+not assessed; 2-D images only), what the findings classifier trains on (``launch.py train --task seg,cls --cls-csv``).
+
 Version history: 1 — no ``version``/``label_of_record``/``heldout``, ``label_set`` documented but not written, splits
 as imported (``training``, ``Train``…), the latest answer of any reader (an unaided read could drop a corrected mask).
 2 — this contract. A version-1 document is still read (its splits are normalised here).
@@ -58,6 +62,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "trn": "train",
                  "heldout": HELDOUT, "held-out": HELDOUT, "held_out": HELDOUT, "holdout": HELDOUT}
 SOURCES = ("free", "aided", "unaided")
 DEFAULT_HELDOUT_SHARE = 0.2
+LABELS_CSV = "labels.csv"
 ITEM_KEYS = {"case_id": str, "image": str}
 
 

@@ -26,7 +26,7 @@ def training_tab(service: AppService, guarded: Callable[[Callable[..., Any]], Ca
                 "model in use on them.")
     with gr.Row():
         recipe = gr.Dropdown(list(RECIPES), value="quick", label="Recipe preset")
-        task = gr.Radio(["seg"], value="seg", label="Task (segmentation)")
+        task = gr.Radio(["seg", "seg,cls"], value="seg", label="Task (seg,cls: the findings heads too)")
         init = gr.Dropdown(["in-use", "stock"], value="in-use", allow_custom_value=True,
                            label="Start from (in-use, stock or a checkpoint id)")
         max_steps = gr.Number(None, precision=0, label="Max steps (empty: the recipe's)")

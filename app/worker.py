@@ -239,6 +239,9 @@ class JobRun:
                 str(manifest), "--resume", "--no-progress", *recipe_args(self.job.spec)]
         if init:
             args += ["--init", init]
+        if "cls" in self.job.task.split(","):
+            from annotations_db.manifest import LABELS_CSV
+            args += ["--cls-csv", str(manifest.parent / LABELS_CSV)]
         if self.worker.settings.train_cache:
             args += ["--cache-dir", str(self.worker.settings.train_cache)]
         gpus = int(self.job.spec.get("gpus") or 1)

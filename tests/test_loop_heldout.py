@@ -16,7 +16,7 @@ from tests.loop_helpers import answer_with_reference_masks, database_url, demo_s
 def test_loop_heldout_corrections_never_reach_a_training_export(tmp_path):
     from annotations_db.export import export_training
     from annotations_db.site import fix_heldout_split, heldout_split
-    from training.data import SkipLog, manifest_samples
+    from training.data import SkipLog, cxrlt_samples, manifest_samples
 
     store, cases = demo_store(database_url("sqlite", tmp_path))
     answer_with_reference_masks(store, cases, store.create_reader("ada", "pw"))
@@ -29,6 +29,9 @@ def test_loop_heldout_corrections_never_reach_a_training_export(tmp_path):
 
     training = json.loads(export_training(store, tmp_path / "train").read_text())
     assert {i["case_id"] for i in training["items"]} == {c.pseudo_id for c in cases} - held
+    table, classes = cxrlt_samples(tmp_path / "train" / "labels.csv")  # the findings heads' training table
+    assert classes == tuple(training["label_set"]) and {s.key for s in table} == {i["case_id"] for i in training["items"]}
+    assert all(s.labels["Cardiomegaly"] == 1 and s.labels["Edema"] == -1 for s in table)  # blank = not assessed
     assert training["heldout"] == {"share": 0.25, "excluded": 1}
     heldout = export_training(store, tmp_path / "heldout", heldout=True)
     items = json.loads(heldout.read_text())["items"]
