@@ -78,7 +78,7 @@ class RegistryWatcher:
         while not self._stop.wait(self.every):
             try:
                 sync_in_use(self.service)
-            except Exception:  # noqa: BLE001 - a bad checkpoint must not stop the app; the log says why
+            except Exception:
                 log.exception("could not switch to the checkpoint in use")
 
     def stop(self) -> None:
@@ -120,7 +120,7 @@ def start_job(service: AppService, session: Session, *, task: str = "seg", recip
     service.require_admin(session)
     if recipe not in RECIPES:
         raise AppError(f"unknown recipe {recipe!r}; presets: {', '.join(RECIPES)}")
-    spec: dict[str, Any] = {"recipe": recipe, "overrides": {"max_steps": int(max_steps)} if max_steps else {},
+    spec: dict[str, Any] = {"recipe": recipe, "overrides": {"max_steps": max_steps} if max_steps else {},
                             "selection": {"datasets": datasets or None, "studies": studies or None,
                                           "classes": classes or None, "free": bool(free)},
                             "init": init, "gpus": int(gpus),
@@ -152,7 +152,7 @@ def job_view(service: AppService, session: Session, job_id: int) -> dict[str, An
     queue = _queue(service)
     job = _act(lambda: queue.job(int(job_id)))
     width = 30
-    done = int(round(job.progress * width))
+    done = round(job.progress * width)
     bar = f"`[{'#' * done}{'.' * (width - done)}]` {job.progress:.0%} · step {job.step}/{job.total_steps or '?'}"
     headline = f"**job {job.id}** · {job.status} · {bar}" + (f" · loss {job.loss:.4f}" if job.loss is not None else "")
     if job.error:
@@ -190,9 +190,9 @@ def comparison_markdown(service: AppService, session: Session, checkpoint_id: in
         return f"{checkpoint.version}: not evaluated"
     if "not_measured" in evaluation:
         return f"{checkpoint.version}: {evaluation['not_measured']}"
-    lines = [f"**{checkpoint.version}** vs **{evaluation.get('against')}** on {evaluation['heldout_images']} "
-             "held-out image(s) of the site's accepted corrections (RITM protocol, 95 % bootstrap intervals)", "",
-             "| metric | candidate | in use |", "|---|---|---|"]
+    title = (f"**{checkpoint.version}** vs **{evaluation.get('against')}** on {evaluation['heldout_images']} "
+             "held-out image(s) of the site's accepted corrections (RITM protocol, 95 % bootstrap intervals)")
+    lines = [title, "", "| metric | candidate | in use |", "|---|---|---|"]
     for part, metrics in (("segmentation", CLICK_METRICS), ("findings", ("macro_auroc",))):
         for metric in metrics:
             cells = [_cell(evaluation[side][part], metric) for side in ("candidate", "current")]

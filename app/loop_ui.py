@@ -76,9 +76,9 @@ def training_tab(service: AppService, guarded: Callable[[Callable[..., Any]], Ca
 
     def on_choices(session: Session):
         service.require_admin(session)
-        from annotations_db.models import Dataset
         from sqlalchemy import select
 
+        from annotations_db.models import Dataset
         from app import admin
         with service.store.read_session() as s:
             names = list(s.scalars(select(Dataset.name).order_by(Dataset.id)))

@@ -78,12 +78,21 @@ def recipe_args(spec: dict[str, Any]) -> list[str]:
     return args
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the worker dies (Linux), so a killed worker leaves no orphan training."""
+def _prctl() -> Any:
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux: a killed worker's child then finishes on its own
+        return None
+
+
+_PRCTL = _prctl()  # resolved in the parent: the child only calls the C function between fork and exec
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``), so a killed worker leaves no
+    orphan training."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)
 
 
 @dataclass
@@ -147,7 +156,7 @@ class JobRun:
         beats.start()
         try:
             status, result, error = self._run()
-        except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the worker goes on
+        except Exception as exc:
             log.exception("job %s failed", self.job.id)
             status, result, error = "failed", None, f"{type(exc).__name__}: {exc}"
         finally:
@@ -250,7 +259,8 @@ class JobRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "worker.log", "a") as output:
             self.child = subprocess.Popen([*launcher, str(REPO_ROOT / "launch.py"), "train", *args], cwd=REPO_ROOT,
-                                          stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                          stdout=output, stderr=subprocess.STDOUT,
+                                          preexec_fn=_die_with_parent)  # noqa: PLW1509 (a C call only)
             return self.child.wait()
 
     def _gate(self, registry: Any, candidate: Any, parent: Any) -> dict[str, Any]:
@@ -282,7 +292,7 @@ class JobRun:
         while not self.done.wait(interval):
             try:
                 self._beat_once()
-            except Exception:  # noqa: BLE001 - a database hiccup: the next beat retries (the lease is 4 beats long)
+            except Exception:
                 log.exception("heartbeat of job %s failed", self.job.id)
             if self.lost.is_set():
                 return

@@ -121,6 +121,7 @@ def _claim_race(url: str, go: str) -> None:
     """A claiming process of the race test: waits for ``go`` to exist, then claims until no job is left."""
     import os
     import time
+
     from annotations_db.jobs import JobQueue
     from annotations_db.store import Store
     store = Store.open(url, migrate_schema=False)

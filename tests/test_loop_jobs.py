@@ -4,17 +4,21 @@ and the log reach the database; an admin's cancel stops a running job."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.loop_helpers import (answer_with_reference_masks, database_url, demo_store, fix_split_with_both_sides,
-                                start_worker, wait_for)
+from tests.loop_helpers import (
+    answer_with_reference_masks,
+    database_url,
+    demo_store,
+    fix_split_with_both_sides,
+    start_worker,
+    wait_for,
+)
 
 RACERS = 4
 JOBS = 24

@@ -10,8 +10,15 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.loop_helpers import (CACHE_DIR, PASSWORD, answer_with_reference_masks, database_url, demo_store,
-                                fix_split_with_both_sides, login)
+from tests.loop_helpers import (
+    CACHE_DIR,
+    PASSWORD,
+    answer_with_reference_masks,
+    database_url,
+    demo_store,
+    fix_split_with_both_sides,
+    login,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def site(tmp_path_factory):
         "auto_promote": {"min_images": 1}, "eval": {"max_clicks": 5, "bootstrap": 200}})
     done = subprocess.run([sys.executable, "launch.py", "worker", "--db", url, "--data", str(root / "data"),
                            "--once", "--train-cache", str(CACHE_DIR)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert service.background.wait(600)
     yield {"store": store, "service": service, "cases": cases, "job": job_id, "heldout": heldout}
