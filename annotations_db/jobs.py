@@ -7,6 +7,7 @@
     queue.report(claim, losses=[(10, 0.31)], lines=["…"])     # the loss curve and the log the admin sees
     queue.finish(claim, "succeeded", result={...})            # or "failed" (error) / "cancelled"
     queue.cancel(job_id)                                      # queued: cancelled at once; running: asked to stop
+    queue.release(claim, "worker stopping")                   # back to the queue (a worker stopped on purpose)
 
 States: ``queued`` → ``running`` (claimed) → ``succeeded`` | ``failed`` | ``cancelled``. A claim holds a lease that the
 worker renews with every heartbeat; a job whose worker stopped renewing (killed, machine lost) is claimable again once
@@ -216,6 +217,18 @@ class JobQueue:
             if changed.rowcount != 1:
                 return False
             self._event(session, claim.job.id, "state", message=status + (f": {error}" if error else ""))
+            return True
+
+    def release(self, claim: Claim, why: str) -> bool:
+        """Give a running job back to the queue (its worker is stopping): the next worker claims it at once and
+        resumes it, without waiting for the lease to run out; False when the claim was lost already."""
+        with self.store.write_session() as session:
+            changed = session.execute(update(TrainingJob).where(*self._mine(claim)).values(
+                status="queued", claim_token=None, lease_until=None, worker=None)
+                .execution_options(synchronize_session=False))
+            if changed.rowcount != 1:
+                return False
+            self._event(session, claim.job.id, "state", message=f"released: {why}")
             return True
 
     # -- internals ------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ machines can serve one site; a conditional UPDATE on SQLite), run it, claim the 
 
 While it runs, a heartbeat thread renews the lease every ``lease/4`` seconds and copies the trainer's
 ``progress.jsonl`` (step, loss) and ``train.log`` lines into the database: the admin's progress bar, loss curve and
-log. A cancel asked for in the app stops the child at the next heartbeat (the job ends ``cancelled``).
+log. A cancel asked for in the app stops the child at the next heartbeat (the job ends ``cancelled``). A worker
+stopped with SIGTERM or Ctrl+C gives its job back to the queue at once; a SIGKILLed one leaves it to its lease.
 
 Job spec (``training_jobs.spec``)::
 
@@ -156,6 +157,12 @@ class JobRun:
         beats.start()
         try:
             status, result, error = self._run()
+        except KeyboardInterrupt:  # the worker is being stopped (SIGTERM, Ctrl+C): the job goes back to the queue
+            self.done.set()
+            self._stop_child(signal.SIGKILL)
+            beats.join()
+            self.queue.release(self.claim, f"worker {self.worker.settings.name} stopped")
+            raise
         except Exception as exc:
             log.exception("job %s failed", self.job.id)
             status, result, error = "failed", None, f"{type(exc).__name__}: {exc}"
@@ -341,6 +348,11 @@ class JobRun:
         return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM stops a worker as Ctrl+C does: its running job is released to the queue (resumed by the next)."""
+    raise KeyboardInterrupt
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True, help="the site's database URL (sqlite:///… or postgresql+psycopg://…)")
@@ -364,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name:
         settings.name = args.name
     worker = Worker(settings)
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"worker {settings.name} serving {args.db}", flush=True)
     try:
         return worker.run(once=args.once)

@@ -1,6 +1,6 @@
 """Training jobs run by real ``launch.py worker`` processes: claims never collide (SQLite and PostgreSQL), a worker
 SIGKILLed mid-run leaves its job to the next one, which resumes it from the run's last.pt; progress, the loss curve
-and the log reach the database; an admin's cancel stops a running job."""
+and the log reach the database; an admin's cancel stops a running job; a worker stopped with SIGTERM releases it."""
 from __future__ import annotations
 
 import json
@@ -91,6 +91,14 @@ def test_loop_worker_killed_mid_run_resumes_and_cancel_stops(tmp_path):
         queue.cancel(long_job)
         cancelled = wait_for(lambda: (j := queue.job(long_job)).status != "running" and j, 60, "the cancel")
         assert cancelled.status == "cancelled" and cancelled.step < 2000
+
+        stopped = queue.submit("seg", {"recipe": "quick", "overrides": {"max_steps": 2000}})
+        wait_for(lambda: queue.job(stopped).step >= 1, 300, "the third job to start")
+        second.send_signal(signal.SIGTERM)  # a worker stopped on purpose gives its job back at once
+        assert second.wait(timeout=60) == 0
+        released = queue.job(stopped)
+        assert released.status == "queued" and released.attempts == 1 and released.worker is None
+        assert any(message.startswith("released") for _, _, _, message in queue.log(stopped))
     finally:
         second.send_signal(signal.SIGKILL)
         second.wait(timeout=30)
