@@ -157,6 +157,14 @@ __all__ = ["train_classifier", "masked_loss", "auroc", "prior_logits", "pooled_f
 # the patient split of the NIH images (training.findings_data), calibrated per class on validation (Platt), with the
 # evidence card of core_model.findings stored in the checkpoint header.
 PROBE_STAGE = "neck"  # the cached feature block the probe reads: rich_pool of the (B, 256, 64, 64) embedding
+# the parts of MultiLabelHead.rich_pool (7 × 256 columns): mean, max, std (256 each), the 4 quadrant means (1024)
+POOL_BLOCKS = {"mean": (0, 256), "max": (256, 512), "std": (512, 768), "quad": (768, 1792)}
+
+
+def block_columns(blocks: tuple[str, ...]) -> torch.Tensor:
+    """The rich_pool columns of ``blocks`` (e.g. ("mean", "quad")) as an index tensor; the probe's weights on the
+    other columns are 0."""
+    return torch.cat([torch.arange(*POOL_BLOCKS[b]) for b in blocks])
 
 
 def standardiser(features: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,7 +291,8 @@ def probe_inputs(parts: dict[str, list[ClsSample]], cache, classes: tuple[str, .
 def train_findings(model, split: dict, samples: list[ClsSample], cache, version: str, origin: str,
                    loss: str = "bce", weight_decay: float = 1e-2, epochs: int = 300, lr: float = 1e-2,
                    flips: bool = False, run_dir: str | None = None, seed: int = 0,
-                   label_sets: tuple[str, ...] = ("cxr-lt-26", "cxr-lt-40")) -> dict:
+                   label_sets: tuple[str, ...] = ("cxr-lt-26", "cxr-lt-40"),
+                   blocks: tuple[str, ...] = tuple(POOL_BLOCKS)) -> dict:
     """Train, calibrate and card the v5 findings heads of ``model`` in place (kind-1 probes on the embedding's rich
     pooling); the cards go to ``model.info.extra["findings"][label_set]``. Features come from ``cache``
     (:class:`training.findings_data.FeatureCache`, filled for the split's images). Returns the metrics."""
@@ -300,10 +309,13 @@ def train_findings(model, split: dict, samples: list[ClsSample], cache, version:
     mean, scale = standardiser(data["x_train"])
     prior = prior_logits(classes)
     state = str(Path(run_dir) / "probe_state.pt") if run_dir else None
-    weight, bias, curve = train_probe((data["x_train"] - mean) / scale, y_train, prior, loss, weight_decay, epochs,
-                                      lr, seed, state)
+    columns = block_columns(blocks)
+    weight_part, bias, curve = train_probe(((data["x_train"] - mean) / scale)[:, columns], y_train, prior, loss,
+                                           weight_decay, epochs, lr, seed, state)
+    weight = torch.zeros(len(classes), data["x_train"].shape[1])
+    weight[:, columns] = weight_part
     results = {"version": version, "loss": loss, "weight_decay": weight_decay, "epochs": epochs, "lr": lr,
-               "flips": flips, "n_train": len(parts["train"]), "n_validation": len(parts["validation"]),
+               "flips": flips, "blocks": list(blocks), "n_train": len(parts["train"]), "n_validation": len(parts["validation"]),
                "trained_classes": trained, "final_loss": curve[-1], "loss_curve": curve[:: max(1, len(curve) // 50)],
                "heads": {}}
     findings = dict(model.info.extra.get("findings") or {})

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--flips", action="store_true", help="add the training images' horizontal flips")
+    p.add_argument("--blocks", default="mean,max,std,quad",
+                   help="pooling blocks the probe reads (of mean, max, std, quad); the others get weight 0")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images only (tests)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true", help="continue the probe from RUNS/NAME/probe_state.pt")
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def origin_text(args, split: dict) -> str:
-    return (f"{args.name}: linear probe per class on the pooled image embedding (mean, max, std, quadrant means) "
+    return (f"{args.name}: linear probe per class on the pooled image embedding ({args.blocks.replace(',', ', ')}; "
+            f"quad = quadrant means) "
             f"of the segmentation encoder, {args.loss} loss, L2 {args.weight_decay:g}, {args.epochs} full-batch "
             f"epochs{' with horizontal flips' if args.flips else ''}; trained on {len(split['train'])} NIH "
             f"ChestX-ray14 images ({split['patients']['train']} patients), calibrated (Platt, per class) and "
@@ -81,12 +84,12 @@ def run(args) -> dict:
         (run_dir / "probe_state.pt").unlink(missing_ok=True)
     results = train_findings(model, split, full + small, cache, args.name, origin_text(args, split), loss=args.loss,
                              weight_decay=args.weight_decay, epochs=args.epochs, lr=args.lr, flips=args.flips,
-                             run_dir=str(run_dir))
+                             run_dir=str(run_dir), blocks=tuple(args.blocks.split(",")))
     info = model.info
     info.version = args.name
     info.extra.update({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "findings_base": base_info.version,
                        "findings_config": {k: getattr(args, k) for k in ("loss", "weight_decay", "epochs", "lr",
-                                                                          "flips", "max_train")}})
+                                                                          "flips", "blocks", "max_train")}})
     stored = tuple(sorted({".".join(k.split(".")[:3]) + "." for k in _init_keys(args.init)
                            if k.startswith("image_encoder.")})) or False
     checkpoint = model.save_checkpoint(run_dir / "checkpoint.safetensors", info, include_encoder=stored)
