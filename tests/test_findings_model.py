@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -62,11 +61,11 @@ def _previous_checkpoint() -> Path | None:
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         return None
     log = subprocess.run(["git", "log", "--format=%H", "--", "assets/model/biascare_lite.safetensors"],
-                         cwd=REPO_ROOT, capture_output=True, text=True)
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     shipped = SHIPPED.read_bytes()
     for commit in log.stdout.split()[:3] if log.returncode == 0 else []:
         blob = subprocess.run(["git", "show", f"{commit}:assets/model/biascare_lite.safetensors"], cwd=REPO_ROOT,
-                              capture_output=True)
+                              capture_output=True, check=False)
         if blob.returncode == 0 and blob.stdout != shipped:
             out = REPO_ROOT / "test-artifacts" / "previous_checkpoint.safetensors"
             out.parent.mkdir(exist_ok=True)
@@ -173,6 +172,13 @@ def test_findings_training_runs_on_a_small_real_subset(shared_data, tmp_path):
     assert {e.status for e in card.evidence.values()} <= {"validated", "not validated", "not trained"}
     assert set(results["trained_classes"]) == {c for c, e in card.evidence.items() if e.status != "not trained"}
     assert int(model.classifiers["cxr-lt-40"].kind) == 1
+    # resume: 20 epochs, then 20 more from the saved probe state = 40 epochs straight (features now cached)
+    common = ["--init", str(SHIPPED), "--split", str(tmp_path / "split.json"), "--shared", str(shared_data),
+              "--cache", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"), "--epochs", "40"]
+    resumed = run(build_parser().parse_args(["--name", "findings_test", "--resume", *common]))
+    straight = run(build_parser().parse_args(["--name", "findings_straight", *common]))
+    assert len(resumed["loss_curve"]) == len(straight["loss_curve"])
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
 
 
 def test_split_is_patient_disjoint_and_keeps_the_demo_images_out_of_training(shared_data):

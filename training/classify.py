@@ -182,7 +182,7 @@ def train_probe(features: torch.Tensor, labels: torch.Tensor, prior: torch.Tenso
     from pathlib import Path
 
     torch.manual_seed(seed)
-    n, d = features.shape
+    d = features.shape[1]
     c = labels.shape[1]
     weight = torch.zeros(c, d, requires_grad=True)
     bias = prior.clone().float().requires_grad_(True)

@@ -103,7 +103,7 @@ def make_split(full: list[ClsSample], small: list[ClsSample], demo_images: Itera
     rest = [s for s in full + small if s.group not in demo_groups]
     groups = sorted({s.group for s in rest})
     rng.shuffle(groups)
-    val_groups = set(groups[: int(math.floor(val_share * len(groups) + 0.5))])
+    val_groups = set(groups[: math.floor(val_share * len(groups) + 0.5)])
     split = {"seed": seed, "rule": SPLIT_RULE.format(demo=demo_size, val=val_share),
              "train": sorted(s.key for s in rest if s.group not in val_groups),
              "validation": sorted(s.key for s in rest if s.group in val_groups),
@@ -174,7 +174,7 @@ class FeatureCache:
             return None
         try:
             return torch.load(path, weights_only=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a damaged file of any kind is recomputed)
             path.unlink(missing_ok=True)
             return None
 

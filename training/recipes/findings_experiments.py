@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("training.recipes")
 sys.path.insert(0, str(ROOT))
 
 FEATURE_SETS = {"neck": ("neck",), "neck+stage4": ("neck", "stage4"),
@@ -56,7 +57,7 @@ def main() -> int:
     cache = FeatureCache(args.cache, build_model().encoder_version)
     if args.available_only:
         parts["train"] = [s for s in parts["train"] if cache.path(s.key, False).is_file()]
-        logging.info("preliminary: %d training images cached", len(parts["train"]))
+        log.info("preliminary: %d training images cached", len(parts["train"]))
     classes = tuple(NIH14_TO_CXRLT.values())
     prior = prior_logits(classes)
     rows = []
@@ -74,23 +75,23 @@ def main() -> int:
             x_train, x_val = x_train[:, block_columns(blocks)], x_val[:, block_columns(blocks)]
         for loss, wd in grid:
             t0 = time.perf_counter()
-            weight, bias, curve = train_probe(x_train, torch.from_numpy(data["y_train"]), prior, loss, wd, args.epochs)
+            weight, bias, _ = train_probe(x_train, torch.from_numpy(data["y_train"]), prior, loss, wd, args.epochs)
             logits = (x_val @ weight.T + bias).numpy()
             aucs = [auroc(logits[:, k], data["y_val"][:, k]) for k in range(len(classes))]
             row = {"n_train": len(parts["train"]), "features": fname, "blocks": list(blocks) if blocks else None, "flips": flips, "loss": loss, "weight_decay": wd,
                    "macro_auroc": float(np.mean([a for a in aucs if a is not None])),
                    "per_class": dict(zip(classes, aucs)), "seconds": time.perf_counter() - t0}
             rows.append(row)
-            logging.info("%-12s flips=%d %-15s wd=%-6g val macro AUROC %.3f (%.1fs)", fname, flips, loss, wd,
+            log.info("%-12s flips=%d %-15s wd=%-6g val macro AUROC %.3f (%.1fs)", fname, flips, loss, wd,
                          row["macro_auroc"], row["seconds"])
     best = max(rows, key=lambda r: r["macro_auroc"])
     shippable = max((r for r in rows if r["blocks"]), key=lambda r: r["macro_auroc"], default=None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rows": rows, "best": best, "best_shippable": shippable}, indent=1))
     keys = ("features", "flips", "loss", "weight_decay", "macro_auroc")
-    logging.info("best: %s", {k: best[k] for k in keys})
+    log.info("best: %s", {k: best[k] for k in keys})
     if shippable:
-        logging.info("best on the embedding's pooling (shippable): %s", {k: shippable[k] for k in keys})
+        log.info("best on the embedding's pooling (shippable): %s", {k: shippable[k] for k in keys})
     return 0
 
 

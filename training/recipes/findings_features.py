@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("training.recipes")
 sys.path.insert(0, str(ROOT))
 
 
@@ -32,7 +33,7 @@ def main() -> int:
     full, small = all_samples()
     split = make_split(full, small, seed=args.seed)
     write_split(split, ROOT / "assets" / "model")
-    logging.info("split: %s", {k: len(v) for k, v in split.items() if isinstance(v, list)} | split["patients"])
+    log.info("split: %s", {k: len(v) for k, v in split.items() if isinstance(v, list)} | split["patients"])
     if args.split_only:
         return 0
     model = build_model()
