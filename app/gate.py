@@ -12,7 +12,8 @@ readers' labels of record (macro AUROC with its bootstrap interval).
 
 The rule (:func:`auto_promote_rule`, one place): promote automatically only when at least ``min_images`` held-out
 images were evaluated and **no metric is worse beyond its interval** — the candidate's figure is not on the worse side
-of the in-use model's 95 % interval (below its low end for IoU and AUROC, above its high end for NoC@90).
+of the in-use model's 95 % interval (below its low end for IoU and AUROC, above its high end for NoC@90), the interval
+widened by a small tolerance (0.002 IoU/AUROC, 0.1 clicks) for the rounding noise of fp16 checkpoints.
 """
 from __future__ import annotations
 
@@ -110,8 +111,13 @@ def compare(candidate: Path | str, current: Path | str | None, heldout_manifest:
     return out
 
 
+TOLERANCE = {"noc@90": 0.1}  # clicks; every other metric (IoU, AUROC): DEFAULT_TOLERANCE
+DEFAULT_TOLERANCE = 0.002
+
+
 def auto_promote_rule(comparison: dict[str, Any], min_images: int = 10) -> Verdict:
-    """The auto-promotion rule of the module docstring."""
+    """The auto-promotion rule of the module docstring (an interval is widened by :data:`TOLERANCE`, so that a few
+    held-out images with a zero-width interval do not turn rounding noise — fp16 weights — into "worse")."""
     images = int(comparison.get("heldout_images", 0))
     if images < min_images:
         return Verdict(False, [f"{images} held-out image(s) evaluated, the rule needs {min_images}"])
@@ -120,6 +126,8 @@ def auto_promote_rule(comparison: dict[str, Any], min_images: int = 10) -> Verdi
         candidate, current = comparison["candidate"][part], comparison["current"][part]
         for metric in (m for m in HIGHER + LOWER if m in current and m in candidate):
             low, high = current.get("intervals", {}).get(metric, [current[metric], current[metric]])
+            margin = TOLERANCE.get(metric, DEFAULT_TOLERANCE)
+            low, high = low - margin, high + margin
             value = candidate[metric]
             worse = value < low if metric in HIGHER else value > high
             ok = ok and not worse

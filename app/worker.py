@@ -118,13 +118,14 @@ class Worker:
         self.store = Store.open(settings.db)
         self.queue = JobQueue(self.store, lease_s=settings.lease_s)
 
-    def run(self, once: bool = False) -> int:
-        """Serve jobs until stopped; ``once``: return after one job (or at once when none is queued)."""
+    def run(self, once: bool = False, until_idle: bool = False) -> int:
+        """Serve jobs until stopped; ``once``: return after one job (or at once when none is queued);
+        ``until_idle``: return when no job is left to claim."""
         while True:
             claim = self.queue.claim(self.settings.name)
             if claim is not None:
                 JobRun(self, claim).run()
-            if once:
+            if once or (until_idle and claim is None):
                 return 0
             if claim is None:
                 time.sleep(self.settings.poll_s)
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=60.0, help="seconds a claim lives without a heartbeat")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between looks for a job when idle")
     p.add_argument("--once", action="store_true", help="run one job (if any) and exit")
+    p.add_argument("--until-idle", action="store_true", help="run jobs until none is queued, then exit")
     p.add_argument("--train-cache", default=None, help="the trainer's embedding cache (default DATA/cache)")
     p.add_argument("--checkpoint", default=None, help="start checkpoint while nothing is in use (default: shipped)")
     return p
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"worker {settings.name} serving {args.db}", flush=True)
     try:
-        return worker.run(once=args.once)
+        return worker.run(once=args.once, until_idle=args.until_idle)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -90,8 +90,7 @@ def answer_with_reference_masks(store: Any, cases: list[Any], reader: Any) -> No
     for case in cases:
         mask = store.reference_masks(case.id)["lung"]
         store.log_event(case.id, reader, "case_shown")
-        store.save_annotation(case.id, reader, {"Cardiomegaly": 1}, mask=mask, model_version="biascare_lite_v4",
-                              label_set="cxr-lt-26")
+        store.save_annotation(case.id, reader, {"Cardiomegaly": 1}, mask=mask, label_set="cxr-lt-26")
 
 
 def start_worker(url: str, data: Path, *extra: str) -> Any:

@@ -1,7 +1,7 @@
 """The promotion gate and what follows it, on real demo CXRs with a real ``launch.py worker`` process: a candidate
-worse on the site's held-out corrections is registered but not auto-promoted; an admin's promotion switches the app,
-re-triages the worklist with the new version and the AI panel names it, a study pinned to the earlier version keeps
-it; a rollback puts the earlier checkpoint back."""
+worse on the site's held-out corrections is registered but not auto-promoted; one that meets the rule is promoted
+automatically and the app follows; an admin's promotion switches the app, re-triages the worklist with the new
+version and the AI panel names it, a study pinned to the earlier version keeps it; a rollback puts it back."""
 from __future__ import annotations
 
 import subprocess
@@ -23,7 +23,8 @@ from tests.loop_helpers import (
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A site whose worker ran one job that wrecked its candidate (a learning rate far too high)."""
+    """A site whose worker ran two jobs: one that wrecked its candidate (a learning rate far too high), then one that
+    changed nothing (learning rate 0: the candidate equals the model in use, so no metric can be worse)."""
     from annotations_db.jobs import JobQueue
     from app.loop import adopt_at_start
     from app.service import AppService
@@ -35,19 +36,24 @@ def site(tmp_path_factory):
     store, cases = demo_store(url)
     service = AppService(store, shared_model(), root / "data", embedding_dir=shared_embedding_dir())
     adopt_at_start(service, DEFAULT_CHECKPOINT)
+    base = service.model_version  # the shipped checkpoint's version
     service.background.triage_missing()
     annotator = store.create_reader("annotator", PASSWORD)
     answer_with_reference_masks(store, cases, annotator)
     heldout = fix_split_with_both_sides(store, cases, 0.25, heldout=1)
-    job_id = JobQueue(store).submit("seg", {
-        "recipe": "quick", "overrides": {"max_steps": 3, "steps_per_epoch": 3, "lr_vision": 0.3},
-        "auto_promote": {"min_images": 1}, "eval": {"max_clicks": 5, "bootstrap": 200}})
+    queue = JobQueue(store)
+    gate = {"auto_promote": {"min_images": 1}, "eval": {"max_clicks": 5, "bootstrap": 200}}
+    worse = queue.submit("seg", {"recipe": "quick", "overrides": {"max_steps": 3, "steps_per_epoch": 3,
+                                                                  "lr_vision": 0.3}, **gate})
+    same = queue.submit("seg", {"recipe": "quick", "overrides": {"max_steps": 1, "steps_per_epoch": 1,
+                                                                 "lr_vision": 0, "lr_language": 0}, **gate})
     done = subprocess.run([sys.executable, "launch.py", "worker", "--db", url, "--data", str(root / "data"),
-                           "--once", "--train-cache", str(CACHE_DIR)], cwd=REPO_ROOT, capture_output=True,
+                           "--until-idle", "--train-cache", str(CACHE_DIR)], cwd=REPO_ROOT, capture_output=True,
                           text=True, check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert service.background.wait(600)
-    yield {"store": store, "service": service, "cases": cases, "job": job_id, "heldout": heldout}
+    yield {"store": store, "service": service, "cases": cases, "job": worse, "same": same, "heldout": heldout,
+           "base": base}
     service.close()
     store.close()
 
@@ -63,18 +69,40 @@ def test_loop_worse_candidate_is_not_auto_promoted(site):
     registry = Registry(site["store"])
     candidate = registry.checkpoint(job.result["checkpoint_id"])
     assert candidate.state == "candidate" and candidate.version == f"job-{job.id}"
-    assert registry.in_use().version == site["service"].model_version == "biascare_lite_v4"
     evaluation = candidate.evaluation
-    assert evaluation["heldout_images"] == 1 and evaluation["against"] == "biascare_lite_v4"
+    assert evaluation["heldout_images"] == 1 and evaluation["against"] == site["base"]
     assert evaluation["auto_promote"]["ok"] is False
     assert any("worse beyond the interval" in r for r in evaluation["auto_promote"]["reasons"])
     worse = evaluation["candidate"]["segmentation"]["miou@5"] < evaluation["current"]["segmentation"]["miou@5"]
     assert worse
     admin = login(site["service"], "chief", role="admin")
     frame = checkpoints_frame(site["service"], admin)
-    assert list(frame["state"]) == ["candidate", "promoted"] and frame["auto-promotion"][0] == "rule not met"
+    assert list(frame["state"]) == ["promoted", "candidate", "retired"]  # job 2 (auto), job 1, the shipped one
+    assert list(frame["auto-promotion"][:2]) == ["rule met", "rule not met"]
     table = comparison_markdown(site["service"], admin, candidate.id)
     assert "| miou@5 |" in table and "**not met**" in table
+
+
+def test_loop_candidate_meeting_the_rule_is_auto_promoted_and_the_app_follows(site):
+    from annotations_db.jobs import JobQueue
+    from annotations_db.registry import Registry
+    from app.loop import RegistryWatcher
+    from tests.loop_helpers import wait_for
+
+    service, registry = site["service"], Registry(site["store"])
+    job = JobQueue(site["store"]).job(site["same"])
+    assert job.status == "succeeded" and job.result["promoted"] is True, job.error
+    promoted = registry.in_use()
+    assert promoted.id == job.result["checkpoint_id"] and promoted.evaluation["auto_promote"]["ok"] is True
+    assert [(p.kind, p.by) for p in registry.promotions()] == [("auto", None), ("initial", None)]
+    assert service.model_version == site["base"]  # the worker promoted it in another process…
+    watcher = RegistryWatcher(service, every=0.2)
+    try:  # …and the app follows the registry
+        wait_for(lambda: service.model_version == promoted.version, 60, "the app to follow the registry")
+        assert service.background.wait(600)
+        assert all(site["store"].prediction(c.id, promoted.version) is not None for c in site["cases"])
+    finally:
+        watcher.stop()
 
 
 def test_loop_promotion_retriages_the_worklist_and_rollback(site):
@@ -84,7 +112,7 @@ def test_loop_promotion_retriages_the_worklist_and_rollback(site):
 
     store, service, cases = site["store"], site["service"], site["cases"]
     registry = Registry(store)
-    base = registry.in_use()
+    base = registry.find(site["base"])
     candidate = registry.find(f"job-{site['job']}")
     admin = login(service, "boss", role="admin")
     reader = login(service, "rui")
@@ -115,26 +143,7 @@ def test_loop_promotion_retriages_the_worklist_and_rollback(site):
 
     assert "rolled back" in rollback(service, admin, base.id)
     assert service.model_version == base.version and registry.in_use().id == base.id
-    assert [p.kind for p in registry.promotions()] == ["rollback", "promote", "initial"]
+    assert [p.kind for p in registry.promotions()] == ["rollback", "promote", "auto", "initial"]
     assert registry.checkpoint(candidate.id).state == "retired"
     view = service.open_case(reader, free[1].pseudo_id)
     assert service.ai_panel(view)["model_version"] == base.version
-
-
-def test_loop_app_follows_a_promotion_made_by_another_process(site):
-    from annotations_db.registry import Registry
-    from annotations_db.store import Store
-    from app.loop import RegistryWatcher
-    from tests.loop_helpers import wait_for
-
-    service = site["service"]
-    candidate = Registry(site["store"]).find(f"job-{site['job']}")
-    watcher = RegistryWatcher(service, every=0.2)
-    try:
-        with Store.open(str(site["store"].engine.url)) as other:  # e.g. a worker's auto-promotion
-            Registry(other).promote(candidate.id, None, "auto: test", auto=True)
-        wait_for(lambda: service.model_version == candidate.version, 60, "the app to follow the registry")
-        assert service.background.wait(600)
-        assert service.store.prediction(site["cases"][0].id, candidate.version) is not None
-    finally:
-        watcher.stop()
