@@ -162,6 +162,25 @@ def job_view(service: AppService, session: Session, job_id: int) -> dict[str, An
     return {"headline": headline, "curve": curve, "log": "\n".join(lines), "job": job}
 
 
+def heldout_summary(service: AppService, session: Session) -> str:
+    """The site's held-out split for the admin: its share and how many answers of record it holds."""
+    from annotations_db.export import final_annotations
+    from annotations_db.manifest import DEFAULT_HELDOUT_SHARE
+    from annotations_db.site import heldout_split
+
+    service.require_admin(session)
+    split = heldout_split(service.store)
+    if not split.fixed:
+        return (f"Held-out split: not fixed yet — the first training job fixes it at {DEFAULT_HELDOUT_SHARE:.0%} of "
+                "the cases (never trained on; the gate compares models on them).")
+    with service.store.read_session() as s:
+        finals = final_annotations(s)
+    held = [a for c, a in finals if split.contains(c.pseudo_id)]
+    masked = sum(a.mask_rle is not None for a in held)
+    return (f"Held-out split: {split.share:.0%} of the cases (fixed) — {len(held)} of {len(finals)} answers of record, "
+            f"{masked} with a mask: never trained on, the gate compares models on them.")
+
+
 # -- registry -----------------------------------------------------------------------------------------------------
 def checkpoints_frame(service: AppService, session: Session) -> pd.DataFrame:
     service.require_admin(session)

@@ -48,6 +48,7 @@ def training_tab(service: AppService, guarded: Callable[[Callable[..., Any]], Ca
     log_box = gr.Textbox(lines=10, max_lines=10, label="Log", interactive=False)
     timer = gr.Timer(POLL_S, active=False)  # started when an admin opens the tab
     gr.Markdown("### Models")
+    heldout = gr.Markdown()
     checkpoints = gr.Dataframe(interactive=False, label="Registered checkpoints (newest first)")
     with gr.Row():
         checkpoint_id = gr.Number(None, precision=0, label="Checkpoint")
@@ -83,7 +84,7 @@ def training_tab(service: AppService, guarded: Callable[[Callable[..., Any]], Ca
         with service.store.read_session() as s:
             names = list(s.scalars(select(Dataset.name).order_by(Dataset.id)))
         return (gr.update(choices=names), gr.update(choices=admin.studies(service)),
-                loop.checkpoints_frame(service, session), gr.Timer(active=True))
+                loop.checkpoints_frame(service, session), gr.Timer(active=True), loop.heldout_summary(service, session))
 
     def on_cancel(session: Session, chosen):
         return loop.cancel_job(service, session, int(chosen or 0))
@@ -106,4 +107,4 @@ def training_tab(service: AppService, guarded: Callable[[Callable[..., Any]], Ca
     compare_btn.click(guarded(on_compare), [checkpoint_id], [comparison], api_name="admin_compare")
     promote_btn.click(guarded(on_promote), [checkpoint_id], [comparison, checkpoints], api_name="admin_promote")
     rollback_btn.click(guarded(on_rollback), [checkpoint_id], [comparison, checkpoints], api_name="admin_rollback")
-    return guarded(on_choices), [datasets, studies, checkpoints, timer]
+    return guarded(on_choices), [datasets, studies, checkpoints, timer, heldout]

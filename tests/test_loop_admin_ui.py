@@ -29,6 +29,13 @@ def test_loop_admin_starts_watches_and_cancels_a_job_and_sees_the_registry(serve
     done, checkpoints = admin.predict(1, api_name="/admin_promote")
     assert done.startswith(f"{in_use} is in use") and checkpoints["data"][0][1:3] == [in_use, "promoted"]
 
+    from annotations_db.site import fix_heldout_split
+    from app.loop import heldout_summary
+    boss = server.service.login("boss", server.credentials["boss"])
+    assert "not fixed yet" in heldout_summary(server.service, boss)
+    fix_heldout_split(server.service.store, 0.5)
+    assert heldout_summary(server.service, boss).startswith("Held-out split: 50% of the cases (fixed)")
+
     reader = server.gradio_client(server.login("ada"))
     with pytest.raises(AppError, match="administrators"):
         reader.predict("quick", "seg", "in-use", 3, [], [], True, False, 10, api_name="/admin_start_job")
