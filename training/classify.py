@@ -114,6 +114,9 @@ def train_classifier(model, samples: list[ClsSample], csv_classes: tuple[str, ..
             curve.append(float(value))
         head.eval()
         with torch.no_grad():
+            head.kind.fill_(0)  # this head is the MLP layout (a kind-1 probe loaded from --init is replaced)
+            head.calib_a.fill_(1.0)
+            head.calib_b.fill_(0.0)
             last = head.net[-1]
             last.bias[~assessed] = prior[~assessed]
             last.weight[~assessed] = 0.0
