@@ -89,11 +89,20 @@ def test_xrv_adapter_refuses_bad_files_with_the_file_named(xrv_weights, tmp_path
         load_xrv_source(xrv_weights, weights_name="resnet50-res512-all")
 
 
+def test_the_nih_label_mapping_is_the_one_shipped_with_the_data():
+    from core_model.classes import NIH14_TO_CXRLT
+
+    shipped = json.loads((SAMPLE / "label_mapping_nih14_to_cxrlt2024.json").read_text())["nih14_to_cxrlt2024"]
+    assert NIH14_TO_CXRLT == shipped
+
+
 def test_label_tables_of_both_layouts_agree_on_the_sample():
     nih = {r.image_id: r.labels for r in read_labels(SAMPLE / "Data_Entry_2017_v2020_subset.csv")}
     cxrlt = {r.image_id: r.labels for r in read_labels(SAMPLE / "labels_cxrlt2024_format.csv")}
     assert set(nih) == set(cxrlt) and len(nih) == 142
     assert all(nih[i] == cxrlt[i] for i in nih)
+    patients = {r.image_id: r.patient for r in read_labels(SAMPLE / "Data_Entry_2017_v2020_subset.csv")}
+    assert patients["00004030_000"] == "4030"
 
 
 def test_submission_and_threshold_files_with_errors_name_line_and_column(tmp_path):

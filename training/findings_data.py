@@ -6,7 +6,8 @@ ChestX-ray8, CVPR 2017):
 * ``nih_cxr14_sample/``: 142 full-resolution (1024²) images, one per patient, labels in the CXR-LT layout
   (``labels_cxrlt2024_format.csv``; the 25 CXR-LT classes NIH does not label are blank = not assessed);
 * ``nih_cxr14_train256/``: 549 images at 256², NIH layout (``labels.csv``: ``Finding Labels`` joined by ``|``),
-  mapped to CXR-LT names with ``label_mapping_nih14_to_cxrlt2024.json`` ("No Finding" → Normal).
+  mapped to CXR-LT names as ``label_mapping_nih14_to_cxrlt2024.json`` does (:data:`core_model.classes.
+  NIH14_TO_CXRLT`; "No Finding" → Normal).
 
 No patient is in both folders. :func:`make_split` splits by patient into train / validation / demo; the demo set
 comes from the full-resolution folder only and always holds the patients of the app's demo images.
@@ -17,7 +18,6 @@ neck pooled (mean, max, standard deviation, 2×2 quadrant means); cached per ima
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core_model.io.cxrlt import FindingsTableError, read_labels
 from training.data import ClsSample, DataError, load_pixels
 
 log = logging.getLogger("training.findings_data")
@@ -43,41 +44,33 @@ SPLIT_RULE = ("by NIH Patient ID; demo = the patients of the app's 4 demo images
 STAGES = ("stage1", "stage2", "stage3", "stage4", "neck")
 
 
-def nih_mapping(path: str | Path = SAMPLE_DIR / "label_mapping_nih14_to_cxrlt2024.json") -> dict[str, str]:
-    """NIH label → CXR-LT class name (15 entries, "No Finding" → "Normal")."""
-    return dict(json.loads(Path(path).read_text())["nih14_to_cxrlt2024"])
-
-
-def nih_samples(csv_path: str | Path, image_root: str | Path | None = None,
-                mapping: dict[str, str] | None = None) -> list[ClsSample]:
-    """NIH ``Data_Entry`` layout (``Image Index, Finding Labels, Patient ID``) → samples with CXR-LT labels.
+def nih_samples(csv_path: str | Path, image_root: str | Path | None = None) -> list[ClsSample]:
+    """NIH ``Data_Entry`` layout (``Image Index, Finding Labels, Patient ID``; read by
+    :func:`core_model.io.cxrlt.read_labels`) → samples with CXR-LT labels grouped by patient.
 
     The 15 mapped classes are assessed (1/0) on every image; every other class is absent (= not assessed)."""
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root else csv_path.parent / "images"
-    mapping = mapping or nih_mapping()
+    try:
+        rows = read_labels(csv_path)
+    except FindingsTableError as error:
+        raise DataError(str(error)) from None
     samples = []
-    with open(csv_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            path = root / row["Image Index"]
-            if not path.is_file():
-                raise DataError(f"{csv_path}: {row['Image Index']} not found under {root}")
-            found = {f.strip() for f in row["Finding Labels"].split("|")}
-            unknown = found - set(mapping)
-            if unknown:
-                raise DataError(f"{csv_path}: {row['Image Index']}: unknown NIH labels {sorted(unknown)}")
-            labels = {cxr: int(nih in found) for nih, cxr in mapping.items()}
-            samples.append(ClsSample(key=Path(row["Image Index"]).stem, group=f"nih:{int(row['Patient ID'])}",
-                                     path=path, labels=labels))
+    for row in rows:
+        path = root / row.file
+        if not path.is_file():
+            raise DataError(f"{csv_path}: {row.file} not found under {root}")
+        if row.patient is None:
+            raise DataError(f"{csv_path}: {row.file}: no Patient ID (the split is by patient)")
+        samples.append(ClsSample(key=row.image_id, group=f"nih:{int(row.patient)}", path=path, labels=row.labels))
     return samples
 
 
 def all_samples(shared: str | Path = SHARED) -> tuple[list[ClsSample], list[ClsSample]]:
     """(full-resolution sample, 256² training folder) as samples with CXR-LT labels and patient groups."""
     shared = Path(shared)
-    mapping = nih_mapping(shared / "nih_cxr14_sample" / "label_mapping_nih14_to_cxrlt2024.json")
-    full = nih_samples(shared / "nih_cxr14_sample" / "Data_Entry_2017_v2020_subset.csv", mapping=mapping)
-    small = nih_samples(shared / "nih_cxr14_train256" / "labels.csv", mapping=mapping)
+    full = nih_samples(shared / "nih_cxr14_sample" / "Data_Entry_2017_v2020_subset.csv")
+    small = nih_samples(shared / "nih_cxr14_train256" / "labels.csv")
     clash = {s.group for s in full} & {s.group for s in small}
     if clash:
         raise DataError(f"patients in both folders: {sorted(clash)[:5]}")
@@ -220,5 +213,5 @@ def label_matrix(samples: list[ClsSample], classes: Iterable[str]) -> np.ndarray
     return np.array([[s.labels.get(c, -1) for c in classes] for s in samples], dtype=int)
 
 
-__all__ = ["nih_mapping", "nih_samples", "all_samples", "make_split", "write_split", "stage_features",
+__all__ = ["nih_samples", "all_samples", "make_split", "write_split", "stage_features",
            "model_inputs", "FeatureCache", "fill_cache", "load_features", "label_matrix", "DEMO_IMAGES", "STAGES"]

@@ -35,10 +35,12 @@ class FindingsTableError(ValueError):
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One image's reference labels: image id, the file named by the table (or None), {class: 0/1} assessed only."""
+    """One image's reference labels: image id, the file named by the table (or None), {class: 0/1} assessed only,
+    and the patient (NIH ``Patient ID`` / CXR-LT ``subject_id``; None when the table has none)."""
     image_id: str
     file: str | None
     labels: dict[str, int]
+    patient: str | None = None
 
 
 def read_labels(path: str | Path) -> list[LabelRow]:
@@ -186,7 +188,8 @@ def _nih_row(path: Path, n: int, row: dict[str, str]) -> LabelRow:
     if unknown:
         raise FindingsTableError(path, f"line {n}: unknown NIH label(s) {unknown}")
     positives = {NIH14_TO_CXRLT[x] for x in found}
-    return LabelRow(image_id(name), name, {c: int(c in positives) for c in NIH14_TO_CXRLT.values()})
+    return LabelRow(image_id(name), name, {c: int(c in positives) for c in NIH14_TO_CXRLT.values()},
+                    (row.get("Patient ID") or "").strip() or None)
 
 
 def _cxrlt_row(path: Path, n: int, row: dict[str, str], classes: list[str]) -> LabelRow:
@@ -201,7 +204,8 @@ def _cxrlt_row(path: Path, n: int, row: dict[str, str], classes: list[str]) -> L
         if cell not in ("0", "1", "0.0", "1.0"):
             raise FindingsTableError(path, f"line {n}, column {c!r}: {cell!r} is not 0, 1 or blank")
         labels[c] = int(float(cell))
-    return LabelRow(key, (row.get("fpath") or "").strip() or None, labels)
+    return LabelRow(key, (row.get("fpath") or "").strip() or None, labels,
+                    (row.get("subject_id") or "").strip() or None)
 
 
 def _probability(path: Path, line: int, column: str, text: str | None) -> float:
