@@ -53,15 +53,15 @@ def heldout_pairs(manifest: Path) -> tuple[list[tuple[Path, Path]], list[dict[st
 
 
 def click_metrics(checkpoint: Path | str | None, pairs: list[tuple[Path, Path]], cache_dir: Path | None,
-                  max_clicks: int = 20, bootstrap: int = 1000) -> dict[str, Any]:
+                  max_clicks: int = 20, bootstrap: int = 1000, device: str = "cpu") -> dict[str, Any]:
     """RITM figures of one checkpoint on ``pairs`` with their 95 % intervals: {metric: value, "intervals": {...}}."""
     from core_model.model import build_model
     from core_model.predictor import InteractivePredictor
     from training.eval_clicks import bootstrap_intervals, evaluate
 
-    model = build_model(Path(checkpoint) if checkpoint else None)
+    model = build_model(Path(checkpoint) if checkpoint else None, device=device)
     disk = Path(cache_dir) / model.encoder_version if cache_dir else None
-    predictor = InteractivePredictor(model, disk_cache=disk)
+    predictor = InteractivePredictor(model, device=device, disk_cache=disk)
     result = evaluate(predictor, pairs, max_clicks=max_clicks, refine_clicks=0, text=None, box=True)
     intervals = bootstrap_intervals(result["objects"], bootstrap, 0, max_clicks) if bootstrap else {}
     figures = {k: result.get(k) for k in CLICK_METRICS if result.get(k) is not None}
@@ -69,7 +69,8 @@ def click_metrics(checkpoint: Path | str | None, pairs: list[tuple[Path, Path]],
             "images": result["n_images"], "objects": result["n_objects"], "version": model.info.version}
 
 
-def findings_metrics(checkpoint: Path | str | None, items: list[dict[str, Any]], root: Path) -> dict[str, Any]:
+def findings_metrics(checkpoint: Path | str | None, items: list[dict[str, Any]], root: Path,
+                     device: str = "cpu") -> dict[str, Any]:
     """Macro AUROC (with interval) of the checkpoint's CXR-LT classifier on the held-out labels of record, or
     ``{"not_measured": why}``."""
     import torch
@@ -79,8 +80,8 @@ def findings_metrics(checkpoint: Path | str | None, items: list[dict[str, Any]],
     from core_model.triage import Triage
     from training.data import load_pixels
 
-    model = build_model(Path(checkpoint) if checkpoint else None)
-    triage = Triage(model)
+    model = build_model(Path(checkpoint) if checkpoint else None, device=device)
+    triage = Triage(model, device)
     if not triage.classifier_trained:
         return {"not_measured": "no trained findings classifier"}
     classes = list(model.classifiers[triage.label_set].classes)
@@ -97,17 +98,19 @@ def findings_metrics(checkpoint: Path | str | None, items: list[dict[str, Any]],
 
 
 def compare(candidate: Path | str, current: Path | str | None, heldout_manifest: Path, *,
-            cache_dir: Path | None = None, max_clicks: int = 20, bootstrap: int = 1000) -> dict[str, Any]:
-    """The candidate and the in-use checkpoint side by side on the held-out split (JSON-ready)."""
+            cache_dir: Path | None = None, max_clicks: int = 20, bootstrap: int = 1000,
+            device: str = "cpu") -> dict[str, Any]:
+    """The candidate and the in-use checkpoint side by side on the held-out split (JSON-ready), on ``device``."""
     pairs, items = heldout_pairs(heldout_manifest)
-    out: dict[str, Any] = {"heldout_images": len(pairs), "protocol": {"max_clicks": max_clicks, "box": True,
-                                                                      "bootstrap": bootstrap, "unit": "image"}}
+    out: dict[str, Any] = {"heldout_images": len(pairs), "device": device,
+                           "protocol": {"max_clicks": max_clicks, "box": True, "bootstrap": bootstrap,
+                                        "unit": "image"}}
     if not pairs:
         out["not_measured"] = "the held-out split has no answer of record with a 2-D mask yet"
         return out
     for side, path in (("candidate", candidate), ("current", current)):
-        out[side] = {"segmentation": click_metrics(path, pairs, cache_dir, max_clicks, bootstrap),
-                     "findings": findings_metrics(path, items, Path(heldout_manifest).parent)}
+        out[side] = {"segmentation": click_metrics(path, pairs, cache_dir, max_clicks, bootstrap, device),
+                     "findings": findings_metrics(path, items, Path(heldout_manifest).parent, device)}
     return out
 
 

@@ -281,7 +281,7 @@ class JobRun:
         comparison = compare(candidate.path, current.path if current else None, heldout,
                              cache_dir=self.worker.settings.data / "embeddings",
                              max_clicks=int(options.get("max_clicks", 20)),
-                             bootstrap=int(options.get("bootstrap", 1000)))
+                             bootstrap=int(options.get("bootstrap", 1000)), device=self._device())
         comparison["against"] = current.version if current else "stock"
         rule = self.job.spec.get("auto_promote")
         verdict = auto_promote_rule(comparison, **rule) if rule is not None and "not_measured" not in comparison \
@@ -293,6 +293,14 @@ class JobRun:
         self.queue.report(self.claim, lines=[f"gate vs {comparison['against']}: "
                                              + ("promoted" if verdict and verdict.ok else "not promoted")])
         return {"promoted": bool(verdict and verdict.ok)}
+
+    def _device(self) -> str:
+        """Where the gate runs: the recipe's device when this machine has it (a GPU worker), else the CPU."""
+        import torch
+
+        wanted = str({**RECIPES.get(self.job.spec.get("recipe", "quick"), {}),
+                      **(self.job.spec.get("overrides") or {})}.get("device", "cpu"))
+        return wanted if wanted.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
     # -- heartbeat ----------------------------------------------------------------------------------------------
     def _beat(self) -> None:
