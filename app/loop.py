@@ -41,26 +41,54 @@ def _queue(service: AppService) -> Any:
 
 # -- the checkpoint in use ---------------------------------------------------------------------------------------------
 def adopt_at_start(service: AppService, checkpoint: Path | str | None) -> None:
-    """Register the app's checkpoint as the one in use when nothing is (a new site); when the registry has one in use
-    that the app did not load, switch to it (a promotion made while the app was down)."""
+    """At start: register the app's checkpoint when its version is new (a copy under ``DATA/models/``, so an upgrade
+    that replaces the shipped file never changes a registered one); put it in use when nothing is (a new site);
+    otherwise switch to the registry's checkpoint in use (a promotion made while the app was down) — a new shipped
+    checkpoint is then a candidate the admin may promote."""
     registry = _registry(service)
-    current = registry.in_use()
-    if current is None:
-        if checkpoint and Path(checkpoint).is_file():
-            registry.adopt(checkpoint, service.model_version)
+    version = service.model_version
+    if checkpoint and Path(checkpoint).is_file() and registry.find(version) is None:
+        registry.register(_kept_copy(service.data_dir, Path(checkpoint), version), version)
+    if registry.in_use() is None:
+        found = registry.find(version)
+        if found is not None:
+            registry.adopt(found.path, version)
         return
     sync_in_use(service)
 
 
+def _kept_copy(data_dir: Path, checkpoint: Path, version: str) -> Path:
+    import shutil
+
+    target = data_dir / "models" / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in version)}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_file():
+        shutil.copyfile(checkpoint, target)
+    return target
+
+
+_REFUSED: set[tuple[str, int]] = set()  # (database, checkpoint) whose file no longer matches: logged once, not loaded
+
+
 def sync_in_use(service: AppService) -> bool:
-    """Switch the app to the registry's checkpoint in use when it is another one; True when it switched."""
+    """Switch the app to the registry's checkpoint in use when it is another one; True when it switched. A checkpoint
+    whose file changed since it was registered (other sha256, or another version inside) is refused and logged."""
+    from annotations_db.registry import file_sha256
     from core_model.model import build_model
 
     current = _registry(service).in_use()
-    if current is None or current.version == service.model_version:
+    key = (str(service.store.engine.url), current.id if current else -1)
+    if current is None or current.version == service.model_version or key in _REFUSED:
+        return False
+    path = Path(current.path)
+    model = build_model(path) if path.is_file() and file_sha256(path) == current.sha256 else None
+    if model is None or str(model.info.version) != current.version:
+        _REFUSED.add(key)
+        log.error("checkpoint %s in use is refused: %s is missing or changed since it was registered", current.version,
+                  path)
         return False
     log.info("switching to %s (%s)", current.version, current.path)
-    service.switch_model(build_model(Path(current.path)))
+    service.switch_model(model)
     return True
 
 

@@ -36,6 +36,18 @@ def test_loop_admin_starts_watches_and_cancels_a_job_and_sees_the_registry(serve
     fix_heldout_split(server.service.store, 0.5)
     assert heldout_summary(server.service, boss).startswith("Held-out split: 50% of the cases (fixed)")
 
+    import shutil
+
+    from annotations_db.registry import Registry
+    from app.loop import sync_in_use
+    changed = server.service.data_dir / "changed.safetensors"
+    shutil.copyfile(server.service.data_dir / "models" / f"{in_use}.safetensors", changed)
+    registry = Registry(server.service.store)
+    registry.promote(registry.register(changed, "changed-later").id, None, "test")
+    with open(changed, "ab") as handle:  # the file changes after it was registered: never loaded
+        handle.write(b"x")
+    assert sync_in_use(server.service) is False and server.service.model_version == in_use
+
     reader = server.gradio_client(server.login("ada"))
     with pytest.raises(AppError, match="administrators"):
         reader.predict("quick", "seg", "in-use", 3, [], [], True, False, 10, api_name="/admin_start_job")
