@@ -48,7 +48,7 @@ def adopt_at_start(service: AppService, checkpoint: Path | str | None) -> None:
     registry = _registry(service)
     version = service.model_version
     if checkpoint and Path(checkpoint).is_file() and registry.find(version) is None:
-        registry.register(_kept_copy(service.data_dir, Path(checkpoint), version), version)
+        registry.register(kept_copy(service.data_dir, Path(checkpoint), version), version)
     if registry.in_use() is None:
         found = registry.find(version)
         if found is not None:
@@ -57,7 +57,8 @@ def adopt_at_start(service: AppService, checkpoint: Path | str | None) -> None:
     sync_in_use(service)
 
 
-def _kept_copy(data_dir: Path, checkpoint: Path, version: str) -> Path:
+def kept_copy(data_dir: Path, checkpoint: Path, version: str) -> Path:
+    """``DATA/models/<version>.safetensors``, copied from ``checkpoint`` once: the file a registry entry points to."""
     import shutil
 
     target = data_dir / "models" / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in version)}.safetensors"

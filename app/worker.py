@@ -228,8 +228,11 @@ class JobRun:
             return registry.checkpoint(init)
         current = registry.in_use()
         if current is None:
+            from app.loop import kept_copy
+
             path = self.worker.settings.checkpoint or DEFAULT_CHECKPOINT
-            current = registry.adopt(path, build_model(path).info.version)
+            version = str(build_model(path).info.version)
+            current = registry.adopt(kept_copy(self.worker.settings.data, Path(path), version), version)
         return current
 
     def _export(self) -> Path:
