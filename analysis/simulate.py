@@ -4,7 +4,7 @@ Each reader labels each class of each case independently: P(answer = 1 | positiv
 P(answer = 0 | negative) = specificity of the arm, so the paper's per-class accuracy (TP / positives) has expectation
 equal to the arm's sensitivity in every class, and so does its macro average. Reading time per case is log-normal with
 the arm's median. The AI probability is a logistic of a normal score with P(p ≥ 0.5 | positive) = AI sensitivity and
-P(p < 0.5 | negative) = AI specificity; its case-level uncertainty is the mean of 1 − |2p − 1| over classes. The
+P(p < 0.5 | negative) = AI specificity (its suggestions, ``ai_suggested``, are p ≥ 0.5); its case-level uncertainty is the mean of 1 − |2p − 1| over classes. The
 AI-aided arm is read in order of decreasing uncertainty, the unaided arm in random order.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pandas as pd
 from scipy import stats
 
 COLUMNS = ["reader", "case", "arm", "class", "answer", "truth", "ai_probability", "ai_uncertainty", "time_s",
-           "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
+           "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race", "ai_source", "ai_suggested"]
+SIMULATED_SOURCE = "simulated-ai"  # its operating point is 0.5 by construction: ai_suggested = p ≥ 0.5
 
 
 @dataclass
@@ -99,7 +100,10 @@ def _reader_arm(name: str, arm: str, reader: ReaderSpec, truth: np.ndarray, prob
     long["class"] = np.tile(classes, n)
     long["answer"] = answer.ravel()
     long["truth"] = truth.ravel()
-    long["ai_probability"] = prob.ravel().round(6) if arm == "ai_aided" else np.nan
+    aided = arm == "ai_aided"
+    long["ai_probability"] = prob.ravel().round(6) if aided else np.nan
+    long["ai_source"] = SIMULATED_SOURCE if aided else None
+    long["ai_suggested"] = (prob.ravel() >= 0.5).astype(float) if aided else np.nan
     return long
 
 
