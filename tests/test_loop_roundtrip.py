@@ -69,6 +69,10 @@ def test_loop_roundtrip_answers_export_train_load_predict(backend, model, tmp_pa
 
     trained = build_model(runs / "roundtrip" / "checkpoint.safetensors")
     assert trained.info.version == "roundtrip" and trained.info.clicks_trained
+    # decoder training leaves the findings heads and the embedding they read as they were: their evidence is kept
+    start, carried = build_model(DEFAULT_CHECKPOINT).findings_card(), trained.findings_card()
+    assert carried.name == "roundtrip" and f"carried over unchanged from {start.name}" in carried.origin
+    assert carried.evidence == start.evidence and any(e.operating_point for e in carried.evidence.values())
     fresh = app_service(store, trained, tmp_path / "data2", shared_embedding_dir())
     ben = login(fresh, "ben")
     view = fresh.open_case(ben, cases[1].pseudo_id)

@@ -289,6 +289,7 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
     started = time.time()
     skips = SkipLog(strict=args.strict)
     model = build_model(args.init, device="cpu")
+    start_encoder_version = model.encoder_version
     if args.init_state:
         from training.trainer import load_trained_params
 
@@ -381,6 +382,7 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
         from training.plots import training_curves
         from training.trainer import finished_info
 
+        findings_cards: dict = {}
         classifier_trained = {name: bool(h["trained_classes"]) for name, h in (cls_info or {}).get("heads", {}).items()}
         trained_classes = {n: h["trained_classes"] for n, h in (cls_info or {}).get("heads", {}).items()}
         if args.init and not cls_info:
@@ -389,10 +391,17 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             start = getattr(model, "info", None) or ModelInfo()
             classifier_trained = dict(start.classifier_trained)
             trained_classes = dict((start.extra or {}).get("trained_classes", {}))
+            if model.encoder_version == start_encoder_version and (start.extra or {}).get("findings"):
+                # the heads and the image embedding they read are the starting checkpoint's: its evidence still holds
+                findings_cards = {name: {**card, "name": cfg.name,
+                                         "origin": f"{card['origin']} — heads carried over unchanged from {start.version}"}
+                                  for name, card in start.extra["findings"].items()}
         extra = {"trained_classes": trained_classes,
                  "data": args.folder + args.manifest + args.nifti + ([args.cls_csv] if args.cls_csv else []),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": sorted(tasks),
                  "config": cfg.as_dict()}
+        if findings_cards:
+            extra["findings"] = findings_cards
         if "seg" not in tasks:
             cfg.modes = ()  # a classification-only run does not claim a trained language pathway
         info = finished_info(cfg, extra, classifier_trained)
