@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -77,7 +78,8 @@ class _OnnxPart:
 
     def _export(self, module: torch.nn.Module) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        # unique per process *and* thread: two predictors of one app may export the same graph at once
+        tmp = self.path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings: shape checks traced as constants, batch-safe here
             torch.onnx.export(self._exportable(module).eval(), self._example(), str(tmp), dynamo=False,
@@ -413,7 +415,6 @@ class OnnxMaskResize:
     no PyTorch operators on the click path)."""
 
     def __init__(self, threads: int | None = None) -> None:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
