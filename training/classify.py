@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from core_model.classes import TRAIN_IMAGES, TRAIN_POSITIVE_COUNTS
+from core_model.findings import auroc
 from training.cache import EmbeddingCache
 from training.data import ClsSample, load_pixels, split_by_group
 
@@ -55,17 +56,6 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str, prior: to
     else:
         raise ValueError(f"unknown classification loss {kind!r} (logit-adjusted | asl | bce)")
     return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Rank-based AUROC (Mann–Whitney); None without both classes."""
-    from scipy.stats import rankdata
-
-    pos, neg = int((labels == 1).sum()), int((labels == 0).sum())
-    if pos == 0 or neg == 0:
-        return None
-    ranks = rankdata(scores)
-    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def pooled_features(model, samples: list[ClsSample], cache: EmbeddingCache, device="cpu") -> torch.Tensor:

@@ -82,7 +82,7 @@ def _read_only(path: str) -> set[str]:
 
 
 def auroc(scores, flags) -> float | None:
-    from training.classify import auroc as _auroc
+    from core_model.findings import auroc as _auroc
 
     return _auroc(np.asarray(scores, float), np.asarray(flags, int))
 
