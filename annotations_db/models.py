@@ -211,6 +211,7 @@ class Annotation(Base):
     confidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     mask_rle: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     slice_index: Mapped[int | None] = mapped_column(Integer)  # a 2-D mask on a volume: its slice on the axial axis
+    mask_slices: Mapped[list[int] | None] = mapped_column(JSON)  # a 3-D mask: the axial slices holding masks
     accepted_as_is: Mapped[bool] = mapped_column(Boolean)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

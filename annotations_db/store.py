@@ -874,13 +874,15 @@ class Store:
     def save_annotation(self, target: Target, reader: ReaderLike, labels: Mapping[str, int], *,
                         mask: np.ndarray | rle.Rle | None = None, accepted_as_is: bool = False,
                         confidence: Mapping[str, float] | None = None, slice_index: int | None = None,
-                        model_version: str | None = None, label_set: str = "cxr-lt-40") -> int:
+                        mask_slices: Sequence[int] | None = None, model_version: str | None = None,
+                        label_set: str = "cxr-lt-40") -> int:
         """Save a final answer and its 'submit' event in one transaction; returns the annotation id.
 
         Labels are {class: 0/1} from the study's label set (or ``label_set`` outside a study), checked with its rules
         ('Normal' excludes findings). In a study that collects ratings (``rating_max`` > 0), ``confidence`` must rate
         every positive finding 1..rating_max (see :func:`validate_ratings`); outside studies it is optional. A second
-        answer to an assignment is refused unless the study allows revisits.
+        answer to an assignment is refused unless the study allows revisits. A volume's 3-D mask (voxel grid
+        (I, J, K)) comes with ``mask_slices``, the axial slices that hold the reader's masks.
         """
         mask_rle = rle.encode(mask) if isinstance(mask, np.ndarray) else mask
         with self.write_session() as session:
@@ -895,11 +897,12 @@ class Store:
                 case_id, assignment_id = self._case(session, target).id, None
                 clean = validate_labels(labels, session.get(LabelSet, self.label_set_id(session, label_set)).classes)
             if mask_rle is not None:
-                check_mask_geometry(session.get(Case, case_id), mask_rle, slice_index)
+                check_mask_geometry(session.get(Case, case_id), mask_rle, slice_index, mask_slices)
             version_id = self.model_version_id(session, model_version) if model_version else None
             annotation = Annotation(case_id=case_id, reader_id=me.id, assignment_id=assignment_id, labels=clean,
                                     confidence=dict(confidence) if confidence else None, mask_rle=mask_rle,
                                     slice_index=slice_index, accepted_as_is=accepted_as_is,
+                                    mask_slices=sorted(int(k) for k in mask_slices) if mask_slices else None,
                                     model_version_id=version_id, created_at=self.now())
             session.add(annotation)
             session.flush()
@@ -1053,8 +1056,19 @@ def rating_in_range(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None) -> None:
-    """Masks are stored at source geometry: (height, width) for 2-D, (I, J, K) or one displayed slice for volumes."""
+def check_mask_geometry(case: Case, mask_rle: rle.Rle, slice_index: int | None,
+                        mask_slices: Sequence[int] | None = None) -> None:
+    """Masks are stored at source geometry: (height, width) for 2-D, (I, J, K) or one displayed slice for volumes;
+    ``mask_slices`` (3-D masks only) must be slices of the volume."""
+    if mask_slices is not None and case.depth is None:
+        raise ValueError(f"case {case.pseudo_id} is a 2-D image: its mask has no slices")
+    if mask_slices is not None:
+        from core_model.io.volume import axial_axis
+        shape3 = list(mask_rle.get("shape", []))
+        axis = axial_axis(np.asarray(case.affine, dtype=float)) if case.affine else 2
+        if len(shape3) != 3 or any(not 0 <= int(k) < int(shape3[axis]) for k in mask_slices):
+            raise ValueError(f"mask slices {list(mask_slices)} of volume case {case.pseudo_id} must be slices of a "
+                             "3-D mask")
     shape = list(mask_rle.get("shape", mask_rle["size"]))
     if case.depth is None and shape != [case.height, case.width]:
         raise ValueError(f"mask of case {case.pseudo_id} must be {case.height}×{case.width} (the source image), "

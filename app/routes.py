@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -77,10 +78,14 @@ def _error(error: Exception) -> JSONResponse:
 
 
 def _png(result: LayerResult) -> Response:
-    return Response(result.png, media_type="image/png", headers={
-        "Cache-Control": "no-store", "X-Server-Ms": f"{result.total_ms:.2f}", "X-Model-Ms": f"{result.model_ms:.2f}",
-        "X-Encode-Ms": f"{result.encode_ms:.2f}", "X-Server-Cpu-Ms": f"{result.cpu_ms:.2f}",
-        "X-Clicks": str(result.clicks), "X-Area": str(result.area)})
+    """A mask layer with its headers (app/VIEWER_API.md): timings, clicks, area, the slice and its prompts."""
+    headers = {"Cache-Control": "no-store", "X-Server-Ms": f"{result.total_ms:.2f}",
+               "X-Model-Ms": f"{result.model_ms:.2f}", "X-Encode-Ms": f"{result.encode_ms:.2f}",
+               "X-Server-Cpu-Ms": f"{result.cpu_ms:.2f}", "X-Clicks": str(result.clicks), "X-Area": str(result.area),
+               "X-Slice": "" if result.slice is None else str(result.slice)}
+    if result.prompts is not None:
+        headers["X-Prompts"] = json.dumps(result.prompts, separators=(",", ":"))
+    return Response(result.png, media_type="image/png", headers=headers)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -204,10 +209,20 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             return _error(error)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    @router.get("/api/v1/view/{nonce}/layer.png")
-    def layer_png(nonce: str, request: Request) -> Response:
+    @router.get("/api/v1/view/{nonce}/pixels")
+    def pixels(nonce: str, request: Request, slice: str | None = None) -> Response:
+        """The view's samples at full bit depth on the display grid, gzip'd (``app/VIEWER_API.md``); a sync route
+        (FastAPI's thread pool) that never takes the session lock a model pass holds."""
         try:
-            return _png(service.current_layer(current(request), nonce))
+            block = service.pixels(current(request), nonce, slice)
+        except AppError as error:
+            return _error(error)
+        return Response(block.body, media_type="application/octet-stream", headers=block.headers())
+
+    @router.get("/api/v1/view/{nonce}/layer.png")
+    def layer_png(nonce: str, request: Request, slice: str | None = None) -> Response:  # noqa: A002 (the contract)
+        try:
+            return _png(service.current_layer(current(request), nonce, slice if slice not in (None, "") else None))
         except AppError as error:
             return _error(error)
 
@@ -222,7 +237,37 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     @router.post("/api/v1/click")
     async def click(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.click(
-            session, body.get("nonce"), body.get("x"), body.get("y"), bool(body.get("positive", True))))
+            session, body.get("nonce"), body.get("x"), body.get("y"), bool(body.get("positive", True)),
+            body.get("slice")))
+
+    # the mask tools of app/VIEWER_API.md: each answers the slice's layer (``slice`` optional: the slice shown)
+    @router.post("/api/v1/box")
+    async def box(request: Request) -> Response:
+        return await _layer_route(request, lambda session, body: service.box(
+            session, body.get("nonce"), body.get("x0"), body.get("y0"), body.get("x1"), body.get("y1"),
+            body.get("slice")))
+
+    @router.post("/api/v1/stroke")
+    async def stroke(request: Request) -> Response:
+        return await _layer_route(request, lambda session, body: service.stroke(
+            session, body.get("nonce"), body.get("points"), body.get("radius"), body.get("erase", False),
+            body.get("slice")))
+
+    @router.post("/api/v1/cleanup")
+    async def cleanup(request: Request) -> Response:
+        return await _layer_route(request, lambda session, body: service.cleanup(
+            session, body.get("nonce"), body.get("min_island_px"), body.get("fill_holes"), body.get("slice")))
+
+    @router.post("/api/v1/carry")
+    async def carry(request: Request) -> Response:
+        return await _layer_route(request, lambda session, body: service.carry(
+            session, body.get("nonce"), body.get("from"), body.get("to")))
+
+    @router.post("/api/v1/measure")
+    async def measure(request: Request) -> Response:
+        return await _json_route(request, lambda session, body: service.measure(
+            session, body.get("nonce"), body.get("x0"), body.get("y0"), body.get("x1"), body.get("y1"),
+            body.get("slice")))
 
     def on_view(method, respond):  # type: ignore[no-untyped-def]
         """A route whose body is ``{nonce}``: ``method(session, nonce)`` answered by ``respond`` (JSON or layer)."""
@@ -230,9 +275,17 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             return await respond(request, lambda session, body: method(session, body.get("nonce")))
         return route
 
+    def on_slice(method, respond):  # type: ignore[no-untyped-def]
+        """A route whose body is ``{nonce, slice?}``: ``method(session, nonce, slice)``."""
+        async def route(request: Request) -> Response:
+            return await respond(request, lambda session, body: method(session, body.get("nonce"),
+                                                                         body.get("slice")))
+        return route
+
     for name, method, respond in (("undo", service.undo, _layer_route), ("reset", service.reset, _layer_route),
-                                  ("accept", service.accept, _json_route),
-                                  ("submit", service.submit_and_next, _json_route),  # then opens what comes next
+                                  ("accept", service.accept, _json_route)):
+        router.add_api_route(f"/api/v1/{name}", on_slice(method, respond), methods=["POST"], name=name)
+    for name, method, respond in (("submit", service.submit_and_next, _json_route),  # then opens what comes next
                                   ("skip", service.skip, _json_route), ("pause", service.pause, _json_route)):
         router.add_api_route(f"/api/v1/{name}", on_view(method, respond), methods=["POST"], name=name)
 

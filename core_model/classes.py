@@ -82,7 +82,19 @@ CXR_LT_26: tuple[str, ...] = (
     'Tortuous Aorta',
 )
 
-LABEL_SETS: dict[str, tuple[str, ...]] = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
+# The structures a CT answer names: the TotalSegmentator v1 labels of ../shared/data/ct_nifti/
+# (label_map_totalseg_v1.json) grouped as a reader names them (the five lung lobes -> Lung, the heart chambers and
+# myocardium -> Heart, 24 vertebrae -> Vertebra, 24 ribs -> Rib, other bones, muscles), plus a lesion entry for what
+# is not a normal structure.
+CT_STRUCTURES: tuple[str, ...] = (
+    'Lung', 'Trachea', 'Heart', 'Pulmonary artery', 'Aorta', 'Inferior vena cava', 'Portal/splenic vein',
+    'Iliac vessels', 'Esophagus', 'Stomach', 'Duodenum', 'Small bowel', 'Colon', 'Liver', 'Gallbladder', 'Spleen',
+    'Pancreas', 'Kidney', 'Adrenal gland', 'Urinary bladder', 'Vertebra', 'Rib', 'Other bone', 'Muscle', 'Brain',
+    'Lesion',
+)
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40,
+                                          "ct-structures": CT_STRUCTURES}
 
 
 def label_set(name: str) -> tuple[str, ...]:
@@ -180,3 +192,31 @@ NIH14_TO_CXRLT: dict[str, str] = {
     "Pleural_Thickening": "Pleural Thickening", "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax",
     "No Finding": "Normal",
 }
+
+
+@dataclass(frozen=True)
+class Checklist:
+    """The finding checklist a case screen shows: a label set (its classes and answer rules), a title, and the
+    modalities it is for. Chest radiographs get the 26 CXR-LT classes, CT/MR volumes the CT structure set."""
+
+    label_set: LabelSet
+    title: str
+    volumes: bool  # for CT/MR volumes (True) or 2-D radiographs (False)
+
+    @property
+    def name(self) -> str:
+        return self.label_set.name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.label_set.classes
+
+
+CXR_CHECKLIST = Checklist(label_rules("cxr-lt-26", CXR_LT_26), "Findings (CXR-LT 2024, 26 classes)", volumes=False)
+CT_CHECKLIST = Checklist(label_rules("ct-structures", CT_STRUCTURES),
+                         "Structures shown (TotalSegmentator groups)", volumes=True)
+
+
+def checklist_for(is_volume: bool) -> Checklist:
+    """The checklist of a case: CT/MR volumes the structure set, 2-D images (chest radiographs) CXR-LT 26."""
+    return CT_CHECKLIST if is_volume else CXR_CHECKLIST

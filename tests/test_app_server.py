@@ -449,8 +449,10 @@ def test_a_ct_volume_opens_on_its_middle_slice_scrolls_and_its_mask_exports_on_t
     assert http.post(f"{url}/submit", json={"nonce": nonce}, timeout=120).ok
 
     answer = store.answers(store.reader(reader))[-1]
-    assert answer.slice_index == chosen
-    drawn = rle.decode(answer.mask_rle)
+    assert answer.slice_index == chosen and answer.mask_slices == [chosen]
+    saved = rle.decode(answer.mask_rle)  # one 3-D mask in the volume's voxel grid, the mask on its slice only
+    assert saved.shape == volume.shape and set(np.flatnonzero(saved.any(axis=(0, 1)))) == {chosen}
+    drawn = volume.volume_mask_to_slice(saved > 0, chosen)
     assert drawn.shape == (101, 122) and drawn.any()
     kinds = [e.kind for e in store.events(store.case(case), store.reader(reader))]
     assert kinds.count("slice_shown") == 1 and kinds.count("click") == 2
