@@ -34,6 +34,8 @@ Masks (:func:`export_masks`, written under ``OUT/``), the mask of each case's an
                              frame referencing its source SOP instance, a volume imported from a folder of single-frame
                              slices one frame per slice (slice order k), each referencing its slice's SOP instance,
                              a multi-frame (enhanced) volume one frame per source frame, referencing that frame
+                             NIfTI volumes: one frame per k-plane over header-only planes derived from the affine
+                             (:func:`write_nifti_dicom_seg`: a NIfTI has no DICOM instances to reference)
     coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
@@ -65,7 +67,7 @@ from annotations_db.deid import DeidOptions, Deidentifier
 from annotations_db.errors import ExportError
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Dataset, Event, LabelSet, ModelVersion,
                                    Prediction, Reader, Study, StudyArm, utcnow)
-from annotations_db.events import EventRecord, derive_time_s, effective_clicks, submitted_session
+from annotations_db.events import EventRecord, derive_time_s, effective_clicks, replay, slice_edits, submitted_session
 from annotations_db.store import Store
 
 if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not with this module
@@ -533,6 +535,55 @@ def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo
             from error
 
 
+def write_nifti_dicom_seg(mask: np.ndarray, affine: Sequence[Sequence[float]], pseudo_id: str, path: Path, *,
+                          modality: str | None = None, label: str = "annotation",
+                          deid: Deidentifier | None = None) -> Path:
+    """A multi-frame binary DICOM-SEG of a volume imported from a NIfTI file, on the NIfTI's own geometry.
+
+    A SEG must reference source images and a NIfTI has none, so one header-only image per k-plane is derived from the
+    affine (:func:`nifti_plane_headers`: same voxel grid, positions and orientation; pseudonymous patient, new study,
+    series and frame of reference); the SEG's frame k is ``mask[:, :, k].T`` (Rows = J, Columns = I) over plane k,
+    every frame kept (empty ones included), so frame k is k-plane k of the NIfTI mask."""
+    headers = nifti_plane_headers(np.shape(mask), affine, pseudo_id, modality)
+    frames = np.transpose(np.asarray(mask), (2, 1, 0))
+    return _write_seg(headers, frames, pseudo_id, path, label, deid)
+
+
+def nifti_plane_headers(shape: Sequence[int], affine: Sequence[Sequence[float]], pseudo_id: str,
+                        modality: str | None = None) -> list[Any]:
+    """Header-only single-frame images (pydicom Datasets, no pixel data), one per k-plane of a NIfTI voxel grid
+    (I, J, K) with RAS+ ``affine``: Columns = I, Rows = J; Image Orientation (Patient) = the LPS directions of +i
+    and +j; Pixel Spacing = (|j step|, |i step|) mm; Image Position (Patient) of plane k = LPS of voxel (0, 0, k) —
+    the inverse of :func:`core_model.io.dicom_volume.plane_affine`, so the planes load back with this affine."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+    col_step, row_step, k_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    col_mm, row_mm = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
+    orientation = [float(v) for v in (*(col_step / col_mm), *(row_step / row_mm))]
+    mr = (modality or "").upper() == "MR"
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    headers = []
+    for k in range(int(shape[2])):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4" if mr else "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), study, series
+        ds.FrameOfReferenceUID, ds.Modality = frame_of_reference, "MR" if mr else "CT"
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = pseudo_id, pseudo_id, "", ""
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "1", "", ""
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.Rows, ds.Columns = int(shape[1]), int(shape[0])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelSpacing = [row_mm, col_mm]
+        ds.SliceThickness = float(np.linalg.norm(k_step))
+        ds.ImageOrientationPatient = orientation
+        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]]
+        headers.append(ds)
+    return headers
+
+
 def _series_layout(folder: Path | str, series_uid: str | None, pseudo_id: str) -> SeriesLayout:
     """The series' files in slice order (headers only); ExportError naming the case when it cannot be arranged."""
     from core_model.errors import ImageReadError
@@ -630,10 +681,11 @@ def _require_writable_masks(finals: Sequence[tuple[Case, Annotation]], formats: 
     if not masked:
         raise ExportError(f"no masks to export: none of the {len(finals)} final annotations has a mask")
     applies = {"png": lambda c: c.depth is None, "coco": lambda c: c.depth is None,
-               "nifti": lambda c: c.depth is not None, "dicom-seg": lambda c: c.format == "dicom"}
+               "nifti": lambda c: c.depth is not None,
+               "dicom-seg": lambda c: c.format == "dicom" or c.depth is not None}
     if not any(applies.get(fmt, lambda c: False)(case) for case in masked for fmt in formats):
         raise ExportError(f"no masks to export as {', '.join(formats)}: the {len(masked)} masks are of other kinds "
-                          "(png/coco: 2-D cases, nifti: volumes, dicom-seg: DICOM sources)")
+                          "(png/coco: 2-D cases, nifti: volumes, dicom-seg: DICOM sources and volumes)")
 
 
 def require_final_annotations(store_or_url: Store | str) -> int:
@@ -671,6 +723,9 @@ def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence
         else:
             paths["dicom-seg"] = str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg,
                                                                 deid=deid))
+    elif "dicom-seg" in formats and case.depth is not None and case.affine is not None:  # a NIfTI volume
+        paths["dicom-seg"] = str(write_nifti_dicom_seg(mask, case.affine, case.pseudo_id, Path(f"{base}.seg.dcm"),
+                                                       modality=case.modality, deid=deid))
     return paths
 
 
@@ -841,11 +896,23 @@ def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict
                           "held-out split; re-import it with train, validation or test")
     return {"case_id": case.pseudo_id, "image": image,
             "mask": Path(mask).relative_to(out).as_posix() if mask else None,
-            "clicks": effective_clicks(_annotation_events(session, annotation)),
+            **_edit_fields(_annotation_events(session, annotation)),
             "labels": selection.labels(annotation.labels),
             "model_version": versions.get(annotation.model_version_id), "accepted_as_is": annotation.accepted_as_is,
             "slice_index": annotation.slice_index, "modality": case.modality, "split": split,
             "source": "free" if annotation.assignment_id is None else "aided"}
+
+
+def _edit_fields(events: Sequence[EventRecord]) -> dict[str, Any]:
+    """What the reader did to the mask (:func:`annotations_db.events.slice_edits`, original pixel-index
+    coordinates): the clicks, box, brush/eraser strokes and cleanup behind the slice shown at submit (a 2-D image's
+    mask), and for a volume ``slices``: the same per slice the answer keeps a mask of (keys: slice index as text)."""
+    per_slice = slice_edits(events)
+    shown = per_slice.get(replay(events).slice, {})
+    fields = {"clicks": effective_clicks(events), "box": shown.get("box"), "edits": shown.get("edits", []),
+              "cleanup": shown.get("cleanup")}
+    volume = {str(k): v for k, v in per_slice.items() if k is not None}
+    return {**fields, "slices": volume} if volume else fields
 
 
 def write_datalist(items: Sequence[dict[str, Any]], path: Path) -> Path:

@@ -16,9 +16,19 @@ Document (``manifest.json``)::
 Item (also one per line of ``manifest.jsonl``)::
 
     {"case_id": str, "image": relative path, "mask": relative path | null,
-     "clicks": [{"x", "y", "positive", "t"}], "labels": {class: 0 | 1}, "model_version": str | null,
+     "clicks": [{"x", "y", "positive", "t"}], "box": [x0, y0, x1, y1] | null,
+     "edits": [{"kind": "brush" | "eraser", "points": [[x, y], …], "radius": px}],
+     "cleanup": {"min_island_px", "fill_holes"} | null, "slices": {"k": SLICE_EDITS} (volumes only, optional),
+     "labels": {class: 0 | 1}, "model_version": str | null,
      "accepted_as_is": bool, "slice_index": int | null, "modality": str | null,
      "split": "train" | "validation" | "test" | null, "source": "free" | "aided"}
+
+The mask is what the reader saved: the model's mask from ``box``/``clicks``, then ``edits`` applied in order (brush
+sets, eraser clears; original pixel-index coordinates, radius in original px), then ``cleanup`` (islands below
+``min_island_px`` display px dropped, holes filled). ``clicks`` and ``box`` are the prompt, ``edits`` manual
+corrections: a trainer that simulates clicks must not take a brushed region for the model's answer to the clicks.
+A volume's ``slices`` holds the same per slice that has a mask (``{clicks, box, edits, cleanup, carried_from,
+accepted}``). These fields came with version 2 and are optional; a reader ignores what it does not use.
 
 Next to it the export writes ``labels.csv`` (:data:`LABELS_CSV`): the same items' labels in the CXR-LT
 ``train_labeled.csv`` layout (``dicom_id`` = case id, ``fpath`` = image, one column per class of ``label_set``, blank =

@@ -45,15 +45,18 @@ from typing import Any
 import numpy as np
 
 from annotations_db import events as event_log
-from annotations_db.errors import AccessDenied, AlreadySubmitted, NotFound
-from annotations_db.events import CaseState
+from annotations_db.errors import AccessDenied, AlreadySubmitted, InvalidEvent, NotFound
+from annotations_db.events import CaseState, SliceState
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rating_in_range
+from app.case_masks import CaseMasks, SliceImage, prompts_payload
 from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
-from core_model.classes import CXR_LT_26, label_rules
+from app.pixels import PixelBlock, image_block, volume_modality, volume_slice_block, volume_slice_values
+from app.slices import SliceMaskWorker, neighbours, slice_prompt
+from core_model.classes import CXR_LT_26, Checklist, checklist_for, label_rules
 from core_model.findings import FindingsCard, display_probability, supplier_card
 from core_model.io.volume import LoadedVolume, axial_axis
-from core_model.predictor import Click, Prediction
+from core_model.predictor import Prediction
 from core_model.triage import Triage, initial_prompt
 
 log = logging.getLogger("biascare.app")
@@ -64,9 +67,11 @@ CLASSES: tuple[str, ...] = CXR_LT_26
 SESSION_COOKIE = "biascare_session"
 SESSION_TTL_S = 12 * 3600  # absolute lifetime of a login (the cookie's max-age), whatever the activity
 SESSION_IDLE_S = 2 * 3600  # a login unused for this long is refused
+MIN_BOX_PX = 2.0  # a box prompt narrower or lower than this (display px) is a slip of the mouse, refused
 MAX_CLICKS = 100  # per mask: the prompt grows with every click (and so does each pass), so the history is bounded
 PREFETCH_AHEAD = 3
 VOLUMES_KEPT = 2  # volumes held in memory for slice scrolling (a 512² × 300 CT is 300 MB as float32)
+PIXEL_BLOCKS_KEPT = 64  # gzip'd full-bit-depth slices/images for /pixels (a 512² CT slice: ~0.3 MB)
 _GUARD_LOCK = threading.Lock()  # makes each service's login guard once
 
 
@@ -138,6 +143,7 @@ class View:
     rating_max: int = 0  # > 0: each positive finding is rated 1..rating_max
     progress: ReadProgress | None = None  # study reads only
     opened_at: float = field(default_factory=time.perf_counter)
+    masks: CaseMasks = field(default_factory=CaseMasks)  # each slice's mask composed (app.case_masks)
 
     @property
     def in_study(self) -> bool:
@@ -215,6 +221,8 @@ class LayerResult:
     encode_ms: float
     total_ms: float
     cpu_ms: float = 0.0  # CPU time of the handler thread (with 1 torch thread: what the pass costs on an idle core)
+    prompts: dict[str, Any] | None = None  # X-Prompts (app/VIEWER_API.md), display coordinates
+    slice: int | None = None  # the slice the layer is of (None: a 2-D image)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,6 +312,8 @@ class AppService:
         self._images = LruCache(image_cache)  # (case id, requested slice) -> CaseImage
         self._volumes = LruCache(VOLUMES_KEPT)  # case id -> LoadedVolume, for slice scrolling
         self._pinned_models = LruCache(2)  # version -> model of a study pinned to an earlier checkpoint
+        self._pixels = LruCache(PIXEL_BLOCKS_KEPT)  # (case id, slice) -> app.pixels.PixelBlock
+        self.slice_masks = SliceMaskWorker(self._compute_slice_mask)  # AI masks of volume slices
         self.events = EventWriter(store)
         self.background = BackgroundWorker(self) if background else None
         self.builtin_card = self._register_builtin()
@@ -477,8 +487,94 @@ class AppService:
         volume = self._volumes.get(case_id)
         if volume is None:
             volume = load_volume(path, series_uid=series_uid)
+            volume.metadata.modality = volume_modality(volume)  # NIfTI has no tag: CT for HU-range data, else MR
             self._volumes.put(case_id, volume)
         return volume
+
+    def case_volume(self, case_id: int) -> LoadedVolume:
+        """The volume of a volume case (cached); AppError for a 2-D case."""
+        path, series_uid, is_volume = self._case_source(case_id)
+        if not is_volume:
+            raise AppError("this case is a 2-D image: it has no slices")
+        return self._volume(case_id, path, series_uid)
+
+    # ------------------------------------------------------------------ full-bit-depth pixels (GET /pixels)
+    def pixels(self, session: Session, nonce: str | None, slice_index: Any = None) -> PixelBlock:
+        """The view's samples at full bit depth on the display grid (:mod:`app.pixels`), slice ``slice_index`` of a
+        volume (default: the slice shown). Reads the view without the session's lock (which a model pass holds) and
+        answers from cached data: 409 for a stale nonce, 404 for a slice the case does not have."""
+        view = self._view(session, nonce, need_ai=False)
+        index = self._pixel_slice(view, slice_index)
+        key = (view.case_id, index)
+        block = self._pixels.get(key)
+        if block is None:
+            if index is None:
+                block = image_block(self._case_source(view.case_id)[0])
+            else:
+                volume = self.case_volume(view.case_id)
+                block = volume_slice_block(volume, index, volume.metadata.modality or "")
+            self._pixels.put(key, block)
+        return block
+
+    @staticmethod
+    def _pixel_slice(view: View, value: Any) -> int | None:
+        """The slice /pixels serves: ``value`` checked against the volume (None: the slice shown)."""
+        count = view.image.slice_count
+        if value is None or value == "":
+            return view.image.slice_index
+        if count is None:
+            raise Missing("this case is a 2-D image: it has no slices")
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            raise AppError(f"the slice must be an integer, not {str(value)[:20]!r}") from None
+        if not 0 <= index < count:
+            raise Missing(f"slice {index} is out of range: this volume has slices 0..{count - 1}")
+        return index
+
+    # ------------------------------------------------------------------ AI masks of volume slices (background)
+    def slice_ai_mask(self, view: View, index: int, timeout: float = 120.0) -> np.ndarray | None:
+        """The AI's initial mask of slice ``index`` of the view's volume (bool, the slice's original grid in display
+        orientation), computed in the background (:mod:`app.slices`) and waited for here; a 2-D view: its AI mask;
+        None when the view shows no AI. Call it without holding a lock that /pixels or /slice need."""
+        if not view.shows_ai:
+            return None
+        if view.image.slice_count is None:
+            return view.ai_mask
+        model = self._model_for(view.model_version)
+        try:
+            return self.slice_masks.mask(view.case_id, int(index), model, timeout)
+        except RuntimeError as error:
+            raise AppError(str(error)) from None
+
+    def prefetch_slices(self, view: View, index: int) -> None:
+        """Queue the AI masks of slice ``index`` and its neighbours (stale queued slices are dropped)."""
+        count = view.image.slice_count
+        if count is None or not view.shows_ai:
+            return
+        self.slice_masks.want(view.case_id, neighbours(int(index), count), self._model_for(view.model_version))
+
+    def _compute_slice_mask(self, case_id: int, index: int, model: Any) -> np.ndarray:
+        """The background pass of one slice: embedded with the worker's predictor (disk cache shared with the
+        readers'), then the slice's prompt (:func:`app.slices.slice_prompt`) or an empty mask."""
+        image = self.case_image(case_id, index)
+        volume = self.case_volume(case_id)
+        predictor = self._slice_predictor(model)
+        prompt = slice_prompt(model, volume_slice_values(volume, index), volume.metadata.modality or "")
+        if prompt is None:
+            predictor.embed(image.pixels)  # the reader's first click on this slice finds its embedding
+            return np.zeros(image.pixels.shape[:2], dtype=bool)
+        predictor.set_image(image.pixels)
+        return np.asarray(predictor.predict(**prompt).mask, dtype=bool)
+
+    def _slice_predictor(self, model: Any) -> Any:
+        """The slice worker's predictor of ``model`` (one per model version, made on first use)."""
+        predictors = self.__dict__.setdefault("_slice_predictors", {})
+        version = str(getattr(model.info, "version", "unknown"))
+        if version not in predictors:
+            predictors[version] = self._predictor_cls(model, self.device, cache_size=4,
+                                                      disk_cache=self._embedding_dir(model))
+        return predictors[version]
 
     def _case_source(self, case_id: int) -> tuple[Path, str | None, bool]:
         """(source path, SeriesInstanceUID, is a volume): the series picks the volume of a DICOM series folder."""
@@ -603,9 +699,10 @@ class AppService:
             ai_mask = None
             if shows_ai:
                 session.predictor.set_image(image.pixels)
-                ai_mask = session.predictor.predict(**prompt).mask  # the first click refines this pass's logits
-                for click in state.clicks:
-                    session.predictor.predict([Click(click.x, click.y, click.positive)])
+                if image.slice_count is None:
+                    ai_mask = session.predictor.predict(**prompt).mask  # the first click refines this pass's logits
+                else:  # a volume slice: the background's per-slice rule (app.slices), no chest prompt on the abdomen
+                    ai_mask = self.slice_masks.mask(case_id, image.slice_index, model)
             probabilities, suggested = self._ai_findings(case_id, image, source) if source else (None, [])
             view = View(secrets.token_urlsafe(12), case_id, pseudo_id, target, shows_ai, image, ai_mask,
                         probabilities, suggested, prompt, source.name if source else self.model_version,
@@ -613,14 +710,28 @@ class AppService:
             session.view = view
             self._announce(session, view, {"restored": bool(prior),
                                            "embed_ms": round((time.perf_counter() - started) * 1000, 1)})
+            if shows_ai:
+                self._restore_masks(session, view)
             self.events.flush(session.token)
         if self.background and not isinstance(target, AssignmentView):
             self.background.prefetch(self._next_case_ids(session, case_id))
+        if image.slice_index is not None:
+            self.prefetch_slices(view, image.slice_index)
         return view
+
+    def _restore_masks(self, session: Session, view: View) -> None:
+        """The replay's mask part: the shown slice's prompt re-run through the predictor, which now holds the AI's
+        initial pass of a 2-D image (:mod:`app.case_masks`), so the next click refines the same logits as before the
+        reload; other slices are composed when asked for."""
+        if view.image.slice_count is None:
+            view.masks.adopt(session.predictor, None)
+        key = view.image.slice_index
+        view.masks.prediction(session.predictor, self._slice_image(view, key), view.state.slice_state(key).prompt())
 
     def _announce(self, session: Session, view: View, payload: dict[str, Any]) -> None:
         """The case is on screen (``case_shown`` starts a viewing segment) with, where shown, the AI output."""
-        self._record(session, view, "case_shown", {"arm": getattr(view.target, "arm", None), **payload})
+        self._record(session, view, "case_shown", {"arm": getattr(view.target, "arm", None), **payload,
+                                                   **_slice_field(view.image.slice_index)})
         if view.shows_ai and view.ai_source is not None:
             source = view.ai_source
             self._record(session, view, "ai_shown", {"model_version": source.name, "source": source.name,
@@ -695,100 +806,305 @@ class AppService:
         self.events.put(session.token, view.target, session.reader, kind, body)
         view.state.apply(kind, body)
 
-    def click(self, session: Session, nonce: str | None, x: float, y: float, positive: bool) -> LayerResult:
-        """A click at continuous display coordinates (x, y) → one refinement pass → the new mask layer."""
+    def click(self, session: Session, nonce: str | None, x: float, y: float, positive: bool,
+              slice_index: Any = None) -> LayerResult:
+        """A click at continuous display coordinates (x, y) on a slice (default: the one shown) → one refinement
+        pass (:mod:`app.case_masks`) → the slice's new mask layer."""
         started, cpu_started = time.perf_counter(), time.thread_time()
         x, y = _coordinate(x), _coordinate(y)
         with self._acting(session, nonce) as view:
-            geometry = view.image.geometry
+            key = self._slice_key(view, slice_index)
+            image = self._slice_image(view, key)
+            geometry = image.geometry
             if not geometry.inside(x, y):
                 raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
-            if view.clicks >= MAX_CLICKS:
+            prompt = view.state.slice_state(key).prompt()
+            if len(prompt.clicks) >= MAX_CLICKS:
                 raise AppError(f"{MAX_CLICKS} clicks is the most one mask takes: undo, reset or submit")
             ox, oy = geometry.display_to_original(x, y)
-            prediction = session.predictor.predict([Click(ox, oy, bool(positive))])
+            wanted = replace(prompt, clicks=prompt.clicks + (event_log.Click(ox, oy, bool(positive)),))
+            prediction = view.masks.prediction(session.predictor, image, wanted)
             model_ms = (time.perf_counter() - started) * 1000
             self._record(session, view, "click", {"x": ox, "y": oy, "positive": bool(positive), "display_x": x,
                                                   "display_y": y, "iou": round(prediction.iou, 4),
-                                                  "model_ms": round(model_ms, 1)})
-            result = self._layer(prediction, geometry, started, model_ms, view.clicks)  # overlaps the event write
+                                                  "model_ms": round(model_ms, 1), **_slice_field(key)})
+            result = self._compose(session, view, image, started, model_ms)  # overlaps the event write
             result.cpu_ms = (time.thread_time() - cpu_started) * 1000
         return result
 
-    def undo(self, session: Session, nonce: str | None) -> LayerResult:
+    def box(self, session: Session, nonce: str | None, x0: Any, y0: Any, x1: Any, y1: Any,
+            slice_index: Any = None) -> LayerResult:
+        """A box prompt (continuous display corners, clipped to the image): the slice's prompt starts afresh from it
+        (earlier box and clicks dropped, strokes kept); later clicks refine it."""
         started = time.perf_counter()
+        corners = [_coordinate(v) for v in (x0, y0, x1, y1)]
         with self._acting(session, nonce) as view:
-            history = session.predictor.history
-            current = session.predictor.undo() if len(history) > 1 else history[-1]
-            self._record(session, view, "undo", {"clicks": len(current.clicks)})
-            return self._layer(current, view.image.geometry, started, 0.0, view.clicks)
+            key = self._slice_key(view, slice_index)
+            image = self._slice_image(view, key)
+            g = image.geometry
+            (ax, bx), (ay, by) = (sorted(min(max(v, 0.0), float(g.disp_width)) for v in corners[0::2]),
+                                  sorted(min(max(v, 0.0), float(g.disp_height)) for v in corners[1::2]))
+            if bx - ax < MIN_BOX_PX or by - ay < MIN_BOX_PX:
+                raise AppError(f"the box is smaller than {MIN_BOX_PX} display px on the image: drag a larger one")
+            (ox0, oy0), (ox1, oy1) = g.display_to_original(ax, ay), g.display_to_original(bx, by)
+            view.masks.prediction(session.predictor, image, event_log.Prompt((ox0, oy0, ox1, oy1)))
+            model_ms = (time.perf_counter() - started) * 1000
+            self._record(session, view, "box", {"x0": ox0, "y0": oy0, "x1": ox1, "y1": oy1,
+                                                "display": [ax, ay, bx, by], **_slice_field(key)})
+            return self._compose(session, view, image, started, model_ms)
 
-    def reset(self, session: Session, nonce: str | None) -> LayerResult:
-        """Back to the AI's initial mask: the same prompt's pass as when the case was opened (what will be saved)."""
+    def stroke(self, session: Session, nonce: str | None, points: Any, radius: Any, erase: Any,
+               slice_index: Any = None) -> LayerResult:
+        """A brush (``erase`` false) or eraser stroke: display-grid points (continuous) and radius (display px),
+        logged on the original grid; applied over the model's mask and kept when later clicks re-run it."""
+        started = time.perf_counter()
+        if not isinstance(points, list) or not 1 <= len(points) <= event_log.MAX_STROKE_POINTS:
+            raise AppError(f"a stroke needs 'points': a list of 1..{event_log.MAX_STROKE_POINTS} [x, y] pairs")
+        if not isinstance(erase, bool):
+            raise AppError("a stroke needs 'erase': true (eraser) or false (brush)")
+        pairs = [p for p in points if isinstance(p, (list, tuple)) and len(p) == 2]
+        if len(pairs) != len(points):
+            raise AppError("stroke points must be [x, y] pairs of display coordinates")
+        shown = [(_coordinate(x), _coordinate(y)) for x, y in pairs]
+        radius = _coordinate(radius)
+        with self._acting(session, nonce) as view:
+            key = self._slice_key(view, slice_index)
+            image = self._slice_image(view, key)
+            g = image.geometry
+            original = [list(g.display_to_original(x, y)) for x, y in shown]
+            body = self._valid("stroke", {"points": original, "radius": radius * (g.sx + g.sy) / 2, "erase": erase,
+                                          "display_radius": radius, **_slice_field(key)})
+            self._record(session, view, "stroke", body)
+            return self._compose(session, view, image, started, 0.0)
+
+    def cleanup(self, session: Session, nonce: str | None, min_island_px: Any, fill_holes: Any,
+                slice_index: Any = None) -> LayerResult:
+        """The slice's display clean-up: islands below ``min_island_px`` display px dropped, holes filled (``0,
+        false`` turns it off); shown and saved alike."""
         started = time.perf_counter()
         with self._acting(session, nonce) as view:
-            session.predictor.reset()
-            initial = session.predictor.predict(**view.initial_prompt)
-            self._record(session, view, "reset", {})
-            return self._layer(initial, view.image.geometry, started, 0.0, 0)
+            key = self._slice_key(view, slice_index)
+            body = self._valid("cleanup", {"min_island_px": min_island_px, "fill_holes": fill_holes,
+                                           **_slice_field(key)})
+            self._record(session, view, "cleanup", body)
+            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
+
+    def carry(self, session: Session, nonce: str | None, source: Any, target: Any) -> LayerResult:
+        """Propagation aid: slice ``source``'s prompt (box and clicks) re-run on slice ``target`` as its starting
+        point (undo takes it back); the answer is the layer of ``target``."""
+        started = time.perf_counter()
+        with self._acting(session, nonce) as view:
+            if view.image.slice_count is None:
+                raise AppError("this case is a 2-D image: it has no slices to carry a mask between")
+            key_from, key_to = self._slice_key(view, source, "from"), self._slice_key(view, target, "to")
+            body = self._valid("carry", {"from": key_from, "to": key_to})
+            prompt = view.state.slice_state(key_from).prompt()
+            if prompt.empty:
+                raise AppError(f"slice {key_from} has no box or click to carry: prompt it first")
+            image = self._slice_image(view, key_to)
+            view.masks.prediction(session.predictor, image, replace(prompt, carried_from=key_from))
+            model_ms = (time.perf_counter() - started) * 1000
+            self._record(session, view, "carry", body)
+            return self._compose(session, view, image, started, model_ms)
+
+    def measure(self, session: Session, nonce: str | None, x0: Any, y0: Any, x1: Any, y1: Any,
+                slice_index: Any = None) -> dict[str, Any]:
+        """A distance between two display points: ``px`` in original image pixels, ``mm`` from the pixel spacing
+        (None when the image does not say it); logged as a ``measure`` event, the mask untouched."""
+        ends = [_coordinate(v) for v in (x0, y0, x1, y1)]
+        with self._acting(session, nonce, need_ai=False) as view:
+            key = self._slice_key(view, slice_index)
+            g = self._slice_image(view, key, with_ai=False).geometry
+            dx, dy = ends[2] - ends[0], ends[3] - ends[1]
+            spacing = self._display_spacing(session, view, key)
+            mm = None if spacing is None else math.hypot(dx * spacing[1], dy * spacing[0])
+            px = math.hypot(dx * g.sx, dy * g.sy)
+            (ox0, oy0), (ox1, oy1) = g.display_to_original(ends[0], ends[1]), g.display_to_original(ends[2], ends[3])
+            self._record(session, view, "measure", {"x0": ox0, "y0": oy0, "x1": ox1, "y1": oy1, "mm": mm,
+                                                    "px": px, **_slice_field(key)})
+            return {"mm": None if mm is None else round(mm, 3), "px": round(px, 3), "slice": key}
+
+    def _display_spacing(self, session: Session, view: View, key: int | None) -> tuple[float, float] | None:
+        """(row_mm, col_mm) of one display pixel of the slice (the /pixels block's), None when unknown."""
+        try:
+            return self.pixels(session, view.nonce, key).spacing
+        except (AppError, OSError, ValueError):
+            return None
+
+    def undo(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
+        """Take back the slice's last action, whatever its kind (click, box, stroke, cleanup, carry)."""
+        started = time.perf_counter()
+        with self._acting(session, nonce) as view:
+            key = self._slice_key(view, slice_index)
+            standing = view.state.slice_state(key).actions[:-1]
+            self._record(session, view, "undo", {"clicks": len(SliceState(standing).prompt().clicks),
+                                                 **_slice_field(key)})
+            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
+
+    def reset(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
+        """The slice back to the AI's initial mask, every action on it dropped (what will be saved)."""
+        started = time.perf_counter()
+        with self._acting(session, nonce) as view:
+            key = self._slice_key(view, slice_index)
+            self._record(session, view, "reset", {**_slice_field(key)})
+            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
 
     def show_slice(self, session: Session, nonce: str | None, index: Any) -> dict[str, Any]:
-        """Show another axial slice of the open volume: the clicks start over there, from the AI's mask of that
-        slice (the initial prompt's pass); the answer's mask is saved on the slice shown at submit."""
+        """Show another axial slice of the open volume: records ``slice_shown`` and moves the background prefetch
+        there (no model pass here: the slice's AI mask comes from :meth:`slice_ai_mask`). Only the latest of quick
+        successive requests selects the slice in the reader's predictor (a disk-cache read when prefetched); the
+        stale ones (a later request is waiting) change and record nothing: the slice landed on is logged."""
         if isinstance(index, bool) or not isinstance(index, (int, str)):
             raise AppError("the slice index must be an integer")
         try:
             index = int(index)
         except ValueError:
             raise AppError("the slice index must be an integer") from None
+        early = self._view(session, nonce, need_ai=False)
+        count = early.image.slice_count
+        if count is None:
+            raise AppError("this case is a 2-D image: it has no slices")
+        if not 0 <= index < count:
+            raise AppError(f"slice {index} is out of range: this volume has slices 0..{count - 1}")
+        self.prefetch_slices(early, index)
+        ticket = self._slice_ticket(early.nonce)
         with self._acting(session, nonce, need_ai=False) as view:
-            if view.image.slice_count is None:
-                raise AppError("this case is a 2-D image: it has no slices")
+            if ticket != self._slice_tickets.get(view.nonce):  # a later /slice is waiting: it is the one shown
+                return view_slices(view)
             image = self.case_image(view.case_id, index)
             previous, view.image = view.image.slice_index, image
             if view.shows_ai:
-                view.initial_prompt = initial_prompt(self.model, *image.pixels.shape[:2])
+                view.ai_mask = self.slice_masks.ready(view.case_id, index, self._model_for(view.model_version))
                 session.predictor.set_image(image.pixels)
-                view.ai_mask = session.predictor.predict(**view.initial_prompt).mask
             self._record(session, view, "slice_shown", {"slice": image.slice_index, "previous": previous})
             return view_slices(view)
 
-    def accept(self, session: Session, nonce: str | None) -> dict[str, Any]:
-        with self._acting(session, nonce) as view:
-            self._record(session, view, "accept", {"clicks": view.clicks})
-            return {"accepted": True, "clicks": view.clicks}
+    def _slice_ticket(self, nonce: str) -> int:
+        """A new number for a /slice request of view ``nonce``; only the latest one does the predictor's work."""
+        tickets = self.__dict__.setdefault("_slice_tickets", {})
+        with self._sessions_lock:
+            tickets[nonce] = ticket = tickets.get(nonce, 0) + 1
+        return ticket
 
-    def current_layer(self, session: Session, nonce: str | None) -> LayerResult:
-        """The layer as it is now (page load / reload)."""
+    @property
+    def _slice_tickets(self) -> dict[str, int]:
+        return self.__dict__.setdefault("_slice_tickets", {})
+
+    def accept(self, session: Session, nonce: str | None, slice_index: Any = None) -> dict[str, Any]:
+        """The mask of the slice (default: the one shown) accepted as it is."""
+        with self._acting(session, nonce) as view:
+            key = self._slice_key(view, slice_index)
+            clicks = len(view.state.slice_state(key).prompt().clicks)
+            self._record(session, view, "accept", {"clicks": clicks, **_slice_field(key)})
+            return {"accepted": True, "clicks": clicks, "slice": key}
+
+    def current_layer(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
+        """The slice's layer as it is now (page load, reload, another slice): the reader's mask where they acted,
+        else the AI's initial mask (a volume slice's is waited for outside the session's lock)."""
         started = time.perf_counter()
+        view = self._view(session, nonce)
+        key = self._slice_key(view, slice_index)
+        ai = None
+        if key is not None and view.state.slice_state(key).prompt().empty:
+            ai = self.slice_ai_mask(view, key)  # computed in the background; /slice and /pixels stay free
         with session.lock:
             view = self._view(session, nonce)
-            history = session.predictor.history
-            mask = history[-1] if history else view.ai_mask
-            return self._layer(mask, view.image.geometry, started, 0.0, view.clicks)
+            image = self._slice_image(view, key)
+            if ai is not None:
+                image.ai_mask = lambda: ai
+            return self._compose(session, view, image, started, 0.0)
 
     def base_png(self, session: Session, nonce: str | None) -> bytes:
         return self._view(session, nonce, need_ai=False).image.base_png
 
     def current_mask(self, session: Session) -> np.ndarray | None:
-        """The mask on screen (the one a submit saves): the predictor's latest pass; None without AI tools."""
+        """The mask on screen (the shown slice's, original grid); None without AI tools."""
         view = session.view
         if view is None or not view.shows_ai:
             return None
-        history = session.predictor.history
-        return history[-1].mask if history else view.ai_mask
+        with session.lock:
+            key = view.image.slice_index
+            return view.masks.original_mask(session.predictor, self._slice_image(view, key),
+                                            view.state.slice_state(key))
+
+    def reader_masks(self, view: View) -> dict[int | None, np.ndarray]:
+        """The masks an answer saves, each on its slice's original grid: a 2-D image → ``{None: mask}`` (the mask
+        on screen); a volume → ``{slice: mask}`` for every slice the reader acted on (an action still standing, or
+        an accept; see :meth:`annotations_db.events.CaseState.acted_slices`). Empty without AI tools."""
+        session = next((s for s in list(self.sessions.values()) if s.view is view), None)
+        if session is None or not view.shows_ai:
+            return {}
+        with session.lock:
+            keys = [None] if view.image.slice_count is None else \
+                [k for k in view.state.acted_slices() if k is not None]
+            return {k: view.masks.original_mask(session.predictor, self._slice_image(view, k),
+                                                view.state.slice_state(k)) for k in keys}
+
+    # ------------------------------------------------------------------ mask composition helpers
+    def _slice_key(self, view: View, value: Any, name: str = "slice") -> int | None:
+        """The slice an action names (``value``; None: the one shown); None for a 2-D image. AppError for a slice
+        on a 2-D image, a non-integer or one out of range."""
+        count = view.image.slice_count
+        if value is None:
+            return view.image.slice_index
+        if count is None:
+            raise AppError(f"this case is a 2-D image: it has no slices ({name!r} must be omitted or null)")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise AppError(f"{name!r} must be an integer slice index")
+        try:
+            index = int(value)
+        except ValueError:
+            raise AppError(f"{name!r} must be an integer slice index") from None
+        if not 0 <= index < count:
+            raise AppError(f"{name} {index} is out of range: this volume has slices 0..{count - 1}")
+        return index
+
+    def _slice_image(self, view: View, key: int | None, with_ai: bool = True) -> SliceImage:
+        """What :class:`app.case_masks.CaseMasks` needs of slice ``key`` (None: the 2-D image)."""
+        if view.image.slice_count is None:
+            return SliceImage(None, view.image.pixels, view.image.geometry, view.initial_prompt,
+                              lambda: view.ai_mask)
+        image = view.image if key == view.image.slice_index else self.case_image(view.case_id, key)
+        prompt = view.masks.initial_prompts.get(key, False) if with_ai else None
+        if prompt is False:
+            model = self._model_for(view.model_version)
+            volume = self.case_volume(view.case_id)
+            prompt = slice_prompt(model, volume_slice_values(volume, key), volume.metadata.modality or "")
+            view.masks.initial_prompts[key] = prompt
+        return SliceImage(key, image.pixels, image.geometry, prompt, lambda: self.slice_ai_mask(view, key))
+
+    @staticmethod
+    def _valid(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` validated as a ``kind`` event (AppError, HTTP 400, naming the cause)."""
+        try:
+            return event_log.validate(kind, payload)
+        except InvalidEvent as error:
+            raise AppError(str(error)) from None
+
+    def _compose(self, session: Session, view: View, image: SliceImage, started: float,
+                 model_ms: float) -> LayerResult:
+        """The slice's layer now: its display mask composed (:meth:`CaseMasks.display_mask`), with its prompts."""
+        state = view.state.slice_state(image.key)
+        composed = view.masks.display_mask(session.predictor, image, state)
+        result = self._layer(composed.mask, image.geometry, started, model_ms or composed.model_ms,
+                             len(state.prompt().clicks))
+        result.prompts, result.slice = prompts_payload(state, image.geometry), image.key
+        return result
 
     @staticmethod
     def _layer(mask: np.ndarray | Prediction | None, geometry: DisplayGeometry, started: float, model_ms: float,
                clicks: int) -> LayerResult:
-        """The display-size mask layer; a fresh :class:`Prediction` is resampled straight from its low-res logits
-        (no full-resolution mask is made on the click path)."""
+        """The display-size mask layer (a :class:`Prediction` is resampled straight from its low-res logits, a
+        display-grid mask taken as it is, an original-grid one sampled down)."""
         t0 = time.perf_counter()
         shape = (geometry.disp_height, geometry.disp_width)
         if mask is None:
             png, area = encode_mask_png(None, shape), 0
         else:
-            small = mask.mask_at(shape) if isinstance(mask, Prediction) else mask_to_display(mask, geometry)
+            if isinstance(mask, Prediction):
+                small = mask.mask_at(shape)
+            else:
+                small = mask if mask.shape == shape else mask_to_display(mask, geometry)
             scale = (geometry.height * geometry.width) / (shape[0] * shape[1])
             png, area = encode_mask_png(small), int(round(small.sum() * scale))
         now = time.perf_counter()
@@ -811,12 +1127,13 @@ class AppService:
         before this returns. 'Normal' excludes findings; ratings are integers 0..the study's rating_max."""
         positives = [str(p) for p in positives or []]
         with self._acting(session, nonce, need_ai=False) as view:
+            checklist = view_checklist(view)
             try:
-                label_rules(LABEL_SET, CLASSES).check(positives)
+                checklist.label_set.check(positives)
             except ValueError as error:
                 raise AppError(str(error)) from None
             new_ratings = self._checked_ratings(view, ratings or {})
-            for name in CLASSES:
+            for name in checklist.classes:
                 value = int(name in positives)
                 if value != view.state.labels.get(name, 0):
                     self._record(session, view, "label_toggled", {"class": name, "value": value})
@@ -831,7 +1148,7 @@ class AppService:
             raise AppError("this read takes no confidence ratings")
         out = {}
         for name, value in ratings.items():
-            if name not in CLASSES:
+            if name not in view_checklist(view).classes:
                 raise AppError(f"rating for an unknown class {name!r}")
             if not rating_in_range(value, 0, view.rating_max):
                 raise AppError(f"the rating of {name} must be an integer 0–{view.rating_max}")
@@ -843,15 +1160,16 @@ class AppService:
         screen (unless unaided), accepted-as-is — and close the view; returns the annotation id."""
         with self._acting(session, nonce, need_ai=False) as view:
             self.events.flush(session.token)
-            labels = {c: int(view.state.labels.get(c, 0)) for c in CLASSES}
-            mask = self.current_mask(session)
+            checklist = view_checklist(view)
+            labels = {c: int(view.state.labels.get(c, 0)) for c in checklist.classes}
+            mask, slice_index, mask_slices = self._answer_mask(session, view)
             try:
                 annotation_id = self.store.save_annotation(
                     view.target, session.reader, labels, mask=mask,
                     confidence=dict(view.state.ratings) if view.rating_max else None,
-                    slice_index=view.image.slice_index if mask is not None else None,
+                    slice_index=slice_index, mask_slices=mask_slices,
                     accepted_as_is=bool(view.state.accepted and view.clicks == 0 and view.shows_ai),
-                    model_version=view.model_version if view.shows_ai else None, label_set=LABEL_SET)
+                    model_version=view.model_version if view.shows_ai else None, label_set=checklist.name)
             except AlreadySubmitted as error:
                 raise Conflict(str(error)) from None
             except AccessDenied as error:
@@ -860,6 +1178,26 @@ class AppService:
                 raise AppError(str(error)) from None
             session.view = None
             return annotation_id
+
+    def _answer_mask(self, session: Session, view: View) -> tuple[np.ndarray | None, int | None, list[int] | None]:
+        """What a submit saves as the mask: (mask, slice_index, mask_slices). A 2-D image: its mask on the original
+        grid. A volume: ONE 3-D mask in the volume's voxel grid (i, j, k) holding the reader's mask of every slice
+        they acted on (``reader_masks``: {slice: 2-D mask on the displayed slice's original grid}; before per-slice
+        state, the mask on screen on the slice shown), the sorted list of those slices, and ``slice_index`` = that
+        slice when there is exactly one (as older 2-D-on-a-slice rows had); None when no slice has a mask."""
+        reader_masks = getattr(self, "reader_masks", None)
+        masks = reader_masks(view) if reader_masks is not None else None
+        if masks is None:
+            mask = self.current_mask(session)
+            masks = {view.image.slice_index: mask} if mask is not None else {}
+        masks = {k: m for k, m in masks.items() if m is not None}
+        if view.image.slice_count is None:
+            return masks.get(None), None, None
+        if not masks:
+            return None, None, None
+        volume = self.case_volume(view.case_id)
+        slices = sorted(int(k) for k in masks)
+        return slices_to_volume(volume, masks), slices[0] if len(slices) == 1 else None, slices
 
     def submit_and_next(self, session: Session, nonce: str | None) -> dict[str, Any]:
         """Submit, then open what comes next: the next study read inside a study, else the next worklist case."""
@@ -925,6 +1263,7 @@ class AppService:
             self._login_guard.close()
         if self.background:
             self.background.stop()
+        self.slice_masks.stop()
         self.events.flush(None, timeout=10)
         self.events.close()
 
@@ -1033,6 +1372,30 @@ class BackgroundWorker:
         service.store.record_prediction(ref.id, service.model_version, probabilities, mask, uncertainty)
 
 
+def view_checklist(view: View) -> Checklist:
+    """The finding checklist of the view's case: CT/MR volumes their structure set, radiographs CXR-LT 26."""
+    return checklist_for(view.image.slice_count is not None)
+
+
+def slices_to_volume(volume: LoadedVolume, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """{axial slice index: bool (H, W) mask on the displayed slice} → one uint8 {0, 1} mask of the volume's voxel
+    grid (i, j, k): each slice put back through the inverse of its display transform (:mod:`core_model.io.volume`)."""
+    axis = axial_axis(volume.affine)
+    display = volume.display(axis)
+    out = np.zeros(volume.shape, dtype=np.uint8)
+    expected = tuple(n for a, n in enumerate(volume.shape) if a != axis)
+    for index, mask in masks.items():
+        if not 0 <= int(index) < volume.num_slices(axis):
+            raise AppError(f"mask on slice {index}: the volume has slices 0..{volume.num_slices(axis) - 1}")
+        plane = display.inverse(np.asarray(mask).astype(bool))
+        if plane.shape != expected:
+            raise AppError(f"mask of slice {index} has shape {np.shape(mask)}, not the slice's")
+        where: list[Any] = [slice(None)] * 3
+        where[axis] = int(index)
+        out[tuple(where)] = plane
+    return out
+
+
 def _coordinate(value: Any) -> float:
     """A click coordinate as a finite float; AppError for anything else (huge integers and NaN included)."""
     if isinstance(value, bool):
@@ -1044,6 +1407,11 @@ def _coordinate(value: Any) -> float:
     if not math.isfinite(number):
         raise AppError("click coordinates must be finite numbers")
     return number
+
+
+def _slice_field(key: int | None) -> dict[str, int]:
+    """The ``slice`` of an action event: a volume's slice index, nothing for a 2-D image."""
+    return {} if key is None else {"slice": key}
 
 
 def _top(card: FindingsCard, probabilities: dict[str, float]) -> str:
