@@ -69,12 +69,15 @@ def _fail(error: Exception) -> gr.Error:
 
 
 def viewer_html(view: View | None, idle_seconds: float) -> str:
+    """The viewer's slot: app/static/viewer.js builds the viewer inside it (display grid data-w × data-h, original
+    grid data-ow × data-oh, for 1:1 zoom; volumes: data-slices and the slice shown)."""
     if view is None:
         return EMPTY_VIEWER
     g = view.image.geometry
     slices = view.image.slice_count or 0
     return (f'<div class="bc-slot" data-nonce="{html.escape(view.nonce)}" data-w="{g.disp_width}" '
-            f'data-h="{g.disp_height}" data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}" '
+            f'data-h="{g.disp_height}" data-ow="{g.width}" data-oh="{g.height}" '
+            f'data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}" '
             f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}"></div>')
 
 
@@ -284,10 +287,11 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=300):
                         answer = gr.HTML(answer_panel(service, None), elem_id="bc-answer-html")
                 message = gr.Markdown(elem_id="bc-message")
-                gr.Markdown("Keys: **P**/**N** positive/negative · **T** toggle · right-click = other mode · "
-                            "**U** or Ctrl+Z undo · **R** reset · **A** accept as is · **O** overlay · "
-                            "**+**/**−**/**0** zoom · **↑**/**↓** (PageUp/PageDown: 10) slice of a "
-                            "volume · Ctrl+Enter submit & next · **J** skip (outside studies)", elem_id="bc-keys")
+                gr.Markdown("Keys (**?** in the viewer lists them all): **P**/**N**/**T** clicks · **B** box · "
+                            "**D**/**E** brush/eraser · **M** measure · **H**/Space pan · right-drag window/level · "
+                            "**1–9** presets · **I** invert · **Esc** reset view · **U**/Ctrl+Z undo · **R** reset · "
+                            "**A** accept · **C** clean-up · **K** carry · **O**/**F** overlay · wheel, **↑**/**↓** "
+                            "slices · Ctrl+Enter submit & next · **J** skip", elem_id="bc-keys")
                 sync_btn = gr.Button("sync", elem_id="bc-sync", elem_classes=["bc-hidden"])
             with gr.Tab("Reader study", id="study"):
                 start = gr.Button("Start / continue my reads", variant="primary", elem_id="bc-study-next")

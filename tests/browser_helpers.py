@@ -79,3 +79,42 @@ def submit(page: Any) -> None:
     nonce = page.get_attribute(".bc-answer[data-nonce]", "data-nonce")
     page.click("#bc-submit")
     page.wait_for_function(f"!document.querySelector('.bc-answer[data-nonce=\"{nonce}\"]')", timeout=120_000)
+
+
+# ---------------------------------------------------------------------------------------------------- the viewer
+def open_case_in_worklist(page: Any, case: str | None) -> None:
+    """Open ``case`` from the worklist (None: the top case), then wait until its image is drawn and, in an AI arm,
+    its first mask layer painted."""
+    page.wait_for_function("document.querySelector('#bc-progress') && "
+                           "document.querySelector('#bc-progress').innerText.includes('annotated')", timeout=60_000)
+    if case is None:
+        page.click("#bc-open-top")
+    else:
+        page.locator("#bc-worklist").get_by_text(case, exact=True).click()
+    page.wait_for_selector("#bc-base[data-loaded='1']", timeout=120_000)
+    page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer') || "
+                           "document.querySelector('.bc-slot').dataset.ai === '0'", timeout=120_000)
+
+
+def wait_full_pixels(page: Any) -> None:
+    """Wait until the viewer draws the full-bit-depth samples of /pixels (not the 8-bit base.png fallback)."""
+    page.wait_for_function("window.__bcViewer.view() && window.__bcViewer.view().full !== null", timeout=60_000)
+    if not page.evaluate("window.__bcViewer.view().full"):
+        pytest.fail("the viewer fell back to the 8-bit base.png: GET /api/v1/view/{nonce}/pixels is not there")
+
+
+def wait_stats(page: Any, kind: str, n: int) -> None:
+    """Wait until ``n`` paints of ``kind`` (click, undo, box, stroke, slice, …) are in window.__bcStats."""
+    page.wait_for_function(f"window.__bcStats.filter(s => s.kind === '{kind}').length >= {n}", timeout=120_000)
+
+
+def stage_box(page: Any) -> dict[str, float]:
+    """The viewer's viewport (#bc-stage) in client CSS px: x, y, width, height."""
+    return page.locator("#bc-stage").bounding_box()
+
+
+def base_gray(page: Any, points: list[tuple[int, int]]) -> list[int]:
+    """The displayed gray (red channel) of #bc-base at display-grid pixels (x, y), read back with getImageData."""
+    return page.evaluate("""(points) => { const c = document.querySelector('#bc-base');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return points.map(([x, y]) => d[(y * c.width + x) * 4]); }""", [list(p) for p in points])

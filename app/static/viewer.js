@@ -1,6 +1,17 @@
-// BiasCare case viewer: base image once per case, mask layer per click, composited on two stacked canvases.
-// The Gradio HTML component renders <div class="bc-slot" data-nonce=... data-w=... data-h=... data-ai=0|1>;
-// this script (injected through the page head) builds the viewer inside it and talks to the lean /api/v1 routes.
+// BiasCare reading-room viewer (app/VIEWER_API.md is the contract with the server).
+// The Gradio HTML component renders <div class="bc-slot" data-nonce data-w data-h data-ow data-oh data-ai data-slices
+// data-slice>; this script (injected through the page head) builds the viewer inside it and talks to the lean routes.
+//
+// Coordinate frames
+//   display grid  continuous pixel coordinates of the image the server sends (x right, y down, 0..w / 0..h); every
+//                 coordinate sent to or received from the server is in this frame (a 2000² CXR: 1024² grid).
+//   stage         CSS pixels from the top-left corner of #bc-stage (the black viewport):
+//                 stage = (tx, ty) + zoom × display, i.e. zoom = screen px per display-grid px.
+//   client        CSS pixels of the browser window (pointer events): client = stage + stage's bounding-rect origin.
+// Pixels
+//   /pixels samples (int16/uint16/uint8) → modality value v = sample × slope + intercept (CT: HU) → window
+//   (center c, width w, modality units) → gray = clamp(round((v − (c − w/2)) / w × 255), 0, 255), inverted:
+//   255 − gray. The LUT is built per window over the slice's sample range and written into #bc-base (w × h canvas).
 (function () {
   "use strict";
   if (window.__bcViewerInstalled) return;
@@ -8,9 +19,23 @@
   const stats = (window.__bcStats = window.__bcStats || []);
   let V = null; // the current viewer state
 
-  function post(path, body) {
+  const CT_PRESETS = [
+    {name: "lung", c: -600, w: 1500}, {name: "mediastinum", c: 50, w: 350}, {name: "abdomen", c: 40, w: 400},
+    {name: "bone", c: 400, w: 1800}, {name: "brain", c: 40, w: 80}];
+  const MASK_RGB = [0, 216, 255];      // the mask: outline and fill colour (cyan, visible on any gray)
+  const OUTLINE = "rgb(0, 216, 255)";
+  const POS_COLOR = "#22c55e", NEG_COLOR = "#ef4444", LAST_RING = "#ffffff", BOX_COLOR = "#fbbf24";
+  const MEASURE_COLOR = "#facc15";
+  const MARKER_R = 8;                  // screen px: markers keep their size at any zoom
+  const PREFETCH = 3;                  // neighbouring slices' pixels fetched ahead on each side
+  const CACHE_SLICES = 40;             // decoded slices kept (LRU)
+  const LAYER_SETTLE_MS = 60;          // a slice shown this long gets its mask requested (scrolling drops the rest)
+  const CLEANUP = {min_island_px: 64, fill_holes: true};
+  const TOOL_NAMES = {point: "click", box: "box", brush: "brush", eraser: "eraser", measure: "measure", pan: "pan"};
+
+  function post(path, body, signal) {
     return fetch(path, {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
-                        body: JSON.stringify(body)});
+                        body: JSON.stringify(body), signal});
   }
 
   function el(tag, attrs, children) {
@@ -18,217 +43,1097 @@
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === "text") node.textContent = v; else node.setAttribute(k, v);
     }
-    for (const c of children || []) node.appendChild(c);
+    for (const c of children || []) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
     return node;
   }
 
-  function build(slot) {
-    const nonce = slot.dataset.nonce;
-    const w = parseInt(slot.dataset.w, 10), h = parseInt(slot.dataset.h, 10);
-    const ai = slot.dataset.ai === "1";
-    const idleMs = 1000 * parseFloat(slot.dataset.idle || "60");
-    slot.innerHTML = "";
-    const toolbar = el("div", {class: "bc-toolbar"});
-    const btn = (id, label, title) => el("button", {type: "button", id: id, title: title, text: label});
-    const pos = btn("bc-pos", "+ Positive", "positive click mode (P; T toggles)");
-    const neg = btn("bc-neg", "− Negative", "negative click mode (N; T toggles)");
-    const undo = btn("bc-undo", "Undo", "undo the last click (U or Ctrl+Z)");
-    const reset = btn("bc-reset", "Reset", "back to the AI mask (R)");
-    const accept = btn("bc-accept", "Accept as is", "accept the current mask (A)");
-    const zin = btn("bc-zoom-in", "Zoom +", "zoom in (+)"), zout = btn("bc-zoom-out", "Zoom −", "zoom out (−)");
-    const zfit = btn("bc-zoom-fit", "Fit", "fit (0)");
-    const toggle = btn("bc-overlay", "Overlay", "show/hide the mask (O)");
-    const mk = (id, min, max, value, step) => el("input", {type: "range", id: id, min: min, max: max, value: value,
-                                                             step: step});
-    const win = mk("bc-window", 1, 255, 255, 1), lvl = mk("bc-level", 0, 255, 128, 1);
-    const opa = mk("bc-opacity", 0, 100, 60, 1);
-    const status = el("span", {class: "bc-status", id: "bc-status", text: ai ? "positive mode" : "AI tools off in this arm"});
-    const group = (label, input) => el("label", {class: "bc-range"}, [document.createTextNode(label), input]);
-    if (ai) for (const b of [pos, neg, undo, reset, accept]) toolbar.appendChild(b);
-    for (const b of [zout, zin, zfit]) toolbar.appendChild(b);
-    if (ai) toolbar.appendChild(toggle);
-    toolbar.appendChild(group("Window", win));
-    toolbar.appendChild(group("Level", lvl));
-    if (ai) toolbar.appendChild(group("Opacity", opa));
-    const slices = parseInt(slot.dataset.slices || "0", 10);
-    const sliceInput = mk("bc-slice", 0, Math.max(0, slices - 1), parseInt(slot.dataset.slice || "0", 10), 1);
-    const sliceLabel = el("span", {class: "bc-slice-label", id: "bc-slice-label"});
-    if (slices > 1) toolbar.appendChild(el("label", {class: "bc-range", title: "slice (↑/↓ or PageUp/PageDown)"},
-                                           [document.createTextNode("Slice"), sliceInput, sliceLabel]));
-    toolbar.appendChild(status);
-    const base = el("canvas", {id: "bc-base", width: w, height: h});
-    const overlay = el("canvas", {id: "bc-overlay-canvas", width: w, height: h});
-    const inner = el("div", {class: "bc-inner"}, [base, overlay]);
-    const stage = el("div", {class: "bc-stage", id: "bc-stage", tabindex: "0"}, [inner]);
-    slot.appendChild(toolbar);
-    slot.appendChild(stage);
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+  const fmt = (v) => (Math.abs(v) >= 100 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1));
 
-    const state = V = {nonce, w, h, ai, base, overlay, inner, stage, status, zoom: 1, positive: true, busy: 0,
-                       gray: null, baseData: null, overlayOn: true, idle: false, last: performance.now(), idleMs,
-                       pos, neg, win, lvl, opa, queue: Promise.resolve(), slices, sliceInput, sliceLabel,
-                       slice: +sliceInput.value};
-    setMode(true);
-    fit();
-    loadBase(state);
-    if (ai) loadLayer(state, `/api/v1/view/${nonce}/layer.png`);
-    overlay.addEventListener("pointerdown", (e) => onClick(state, e));
-    overlay.addEventListener("contextmenu", (e) => e.preventDefault());
-    pos.onclick = () => setMode(true);
-    neg.onclick = () => setMode(false);
-    undo.onclick = () => act(state, "undo");
-    reset.onclick = () => act(state, "reset");
-    accept.onclick = () => doAccept(state);
-    zin.onclick = () => setZoom(state.zoom * 1.25);
-    zout.onclick = () => setZoom(state.zoom / 1.25);
-    zfit.onclick = () => fit();
-    toggle.onclick = () => { state.overlayOn = !state.overlayOn; applyOpacity(); };
-    win.oninput = lvl.oninput = () => applyWindow(state);
-    opa.oninput = applyOpacity;
-    sliceInput.oninput = () => showSliceLabel(state, +sliceInput.value);
-    sliceInput.onchange = () => showSlice(state, +sliceInput.value);
-    showSliceLabel(state, state.slice);
-    applyOpacity();
+  // ------------------------------------------------------------------ building the viewer in its slot
+  function button(id, label, title) {
+    return el("button", {type: "button", id, title, text: label});
+  }
+
+  function range(id, min, max, value, step) {
+    return el("input", {type: "range", id, min, max, value, step});
+  }
+
+  function labelled(label, input, title) {
+    return el("label", {class: "bc-range", title: title || label}, [label, input]);
+  }
+
+  function buildToolbar(state) {
+    const b = state.buttons = {
+      pos: button("bc-pos", "+ Positive", "positive click (P; T toggles; right-click: the other polarity)"),
+      neg: button("bc-neg", "− Negative", "negative click (N; T toggles)"),
+      box: button("bc-box", "Box", "box prompt: drag a rectangle (B)"),
+      brush: button("bc-brush", "Brush", "paint into the mask (D; [ and ] change the radius)"),
+      eraser: button("bc-eraser", "Eraser", "erase from the mask (E; [ and ] change the radius)"),
+      measure: button("bc-measure", "Measure", "distance: drag a line (M; Delete removes the last)"),
+      pan: button("bc-pan", "Pan", "drag to pan (H; or hold Space, or drag with the middle button)"),
+      undo: button("bc-undo", "Undo", "undo the last action on this slice (U or Ctrl+Z)"),
+      reset: button("bc-reset", "Reset", "back to the AI mask of this slice (R)"),
+      accept: button("bc-accept", "Accept as is", "accept the current mask (A)"),
+      cleanup: button("bc-cleanup", "Clean-up", "drop islands < 64 px and fill holes in the shown mask (C)"),
+      carry: button("bc-carry", "Carry", "carry the previous slice's prompts to this slice (K)"),
+      fit: button("bc-zoom-fit", "Fit", "fit the image to the viewport (0)"),
+      one: button("bc-zoom-1", "1:1", "one image pixel per screen pixel (Z)"),
+      zout: button("bc-zoom-out", "−", "zoom out (−; Ctrl+wheel)"),
+      zin: button("bc-zoom-in", "+", "zoom in (+; Ctrl+wheel)"),
+      invert: button("bc-invert", "Invert", "invert the gray scale (I)"),
+      viewReset: button("bc-view-reset", "Reset view", "window, zoom and pan back to the start (Esc)"),
+      overlay: button("bc-overlay", "Overlay", "show/hide the mask (O)"),
+      fill: button("bc-fill", "Outline", "mask as outline or fill (F)"),
+      help: button("bc-help-btn", "?", "keyboard shortcuts (?)"),
+    };
+    state.preset = el("select", {id: "bc-preset", title: "window presets (keys 1–9)"});
+    state.win = range("bc-window", 1, 512, 256, "any");
+    state.lvl = range("bc-level", 0, 255, 128, "any");
+    state.opa = range("bc-opacity", 0, 100, 40, 1);
+    state.sliceInput = range("bc-slice", 0, Math.max(0, state.slices - 1), state.slice, 1);
+    state.sliceLabel = el("span", {class: "bc-slice-label", id: "bc-slice-label"});
+    state.status = el("span", {class: "bc-status", id: "bc-status", text: state.ai ? "" : "AI tools off in this arm"});
+    const group = (nodes) => el("span", {class: "bc-group"}, nodes.filter(Boolean));
+    const ai = state.ai, volume = state.slices > 1;
+    const row1 = el("div", {class: "bc-toolbar", id: "bc-toolbar"}, [
+      ai && group([b.pos, b.neg, b.box, b.brush, b.eraser]), group([b.measure, b.pan]),
+      ai && group([b.undo, b.reset, b.accept, b.cleanup, volume && b.carry]),
+      group([b.fit, b.one, b.zout, b.zin]), group([b.invert, state.preset, b.viewReset]),
+      ai && group([b.overlay, b.fill, labelled("Opacity", state.opa, "fill opacity")]), b.help,
+    ].filter(Boolean));
+    const row2 = el("div", {class: "bc-toolbar bc-toolbar2"}, [
+      labelled("Window", state.win, "window width (right-drag horizontally)"),
+      labelled("Level", state.lvl, "window level (right-drag vertically)"),
+      volume && el("label", {class: "bc-range bc-slice-range", title: "slice (wheel, ↑/↓, PageUp/PageDown)"},
+                   ["Slice", state.sliceInput, state.sliceLabel]),
+      state.status,
+    ].filter(Boolean));
+    return [row1, row2];
+  }
+
+  function buildStage(state) {
+    state.base = el("canvas", {id: "bc-base", width: state.w, height: state.h});
+    state.overlay = el("canvas", {id: "bc-overlay-canvas", width: state.w, height: state.h});
+    state.inner = el("div", {class: "bc-inner"}, [state.base, state.overlay]);
+    state.marks = el("canvas", {id: "bc-marks", class: "bc-marks"});
+    state.corners = {};
+    const corners = ["tl", "tr", "bl", "br"].map((c) => (state.corners[c] = el("div", {class: `bc-corner bc-${c}`,
+                                                                                        id: `bc-corner-${c}`})));
+    state.help = el("div", {class: "bc-help bc-hidden", id: "bc-help"});
+    state.help.innerHTML = helpHtml(state);
+    state.stage = el("div", {class: "bc-stage", id: "bc-stage", tabindex: "0"},
+                     [state.inner, state.marks, ...corners, state.help]);
+    return state.stage;
+  }
+
+  function helpHtml(state) {
+    const keys = [
+      ["P / N / T", "positive / negative click, toggle (right-click: the other polarity)"],
+      ["B", "box prompt (drag)"], ["D / E", "brush / eraser (drag); [ and ] radius"],
+      ["M", "measure a distance (drag); Delete removes the last"], ["H, Space+drag, middle drag", "pan"],
+      ["U, Ctrl+Z", "undo"], ["R", "reset to the AI mask"], ["A", "accept as is"],
+      ["C", "clean-up of the shown mask (islands < 64 px dropped, holes filled)"],
+      ["K", "carry the previous slice's prompts to this slice"],
+      ["O / F", "overlay on/off, outline/fill"], ["right-drag", "window (horizontal) / level (vertical)"],
+      ["1–9", presetList(state)], ["I", "invert"], ["Esc", "reset window, zoom and pan"],
+      ["wheel", state.slices > 1 ? "slices (Ctrl+wheel: zoom at the cursor)" : "zoom at the cursor"],
+      ["+ / − / 0 / Z", "zoom in / out / fit / 1:1"],
+      ["↑ ↓ / PageUp PageDown", "slice ±1 / ±10 (hold to scroll)"], ["Ctrl+Enter", "submit & next"],
+      ["J", "skip (outside studies)"], ["?", "this help"]];
+    const rows = keys.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join("");
+    return `<div class="bc-help-box"><b>Keyboard and mouse</b><table>${rows}</table>` +
+           `<div class="bc-note">Esc or ? closes this.</div></div>`;
+  }
+
+  function build(slot) {
+    const d = slot.dataset;
+    const w = parseInt(d.w, 10), h = parseInt(d.h, 10);
+    const slices = parseInt(d.slices || "0", 10);
+    const state = V = {
+      nonce: d.nonce, w, h, ow: parseInt(d.ow || d.w, 10), oh: parseInt(d.oh || d.h, 10), ai: d.ai === "1",
+      idleMs: 1000 * parseFloat(d.idle || "60"), idle: false, last: performance.now(), slices,
+      slice: slices > 1 ? parseInt(d.slice || "0", 10) : null, prevSlice: null, lastActed: null, dir: 1,
+      zoom: 1, tx: 0, ty: 0, fitted: true, tool: d.ai === "1" ? "point" : "pan", positive: true, radius: 8,
+      overlayOn: true, fill: false, pixels: null, wc: null, ww: null, invert: false, userWindow: false,
+      userInvert: false, presetName: "", pix: new Map(), layers: new Map(), layer: null, localClicks: new Map(),
+      measures: new Map(), drag: null, cursor: null, spaceHeld: false, version: 0, queue: Promise.resolve(),
+      slicePending: null, sliceBusy: false, sliceSync: Promise.resolve(), serverSlice: null, noPixels: false,
+      drawnMarkers: [], wheelAcc: 0, layerCtrl: null, layerTimer: 0, frame: 0, cleanupLocal: false,
+    };
+    state.serverSlice = state.slice;
+    slot.innerHTML = "";
+    for (const row of buildToolbar(state)) slot.appendChild(row);
+    slot.appendChild(buildStage(state));
+    wire(state);
+    updatePresets(state);
+    setTool(state, state.tool);
+    showSliceLabel(state);
+    applyOverlayStyle(state);
+    sizeStage(state);
+    fit(state);
+    firstPixels(state);
+    if (state.ai) fetchLayer(state, state.slice, performance.now());
+  }
+
+  function wire(state) {
+    const b = state.buttons, s = state.stage;
+    b.pos.onclick = () => setMode(true);
+    b.neg.onclick = () => setMode(false);
+    for (const t of ["box", "brush", "eraser", "measure", "pan"]) b[t].onclick = () => setTool(state, t);
+    b.undo.onclick = () => act(state, "undo");
+    b.reset.onclick = () => act(state, "reset");
+    b.accept.onclick = () => doAccept(state);
+    b.cleanup.onclick = () => toggleCleanup(state);
+    b.carry.onclick = () => carry(state);
+    b.fit.onclick = () => fit(state);
+    b.one.onclick = () => oneToOne(state);
+    b.zin.onclick = () => zoomCentre(state, 1.25);
+    b.zout.onclick = () => zoomCentre(state, 1 / 1.25);
+    b.invert.onclick = () => toggleInvert(state);
+    b.viewReset.onclick = () => resetView(state);
+    b.overlay.onclick = () => { state.overlayOn = !state.overlayOn; applyOverlayStyle(state); };
+    b.fill.onclick = () => { state.fill = !state.fill; applyOverlayStyle(state); };
+    b.help.onclick = () => toggleHelp(state);
+    state.win.oninput = () => setWindow(state, state.wc, +state.win.value, "");
+    state.lvl.oninput = () => setWindow(state, +state.lvl.value, state.ww, "");
+    state.opa.oninput = () => applyOverlayStyle(state);
+    state.preset.onchange = () => applyPreset(state, +state.preset.value);
+    state.sliceInput.oninput = () => showSlice(state, +state.sliceInput.value);
+    state.sliceInput.onchange = () => showSlice(state, +state.sliceInput.value);
+    s.addEventListener("pointerdown", (e) => onPointerDown(state, e));
+    s.addEventListener("pointermove", (e) => onPointerMove(state, e));
+    s.addEventListener("pointerup", (e) => onPointerUp(state, e));
+    s.addEventListener("pointercancel", () => { state.drag = null; drawMarks(state); });
+    s.addEventListener("pointerleave", () => { state.cursor = null; showCursorValue(state); drawMarks(state); });
+    s.addEventListener("contextmenu", (e) => e.preventDefault());
+    s.addEventListener("wheel", (e) => onWheel(state, e), {passive: false});
+    state.help.addEventListener("pointerdown", (e) => { e.stopPropagation(); toggleHelp(state, false); });
+    new ResizeObserver(() => onResize(state)).observe(s);
+  }
+
+  // ------------------------------------------------------------------ layout and the view transform
+  function sizeStage(state) {
+    // the stage reaches down to the bottom of the window: the whole image in view at fit, nothing cut off
+    const top = state.stage.getBoundingClientRect().top + window.scrollY;
+    const height = Math.max(320, Math.floor(window.innerHeight - top - 12));
+    if (state.stage.style.height !== height + "px") state.stage.style.height = height + "px";
+  }
+
+  function onResize(state) {
+    if (state !== V) return;
+    sizeStage(state);
+    const dpr = window.devicePixelRatio || 1;
+    const cw = Math.round(state.stage.clientWidth * dpr), ch = Math.round(state.stage.clientHeight * dpr);
+    if (state.marks.width !== cw || state.marks.height !== ch) { state.marks.width = cw; state.marks.height = ch; }
+    if (state.fitted) fit(state); else applyView(state);
+  }
+
+  function fitScale(state) {
+    const W = state.stage.clientWidth || 800, H = state.stage.clientHeight || 600;
+    return Math.max(1e-3, Math.min(W / state.w, H / state.h));
+  }
+
+  function fit(state) {
+    state = state || V;
+    if (!state) return;
+    const W = state.stage.clientWidth || 800, H = state.stage.clientHeight || 600;
+    state.zoom = fitScale(state);
+    state.tx = (W - state.w * state.zoom) / 2;
+    state.ty = (H - state.h * state.zoom) / 2;
+    state.fitted = true;
+    applyView(state);
+  }
+
+  function zoomAround(state, zoom, sx, sy) {
+    // (sx, sy) in stage px stays over the same display-grid point
+    const f = fitScale(state);
+    zoom = clamp(zoom, f * 0.2, Math.max(f * 40, 32));
+    const px = (sx - state.tx) / state.zoom, py = (sy - state.ty) / state.zoom;
+    state.zoom = zoom;
+    state.tx = sx - px * zoom;
+    state.ty = sy - py * zoom;
+    state.fitted = false;
+    applyView(state);
+  }
+
+  function zoomCentre(state, factor) {
+    zoomAround(state, state.zoom * factor, state.stage.clientWidth / 2, state.stage.clientHeight / 2);
+  }
+
+  function oneToOne(state) {
+    zoomAround(state, state.ow / state.w, state.stage.clientWidth / 2, state.stage.clientHeight / 2);
+  }
+
+  function setZoom(z) {  // legacy: z relative to fit, about the stage's centre
+    if (V) zoomAround(V, fitScale(V) * z, V.stage.clientWidth / 2, V.stage.clientHeight / 2);
+  }
+
+  function applyView(state) {
+    state.inner.style.width = state.w + "px";
+    state.inner.style.height = state.h + "px";
+    state.inner.style.transform = `translate(${state.tx}px, ${state.ty}px) scale(${state.zoom})`;
+    const ds = state.stage.dataset;
+    ds.zoom = state.zoom.toFixed(5);
+    ds.tx = state.tx.toFixed(2);
+    ds.ty = state.ty.toFixed(2);
+    state.overlay.style.imageRendering = state.zoom > 1.5 ? "pixelated" : "auto";
+    showCorners(state);
+    drawMarks(state);
+  }
+
+  function stagePoint(state, e) {
+    const rect = state.stage.getBoundingClientRect();
+    return {sx: e.clientX - rect.left, sy: e.clientY - rect.top};
+  }
+
+  function toImage(state, sx, sy) {
+    return {x: (sx - state.tx) / state.zoom, y: (sy - state.ty) / state.zoom};
+  }
+
+  function inside(state, p) {
+    return p.x >= 0 && p.y >= 0 && p.x < state.w && p.y < state.h;
+  }
+
+  function clampPoint(state, p) {
+    return {x: clamp(p.x, 0, state.w), y: clamp(p.y, 0, state.h)};
+  }
+
+  // ------------------------------------------------------------------ pixels: fetch, decode, cache
+  function sliceQuery(k) {
+    return k === null || k === undefined ? "" : `?slice=${k}`;
+  }
+
+  function pair(text) {
+    const p = (text || "").split(",").map((s) => parseFloat(s));
+    return p.length === 2 && p.every(Number.isFinite) ? p : null;
+  }
+
+  function sampleRange(samples) {
+    let lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < samples.length; i++) { const s = samples[i]; if (s < lo) lo = s; if (s > hi) hi = s; }
+    return [lo === Infinity ? 0 : lo, hi === -Infinity ? 0 : hi];
+  }
+
+  function pixelRecord(state, k, samples, head) {
+    const [smin, smax] = sampleRange(samples);
+    const slope = head.slope, intercept = head.intercept;
+    const a = smin * slope + intercept, b = smax * slope + intercept;
+    return {slice: k, samples, smin, smax, slope, intercept, vmin: Math.min(a, b), vmax: Math.max(a, b),
+            units: head.units, window: head.window, invert: head.invert, spacing: head.spacing,
+            modality: head.modality, full: head.full};
+  }
+
+  async function fetchPixels(state, k, signal) {
+    const resp = await fetch(`/api/v1/view/${state.nonce}/pixels${sliceQuery(k)}`,
+                             {credentials: "same-origin", signal});
+    if (resp.status === 404 || resp.status === 405) { state.noPixels = true; return basePixels(state, k, signal); }
+    if (!resp.ok) throw new Error(await errorText(resp));
+    const H = (n) => resp.headers.get(n) || "";
+    const width = parseInt(H("X-Width"), 10), height = parseInt(H("X-Height"), 10);
+    const buf = await resp.arrayBuffer();
+    const Type = {int16: Int16Array, uint16: Uint16Array, uint8: Uint8Array}[H("X-Dtype")];
+    if (!Type) throw new Error(`unknown pixel type ${H("X-Dtype")}`);
+    if (width !== state.w || height !== state.h || buf.byteLength !== width * height * Type.BYTES_PER_ELEMENT)
+      throw new Error(`the pixels (${width}×${height}) do not match the display grid (${state.w}×${state.h})`);
+    return pixelRecord(state, k, new Type(buf), {
+      slope: parseFloat(H("X-Slope")) || 1, intercept: parseFloat(H("X-Intercept")) || 0, units: H("X-Units"),
+      window: pair(H("X-Window")), invert: H("X-Invert") === "1", spacing: pair(H("X-Spacing")),
+      modality: H("X-Modality"), full: true});
+  }
+
+  async function basePixels(state, k, signal) {
+    // old servers: the 8-bit windowed base.png of the slice the server shows (so wait until it shows ours)
+    if (k !== null) {
+      await postSlice(state, k);
+      if (state.serverSlice !== k) return null;
+    }
+    const resp = await fetch(`/api/v1/view/${state.nonce}/base.png${sliceQuery(k)}`,
+                             {credentials: "same-origin", signal});
+    if (!resp.ok) throw new Error(await errorText(resp));
+    const bmp = await createImageBitmap(await resp.blob());
+    const scratch = scratchContext(state);
+    scratch.clearRect(0, 0, state.w, state.h);
+    scratch.drawImage(bmp, 0, 0);
+    const d = scratch.getImageData(0, 0, state.w, state.h).data, gray = new Uint8Array(state.w * state.h);
+    for (let i = 0, j = 0; j < gray.length; i += 4, j++) gray[j] = d[i];
+    return pixelRecord(state, k, gray, {slope: 1, intercept: 0, units: "", window: [127.5, 255], invert: false,
+                                        spacing: null, modality: "", full: false});
+  }
+
+  function scratchContext(state) {
+    if (!state.scratch) {
+      const c = el("canvas", {width: state.w, height: state.h});
+      state.scratch = c.getContext("2d", {willReadFrequently: true});
+    }
+    return state.scratch;
+  }
+
+  function getPixels(state, k) {
+    const key = k === null ? -1 : k;
+    let entry = state.pix.get(key);
+    if (entry) { state.pix.delete(key); state.pix.set(key, entry); return entry.promise; }
+    const ctrl = new AbortController();
+    entry = {ctrl, done: false, slice: k};
+    entry.promise = (state.noPixels ? basePixels(state, k, ctrl.signal) : fetchPixels(state, k, ctrl.signal)).then(
+      (rec) => { entry.done = true; if (!rec) state.pix.delete(key); return rec; },
+      (err) => { state.pix.delete(key); if (err.name === "AbortError") return null; throw err; });
+    state.pix.set(key, entry);
+    while (state.pix.size > CACHE_SLICES) state.pix.delete(state.pix.keys().next().value);
+    return entry.promise;
+  }
+
+  function dropStale(state, k) {
+    // requests for slices the reader has scrolled away from are cancelled (the newest request wins)
+    for (const [key, entry] of state.pix) {
+      if (!entry.done && Math.abs(key - k) > PREFETCH + 1) { entry.ctrl.abort(); state.pix.delete(key); }
+    }
+  }
+
+  function prefetch(state, k) {
+    if (state.noPixels || state.slices < 2) return;
+    const order = [];
+    for (let d = 1; d <= PREFETCH; d++) order.push(k + d * state.dir, k - d * state.dir);
+    for (const j of order) if (j >= 0 && j < state.slices) getPixels(state, j).catch(() => {});
+  }
+
+  async function firstPixels(state) {
+    try {
+      const rec = await getPixels(state, state.slice);
+      if (state !== V || !rec) return;
+      showPixels(state, rec);
+      prefetch(state, state.slice);
+    } catch (err) {
+      state.status.textContent = "could not load the image: " + err.message;
+    }
+  }
+
+  // ------------------------------------------------------------------ window/level → the base canvas
+  function presetsOf(state) {
+    const p = state.pixels, list = [];
+    if (p && p.units === "HU") list.push(...CT_PRESETS);
+    if (p && p.window) list.push({name: "default", c: p.window[0], w: p.window[1]});
+    if (p) list.push({name: "full range", c: (p.vmin + p.vmax) / 2, w: Math.max(1, p.vmax - p.vmin)});
+    return list;
+  }
+
+  function presetList(state) {
+    return state.pixels && state.pixels.units === "HU"
+      ? "window presets: 1 lung, 2 mediastinum, 3 abdomen, 4 bone, 5 brain, 6 default, 7 full range"
+      : "window presets: 1 default (header), 2 full range";
+  }
+
+  function updatePresets(state) {
+    const list = presetsOf(state);
+    state.presetItems = list;
+    const html = ['<option value="-1">W/L preset…</option>'].concat(
+      list.map((p, i) => `<option value="${i}">${i + 1} ${p.name} (${fmt(p.c)}/${fmt(p.w)})</option>`));
+    state.preset.innerHTML = html.join("");
+    state.help.innerHTML = helpHtml(state);
+  }
+
+  function applyPreset(state, i) {
+    const p = (state.presetItems || [])[i];
+    if (!p) return;
+    state.userWindow = true;
+    setWindow(state, p.c, p.w, p.name);
+    state.preset.value = "-1";
+  }
+
+  function showPixels(state, rec) {
+    const first = !state.pixels;
+    const unitsChanged = !state.pixels || state.pixels.units !== rec.units || state.pixels.full !== rec.full;
+    state.pixels = rec;
+    if (!state.userWindow || state.wc === null) {
+      const def = rec.window || [(rec.vmin + rec.vmax) / 2, Math.max(1, rec.vmax - rec.vmin)];
+      state.wc = def[0];
+      state.ww = def[1];
+      state.presetName = "default";
+    }
+    if (!state.userInvert) state.invert = rec.invert;
+    widenSliders(state, rec);
+    if (first || unitsChanged) updatePresets(state);
+    renderBase(state);
+    state.base.dataset.loaded = "1";
+    if (rec.slice !== null) state.base.dataset.slice = String(rec.slice);
+  }
+
+  function widenSliders(state, rec) {
+    // the sliders span every value seen so far (modality units); width up to twice the value range
+    const span = Math.max(1, rec.vmax - rec.vmin), seen = state.slidersSet;
+    state.lvl.min = String(Math.min(seen ? +state.lvl.min : Infinity, rec.vmin, state.wc));
+    state.lvl.max = String(Math.max(seen ? +state.lvl.max : -Infinity, rec.vmax, state.wc));
+    state.win.max = String(Math.max(seen ? +state.win.max : 0, 2 * span, state.ww));
+    state.slidersSet = true;
+  }
+
+  function setWindow(state, c, w, name, later) {
+    // later: drawn on the next animation frame (a drag), else at once (keys, presets, sliders)
+    if (!state.pixels || !Number.isFinite(c) || !Number.isFinite(w)) return;
+    state.wc = c;
+    state.ww = Math.max(1e-6, w);
+    state.presetName = name || "";
+    state.userWindow = true;
+    if (later) scheduleRender(state); else renderBase(state);
+  }
+
+  function toggleInvert(state) {
+    state.invert = !state.invert;
+    state.userInvert = true;
+    renderBase(state);
+  }
+
+  function resetView(state) {
+    state.userWindow = false;
+    state.userInvert = false;
+    if (state.pixels) {
+      const rec = state.pixels, def = rec.window || [(rec.vmin + rec.vmax) / 2, Math.max(1, rec.vmax - rec.vmin)];
+      state.wc = def[0]; state.ww = def[1]; state.presetName = "default"; state.invert = rec.invert;
+      renderBase(state);
+    }
+    fit(state);
+  }
+
+  function scheduleRender(state) {
+    if (state.renderQueued) return;
+    state.renderQueued = true;
+    requestAnimationFrame(() => { state.renderQueued = false; renderBase(state); });
+  }
+
+  function buildLut(rec, c, w, invert) {
+    // one packed RGBA word per sample value smin..smax (little-endian: 0xAABBGGRR)
+    const n = rec.smax - rec.smin + 1, lut = new Uint32Array(n), lo = c - w / 2;
+    for (let i = 0; i < n; i++) {
+      const v = (rec.smin + i) * rec.slope + rec.intercept;
+      let g = Math.round((v - lo) / w * 255);
+      g = g < 0 ? 0 : g > 255 ? 255 : g;
+      if (invert) g = 255 - g;
+      lut[i] = 0xff000000 | (g << 16) | (g << 8) | g;
+    }
+    return lut;
+  }
+
+  function renderBase(state) {
+    const rec = state.pixels;
+    if (!rec) return;
+    const ctx = state.base.getContext("2d", {willReadFrequently: true});
+    if (!state.baseImage) state.baseImage = ctx.createImageData(state.w, state.h);
+    const out = new Uint32Array(state.baseImage.data.buffer), s = rec.samples, smin = rec.smin;
+    const lut = buildLut(rec, state.wc, state.ww, state.invert);
+    for (let i = 0; i < s.length; i++) out[i] = lut[s[i] - smin];
+    ctx.putImageData(state.baseImage, 0, 0);
+    const ds = state.base.dataset;
+    ds.window = `${+state.wc.toFixed(3)},${+state.ww.toFixed(3)}`;
+    ds.invert = state.invert ? "1" : "0";
+    state.win.value = String(state.ww);
+    state.lvl.value = String(state.wc);
+    state.buttons.invert.classList.toggle("bc-active", state.invert);
+    showCorners(state);
+  }
+
+  function valueAt(state, p) {
+    const rec = state.pixels;
+    if (!rec || !inside(state, p)) return null;
+    const i = Math.floor(p.y) * state.w + Math.floor(p.x);
+    return rec.samples[i] * rec.slope + rec.intercept;
+  }
+
+  // ------------------------------------------------------------------ corner text (DICOM-viewer style)
+  function showCorners(state) {
+    const c = state.corners, rec = state.pixels;
+    if (!c) return;
+    const slice = state.slices > 1 ? `slice ${state.slice + 1} / ${state.slices}` : "";
+    c.tl.textContent = [rec && rec.modality, slice].filter(Boolean).join(" · ");
+    c.tr.textContent = `zoom ${Math.round(state.zoom * 100 * state.w / state.ow)} %`;
+    if (rec && state.wc !== null) {
+      const u = rec.units ? ` ${rec.units}` : "";
+      c.bl.textContent = `W ${fmt(state.ww)} L ${fmt(state.wc)}${u}` + (state.presetName ? ` · ${state.presetName}` : "")
+        + (state.invert ? " · inverted" : "") + (rec.full ? "" : " · 8-bit");
+    }
+  }
+
+  function showCursorValue(state) {
+    const c = state.corners, p = state.cursor;
+    if (!c) return;
+    const v = p ? valueAt(state, p) : null;
+    if (v === null) { c.br.textContent = ""; return; }
+    const units = state.pixels.units;
+    c.br.textContent = `${units ? units : "value"} ${fmt(v)}  (x ${Math.floor(p.x)}, y ${Math.floor(p.y)})`;
   }
 
   // ------------------------------------------------------------------ volumes: one axial slice at a time
-  function showSliceLabel(state, index) {
-    state.sliceLabel.textContent = `${index + 1} / ${state.slices}`;
+  function showSliceLabel(state) {
+    if (state.slices > 1) state.sliceLabel.textContent = `${state.slice + 1} / ${state.slices}`;
   }
 
-  function showSlice(state, index) {
-    if (state.slices < 2) return;
-    index = Math.max(0, Math.min(state.slices - 1, index));
+  function showSlice(state, index, t0) {
+    if (!state || state.slices < 2) return;
+    index = clamp(Math.round(index), 0, state.slices - 1);
+    if (index === state.slice) return;
+    t0 = t0 === undefined ? performance.now() : t0;
+    state.dir = index > state.slice ? 1 : -1;
+    state.prevSlice = state.slice;
+    state.slice = index;
     state.sliceInput.value = String(index);
-    showSliceLabel(state, index);
+    showSliceLabel(state);
+    showCorners(state);
     touch();
-    state.queue = state.queue.then(async () => {
-      const r = await post("/api/v1/slice", {nonce: state.nonce, index});
-      if (!r.ok) { state.status.textContent = "could not show that slice"; return; }
-      state.slice = (await r.json()).slice;
-      state.base.dataset.loaded = "0";
-      await loadBase(state, `?slice=${state.slice}`);
-      if (state.ai) await fetch(`/api/v1/view/${state.nonce}/layer.png`, {credentials: "same-origin"})
-        .then((layer) => paint(state, layer, performance.now(), "slice"));
-      state.base.dataset.slice = String(state.slice);
+    postSlice(state, index);
+    drawSlice(state, index, t0);
+  }
+
+  async function drawSlice(state, k, t0) {
+    dropStale(state, k);
+    showLayerFor(state, k);
+    let rec;
+    try {
+      rec = await getPixels(state, k);
+    } catch (err) {
+      if (state.slice === k) state.status.textContent = "could not load the slice: " + err.message;
+      return;
+    }
+    if (state !== V || state.slice !== k || !rec) return;
+    showPixels(state, rec);
+    requestAnimationFrame(() => {
+      stats.push({kind: "slice", slice: k, t0, painted_ms: performance.now() - t0, cached: rec.shown === true});
+      rec.shown = true;
     });
+    prefetch(state, k);
+  }
+
+  function postSlice(state, k) {
+    // records slice_shown: at most one request in flight, the newest wanted slice sent next (others dropped)
+    state.slicePending = k;
+    if (!state.sliceBusy) state.sliceSync = runSliceSync(state);
+    return state.sliceSync;
+  }
+
+  async function runSliceSync(state) {
+    state.sliceBusy = true;
+    try {
+      while (state.slicePending !== null) {
+        const k = state.slicePending;
+        state.slicePending = null;
+        if (k === state.serverSlice && state.sliceSent) continue;
+        const r = await post("/api/v1/slice", {nonce: state.nonce, index: k});
+        if (!r.ok) { await failed(state, r); continue; }
+        state.serverSlice = (await r.json()).slice;
+        state.sliceSent = true;
+      }
+    } catch (err) {
+      state.status.textContent = "could not record the slice: " + err.message;
+    } finally {
+      state.sliceBusy = false;
+    }
+  }
+
+  // ------------------------------------------------------------------ mask layers: decode once, outline once
+  function outlinePath(bits, w, h) {
+    // the mask's boundary along pixel edges (display grid), as runs of horizontal and vertical segments
+    const path = new Path2D();
+    for (let y = 0; y <= h; y++) {
+      let start = -1;
+      for (let x = 0; x <= w; x++) {
+        const a = x < w && y > 0 ? bits[(y - 1) * w + x] : 0, b = x < w && y < h ? bits[y * w + x] : 0;
+        const edge = x < w && a !== b;
+        if (edge && start < 0) start = x;
+        if (!edge && start >= 0) { path.moveTo(start, y); path.lineTo(x, y); start = -1; }
+      }
+    }
+    for (let x = 0; x <= w; x++) {
+      let start = -1;
+      for (let y = 0; y <= h; y++) {
+        const a = y < h && x > 0 ? bits[y * w + x - 1] : 0, b = y < h && x < w ? bits[y * w + x] : 0;
+        const edge = y < h && a !== b;
+        if (edge && start < 0) start = y;
+        if (!edge && start >= 0) { path.moveTo(x, start); path.lineTo(x, y); start = -1; }
+      }
+    }
+    return path;
+  }
+
+  function parsePrompts(text) {
+    if (!text) return null;
+    try {
+      const p = JSON.parse(text);
+      return {clicks: Array.isArray(p.clicks) ? p.clicks : [], box: Array.isArray(p.box) ? p.box : null,
+              edits: +p.edits || 0, cleanup: p.cleanup || null, source: p.source || ""};
+    } catch (err) {
+      return null;
+    }
+  }
+
+  async function decodeLayer(state, resp, slice) {
+    const bmp = await createImageBitmap(await resp.blob());
+    const ctx = scratchContext(state);
+    ctx.clearRect(0, 0, state.w, state.h);
+    ctx.drawImage(bmp, 0, 0);
+    const image = ctx.getImageData(0, 0, state.w, state.h), d = image.data;
+    const bits = new Uint8Array(state.w * state.h);
+    let area = 0;
+    for (let i = 0, j = 0; j < bits.length; i += 4, j++) {  // one pass: the mask bits and its recoloured fill
+      const on = d[i + 3] > 0 ? 1 : 0;
+      bits[j] = on;
+      area += on;
+      d[i] = MASK_RGB[0]; d[i + 1] = MASK_RGB[1]; d[i + 2] = MASK_RGB[2]; d[i + 3] = on ? 255 : 0;
+    }
+    const H = (n) => resp.headers.get(n);
+    const headerSlice = H("X-Slice");
+    const clicks = parseInt(H("X-Clicks") || "0", 10) || 0;
+    return {image, bits, area, path: outlinePath(bits, state.w, state.h), clicks,
+            slice: headerSlice !== null && headerSlice !== "" ? parseInt(headerSlice, 10) : slice,
+            prompts: parsePrompts(H("X-Prompts")), server: parseFloat(H("X-Server-Ms") || "0"),
+            model: parseFloat(H("X-Model-Ms") || "0"), cpu: parseFloat(H("X-Server-Cpu-Ms") || "0")};
+  }
+
+  function promptsOf(state, layer) {
+    // the server's prompts (X-Prompts); older servers: the clicks this page sent, cut to X-Clicks
+    if (layer.prompts) return layer.prompts;
+    const local = state.localClicks.get(layer.slice === null ? -1 : layer.slice) || [];
+    local.length = Math.min(local.length, layer.clicks);
+    return {clicks: local.slice(), box: null, edits: 0, cleanup: state.cleanupLocal ? CLEANUP : null, source: ""};
+  }
+
+  function applyLayer(state, layer) {
+    state.layer = layer;
+    state.prompts = promptsOf(state, layer);
+    const ctx = state.overlay.getContext("2d");
+    ctx.putImageData(layer.image, 0, 0);
+    state.overlay.dataset.clicks = String(layer.clicks);
+    drawMarks(state);
+    updateStatus(state);
+  }
+
+  function clearLayer(state) {
+    state.layer = null;
+    state.prompts = null;
+    state.overlay.getContext("2d").clearRect(0, 0, state.w, state.h);
+    drawMarks(state);
+  }
+
+  function rememberLayer(state, layer) {
+    if (layer.slice === null) return;
+    state.layers.delete(layer.slice);
+    state.layers.set(layer.slice, layer);
+    while (state.layers.size > 24) state.layers.delete(state.layers.keys().next().value);
+  }
+
+  function showLayerFor(state, k) {
+    if (!state.ai) return;
+    clearTimeout(state.layerTimer);
+    if (state.layerCtrl) { state.layerCtrl.abort(); state.layerCtrl = null; }
+    const cached = state.layers.get(k);
+    if (cached) { applyLayer(state, cached); return; }
+    clearLayer(state);
+    state.status.textContent = "AI mask of this slice: computing…";
+    state.layerTimer = setTimeout(() => { if (state.slice === k) fetchLayer(state, k, performance.now()); },
+                                  LAYER_SETTLE_MS);
+  }
+
+  async function fetchLayer(state, k, t0) {
+    const ctrl = new AbortController(), version = state.version;
+    if (k !== null) state.layerCtrl = ctrl;
+    try {
+      if (k !== null) {
+        await state.sliceSync;  // older servers answer the slice they show
+        if (state.serverSlice !== k && state.noPixels) return;
+      }
+      const r = await fetch(`/api/v1/view/${state.nonce}/layer.png${sliceQuery(k)}`,
+                            {credentials: "same-origin", signal: ctrl.signal});
+      await paint(state, r, t0, "layer", {slice: k, version});
+    } catch (err) {
+      if (err.name !== "AbortError") state.status.textContent = "could not load the mask: " + err.message;
+    }
+  }
+
+  async function paint(state, resp, t0, kind, opts) {
+    const tResp = performance.now();
+    if (!resp.ok) { await failed(state, resp); return false; }
+    const layer = await decodeLayer(state, resp, opts.slice === undefined ? state.slice : opts.slice);
+    if (state !== V) return false; // the case changed meanwhile
+    const outdated = opts.version !== undefined && opts.version !== state.version; // an action came after it
+    if (!outdated) rememberLayer(state, layer);
+    const current = !outdated && (state.slices < 2 || layer.slice === state.slice);
+    if (current) applyLayer(state, layer);
+    if (kind !== "layer") { state.lastActed = layer.slice; state.pendingStroke = null; }
+    const tDrawn = performance.now();
+    requestAnimationFrame(() => {
+      const tPaint = performance.now();
+      stats.push({kind, t0, slice: layer.slice, response_ms: tResp - t0, drawn_ms: tDrawn - t0,
+                  painted_ms: tPaint - t0, server_ms: layer.server, model_ms: layer.model, server_cpu_ms: layer.cpu,
+                  clicks: layer.clicks, markers: current ? state.drawnMarkers.length : null, shown: current});
+      state.overlay.dataset.painted = String(stats.length);
+      if (current) updateStatus(state, Math.round(tPaint - t0));
+    });
+    return true;
+  }
+
+  async function errorText(resp) {
+    let msg = `${resp.status}`;
+    try { const j = await resp.json(); msg = j.error || j.detail || msg; } catch (e) { /* not JSON */ }
+    return typeof msg === "string" ? msg : JSON.stringify(msg);
+  }
+
+  async function failed(state, resp) {
+    const msg = await errorText(resp);
+    state.status.textContent = resp.status === 404 ? `not available on this server (${msg})` : msg;
+    if (resp.status === 409 && state === V) stale(msg);
+  }
+
+  function updateStatus(state, ms) {
+    if (!state.ai) return;
+    const tool = state.tool === "point" ? (state.positive ? "positive" : "negative") + " mode"
+      : `${TOOL_NAMES[state.tool]} tool` + (state.tool === "brush" || state.tool === "eraser" ? ` r=${state.radius}` : "");
+    const parts = [tool];
+    if (state.layer) parts.push(`${state.layer.clicks} click(s)`);
+    if (ms !== undefined) parts.push(`${ms} ms`);
+    const p = state.prompts;
+    if (p && p.cleanup) parts.push(`clean-up on (islands < ${p.cleanup.min_island_px} px, holes filled)`);
+    if (p && p.source === "carried") parts.push("carried prompts");
+    state.status.textContent = parts.join(" · ");
+    state.buttons.cleanup.classList.toggle("bc-active", !!(p && p.cleanup));
+  }
+
+  function applyOverlayStyle(state) {
+    const b = state.buttons;
+    state.overlay.style.opacity = state.overlayOn && state.fill ? String(state.opa.value / 100) : "0";
+    b.fill.textContent = state.fill ? "Fill" : "Outline";
+    b.fill.classList.toggle("bc-active", state.fill);
+    b.overlay.classList.toggle("bc-active", state.overlayOn);
+    drawMarks(state);
+  }
+
+  // ------------------------------------------------------------------ the marks canvas (screen resolution)
+  function drawMarks(state) {
+    if (!state.marks) return;
+    const ctx = state.marks.getContext("2d"), dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, state.marks.width, state.marks.height);
+    if (state.layer && state.overlayOn && !state.fill) {
+      ctx.setTransform(dpr * state.zoom, 0, 0, dpr * state.zoom, dpr * state.tx, dpr * state.ty);
+      ctx.strokeStyle = OUTLINE;
+      ctx.lineWidth = 1.5 / state.zoom;
+      ctx.stroke(state.layer.path);
+    }
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    drawPrompts(state, ctx);
+    drawMeasures(state, ctx);
+    drawGesture(state, ctx);
+  }
+
+  function screenOf(state, x, y) {
+    return [state.tx + x * state.zoom, state.ty + y * state.zoom];
+  }
+
+  function drawPrompts(state, ctx) {
+    const p = state.prompts, drawn = [];
+    if (p && p.box && state.overlayOn) {
+      const [x0, y0] = screenOf(state, p.box[0], p.box[1]), [x1, y1] = screenOf(state, p.box[2], p.box[3]);
+      ctx.setLineDash([6, 4]);
+      ctx.strokeStyle = BOX_COLOR;
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      ctx.setLineDash([]);
+    }
+    const clicks = p ? p.clicks : [];
+    ctx.font = "bold 10px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    clicks.forEach((c, i) => {
+      const [sx, sy] = screenOf(state, c[0], c[1]), last = i === clicks.length - 1, positive = !!c[2];
+      if (last) { ctx.beginPath(); ctx.arc(sx, sy, MARKER_R + 3, 0, 2 * Math.PI); ctx.strokeStyle = LAST_RING;
+                  ctx.lineWidth = 2.5; ctx.stroke(); }
+      ctx.beginPath();
+      ctx.arc(sx, sy, MARKER_R, 0, 2 * Math.PI);
+      ctx.fillStyle = positive ? POS_COLOR : NEG_COLOR;
+      ctx.fill();
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#000";
+      ctx.stroke();
+      ctx.fillStyle = "#fff";
+      ctx.fillText(String(i + 1), sx, sy + 0.5);
+      drawn.push({n: i + 1, x: c[0], y: c[1], positive, last, sx, sy});
+    });
+    state.drawnMarkers = drawn;
+    state.overlay.dataset.markers = String(drawn.length);
+    state.overlay.dataset.lastMarker = drawn.length ? String(drawn.length) : "";
+  }
+
+  function measureLabel(state, m) {
+    return m.mm !== null && m.mm !== undefined ? `${m.mm.toFixed(1)} mm` : `${m.px.toFixed(1)} px`;
+  }
+
+  function drawLine(state, ctx, m, color) {
+    const [x0, y0] = screenOf(state, m.x0, m.y0), [x1, y1] = screenOf(state, m.x1, m.y1);
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke();
+    for (const [x, y] of [[x0, y0], [x1, y1]]) { ctx.beginPath(); ctx.arc(x, y, 3, 0, 2 * Math.PI); ctx.stroke(); }
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "bottom";
+    ctx.fillStyle = color;
+    ctx.fillText(measureLabel(state, m), x1 + 6, y1 - 4);
+  }
+
+  function drawMeasures(state, ctx) {
+    for (const m of state.measures.get(sliceKey(state)) || []) drawLine(state, ctx, m, MEASURE_COLOR);
+  }
+
+  function drawGesture(state, ctx) {
+    const g = state.drag;
+    if (g && g.kind === "box" && g.p1) {
+      const [x0, y0] = screenOf(state, g.p0.x, g.p0.y), [x1, y1] = screenOf(state, g.p1.x, g.p1.y);
+      ctx.setLineDash([6, 4]); ctx.strokeStyle = BOX_COLOR; ctx.lineWidth = 1.5;
+      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0); ctx.setLineDash([]);
+    }
+    if (g && g.kind === "measure" && g.p1) drawLine(state, ctx, measureOf(state, g.p0, g.p1), MEASURE_COLOR);
+    const stroke = g && g.kind === "stroke" ? g : state.pendingStroke;
+    if (stroke) drawStroke(state, ctx, stroke);
+    if ((state.tool === "brush" || state.tool === "eraser") && state.cursor) {
+      const [sx, sy] = screenOf(state, state.cursor.x, state.cursor.y);
+      ctx.beginPath(); ctx.arc(sx, sy, state.radius * state.zoom, 0, 2 * Math.PI);
+      ctx.strokeStyle = state.tool === "eraser" ? NEG_COLOR : "#fff"; ctx.lineWidth = 1; ctx.stroke();
+    }
+  }
+
+  function drawStroke(state, ctx, g) {
+    ctx.save();
+    ctx.globalAlpha = 0.45;
+    ctx.strokeStyle = g.erase ? NEG_COLOR : OUTLINE;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.lineWidth = 2 * g.radius * state.zoom;
+    ctx.beginPath();
+    g.points.forEach((p, i) => { const [x, y] = screenOf(state, p.x, p.y); if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y); });
+    if (g.points.length === 1) { const [x, y] = screenOf(state, g.points[0].x, g.points[0].y); ctx.lineTo(x + 0.01, y); }
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  function scheduleMarks(state) {
+    if (state.marksQueued) return;
+    state.marksQueued = true;
+    requestAnimationFrame(() => { state.marksQueued = false; drawMarks(state); showCursorValue(state); });
+  }
+
+  // ------------------------------------------------------------------ tools and pointer gestures
+  function setTool(state, tool) {
+    if (!state) return;
+    if (!state.ai && !["measure", "pan"].includes(tool)) tool = "pan";
+    state.tool = tool;
+    const b = state.buttons;
+    b.pos.classList.toggle("bc-active", tool === "point" && state.positive);
+    b.neg.classList.toggle("bc-active", tool === "point" && !state.positive);
+    for (const t of ["box", "brush", "eraser", "measure", "pan"]) b[t].classList.toggle("bc-active", tool === t);
+    state.stage.dataset.tool = tool;
+    state.stage.style.cursor = {point: state.positive ? "crosshair" : "cell", pan: "grab", brush: "none",
+                                eraser: "none"}[tool] || "crosshair";
+    updateStatus(state);
+    drawMarks(state);
   }
 
   function setMode(positive) {
     if (!V) return;
     V.positive = positive;
-    V.pos.classList.toggle("bc-active", positive);
-    V.neg.classList.toggle("bc-active", !positive);
-    if (V.ai) V.status.textContent = positive ? "positive mode" : "negative mode";
-    V.overlay.style.cursor = positive ? "crosshair" : "cell";
+    setTool(V, "point");
   }
 
-  function fit() {
-    if (!V) return;
-    const avail = Math.max(200, (V.stage.clientWidth || 800) - 4);
-    const tall = Math.max(200, window.innerHeight * 0.82 - 4);  // the stage's max-height: the whole image in view
-    V.fitScale = Math.min(avail / V.w, tall / V.h);  // small images (a 512² CT slice) are enlarged to fit too
-    setZoom(1);
+  function sliceKey(state) {
+    return state.slice === null ? -1 : state.slice;
   }
 
-  function setZoom(z) {
-    if (!V) return;
-    V.zoom = Math.max(0.25, Math.min(8, z));
-    const px = Math.round(V.w * V.fitScale * V.zoom);
-    V.inner.style.width = px + "px";
-    V.inner.style.height = Math.round(px * V.h / V.w) + "px";
+  function onPointerDown(state, e) {
+    state.stage.focus({preventScroll: true});
+    const {sx, sy} = stagePoint(state, e), p = toImage(state, sx, sy);
+    if (e.button === 1 || (e.button === 0 && (state.spaceHeld || state.tool === "pan"))) {
+      startDrag(state, e, "pan", p);
+    } else if (e.button === 2) {
+      startDrag(state, e, "right", p);
+    } else if (e.button === 0 && state.tool === "point") {
+      if (state.ai && inside(state, p)) sendClick(state, p, state.positive, performance.now());
+    } else if (e.button === 0 && state.ai && ["box", "brush", "eraser"].includes(state.tool) && inside(state, p)) {
+      startDrag(state, e, state.tool === "box" ? "box" : "stroke", p);
+    } else if (e.button === 0 && state.tool === "measure" && inside(state, p)) {
+      startDrag(state, e, "measure", p);
+    }
+    e.preventDefault();
   }
 
-  function applyOpacity() {
-    if (!V) return;
-    V.overlay.style.opacity = V.overlayOn ? String(V.opa.value / 100) : "0";
+  function startDrag(state, e, kind, p) {
+    state.drag = {kind, id: e.pointerId, cx: e.clientX, cy: e.clientY, p0: p, p1: null, moved: false,
+                  tx: state.tx, ty: state.ty, wc: state.wc, ww: state.ww, points: [p], radius: state.radius,
+                  erase: state.tool === "eraser"};
+    try { state.stage.setPointerCapture(e.pointerId); } catch (err) { /* synthetic pointer */ }
+    if (kind === "pan") state.stage.style.cursor = "grabbing";
+    drawMarks(state);
   }
 
-  async function loadBase(state, query) {
-    // a volume's slices share the nonce: the query names the slice, so the browser cache keeps them apart
-    const resp = await fetch(`/api/v1/view/${state.nonce}/base.png${query || ""}`, {credentials: "same-origin"});
-    if (!resp.ok) { state.status.textContent = "could not load the image"; return; }
-    const bmp = await createImageBitmap(await resp.blob());
-    const ctx = state.base.getContext("2d", {willReadFrequently: true});
-    ctx.drawImage(bmp, 0, 0);
-    state.baseData = ctx.getImageData(0, 0, state.w, state.h);
-    state.gray = new Uint8Array(state.w * state.h);
-    const d = state.baseData.data;
-    for (let i = 0, j = 0; j < state.gray.length; i += 4, j++) state.gray[j] = d[i];
-    state.base.dataset.loaded = "1";
-    applyWindow(state);
+  function onPointerMove(state, e) {
+    const {sx, sy} = stagePoint(state, e), p = toImage(state, sx, sy), g = state.drag;
+    state.cursor = p;
+    if (g) {
+      const dx = e.clientX - g.cx, dy = e.clientY - g.cy;
+      if (!g.moved && Math.hypot(dx, dy) > 3) g.moved = true;
+      if (g.kind === "pan") { state.tx = g.tx + dx; state.ty = g.ty + dy; state.fitted = false; applyView(state); }
+      else if (g.kind === "right" && g.moved) dragWindow(state, g, dx, dy);
+      else if (g.kind === "box" || g.kind === "measure") g.p1 = clampPoint(state, p);
+      else if (g.kind === "stroke") addStrokePoint(state, g, clampPoint(state, p));
+    }
+    scheduleMarks(state);
   }
 
-  function applyWindow(state) {
-    if (!state.gray) return;
-    const width = Math.max(1, +state.win.value), level = +state.lvl.value;
-    const lo = level - width / 2, lut = new Uint8ClampedArray(256);
-    for (let v = 0; v < 256; v++) lut[v] = Math.round((v - lo) / width * 255);
-    const out = state.baseData.data, g = state.gray;
-    for (let i = 0, j = 0; j < g.length; i += 4, j++) { const v = lut[g[j]]; out[i] = out[i + 1] = out[i + 2] = v; out[i + 3] = 255; }
-    state.base.getContext("2d").putImageData(state.baseData, 0, 0);
+  function dragWindow(state, g, dx, dy) {
+    // like OHIF: horizontal = window width, vertical = level (down: higher level, darker image)
+    const rec = state.pixels;
+    if (!rec || g.wc === null) return;
+    const perPx = Math.max(rec.vmax - rec.vmin, 1) / 500;
+    setWindow(state, g.wc + dy * perPx, Math.max(perPx, g.ww + dx * perPx), "", true);
   }
 
-  async function paint(state, resp, t0, kind) {
-    const tResp = performance.now();
-    if (!resp.ok) {
-      let msg = resp.status + "";
-      try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
-      state.status.textContent = msg;
-      if (resp.status === 409 && state === V) stale(msg);
+  function addStrokePoint(state, g, p) {
+    const last = g.points[g.points.length - 1];
+    if (Math.hypot(p.x - last.x, p.y - last.y) >= Math.max(0.5, g.radius / 4)) g.points.push(p);
+  }
+
+  function onPointerUp(state, e) {
+    const g = state.drag;
+    if (!g) return;
+    state.drag = null;
+    const {sx, sy} = stagePoint(state, e), p = clampPoint(state, toImage(state, sx, sy));
+    if (g.kind === "pan") setTool(state, state.tool);
+    else if (g.kind === "right" && !g.moved && state.ai && ["point", "box"].includes(state.tool) && inside(state, g.p0))
+      sendClick(state, g.p0, !state.positive, performance.now());  // right-click: the other polarity
+    else if (g.kind === "box") finishBox(state, g.p0, p);
+    else if (g.kind === "measure") finishMeasure(state, g.p0, p);
+    else if (g.kind === "stroke") { addStrokePoint(state, g, p); sendStroke(state, g); }
+    drawMarks(state);
+  }
+
+  function onWheel(state, e) {
+    e.preventDefault();
+    const unit = e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? 300 : 1, dy = e.deltaY * unit;
+    if (state.slices > 1 && !e.ctrlKey && !e.metaKey) {  // PACS: the wheel scrolls slices, Ctrl+wheel zooms
+      state.wheelAcc += dy;
+      if (Math.abs(state.wheelAcc) < 25) return;
+      const steps = Math.sign(state.wheelAcc) * Math.max(1, Math.round(Math.abs(state.wheelAcc) / 100));
+      state.wheelAcc = 0;
+      showSlice(state, state.slice + steps, performance.now());
       return;
     }
-    const bmp = await createImageBitmap(await resp.blob());
-    if (state !== V) return; // the case changed meanwhile
-    const ctx = state.overlay.getContext("2d");
-    ctx.clearRect(0, 0, state.w, state.h);
-    ctx.drawImage(bmp, 0, 0);
-    const tDrawn = performance.now();
-    const server = parseFloat(resp.headers.get("X-Server-Ms") || "0");
-    const model = parseFloat(resp.headers.get("X-Model-Ms") || "0");
-    const cpu = parseFloat(resp.headers.get("X-Server-Cpu-Ms") || "0");
-    const clicks = resp.headers.get("X-Clicks");
-    state.overlay.dataset.clicks = clicks;
-    requestAnimationFrame(() => {
-      const tPaint = performance.now();
-      stats.push({kind, t0, response_ms: tResp - t0, drawn_ms: tDrawn - t0, painted_ms: tPaint - t0,
-                  server_ms: server, model_ms: model, server_cpu_ms: cpu, clicks: +clicks});
-      state.overlay.dataset.painted = String(stats.length);
-      if (state.ai) state.status.textContent =
-        `${state.positive ? "positive" : "negative"} mode · ${clicks} click(s) · ${Math.round(tPaint - t0)} ms`;
+    const {sx, sy} = stagePoint(state, e);
+    zoomAround(state, state.zoom * Math.exp(-dy * 0.0015), sx, sy);
+  }
+
+  // ------------------------------------------------------------------ server actions (one queue per view)
+  function bodyFor(state, extra) {
+    return Object.assign({nonce: state.nonce}, state.slices > 1 ? {slice: state.slice} : {}, extra || {});
+  }
+
+  function enqueue(state, fn) {
+    state.queue = state.queue.then(() => state.sliceSync).then(fn).catch((err) => {
+      state.status.textContent = "request failed: " + err.message;
+    });
+    return state.queue;
+  }
+
+  function layerAction(state, route, extra, kind, t0, before) {
+    // a mask-changing request: answered by the slice's layer (painted unless the slice changed meanwhile)
+    if (!state.ai) return;
+    t0 = t0 === undefined ? performance.now() : t0;
+    const body = bodyFor(state, extra), slice = state.slice;
+    state.version++;
+    touch();
+    return enqueue(state, async () => {
+      const r = await post(`/api/v1/${route}`, body);
+      if (r.ok && before) before(r);
+      await paint(state, r, t0, kind, {slice});
     });
   }
 
-  function loadLayer(state, url) {
-    const t0 = performance.now();
-    state.queue = state.queue.then(() => fetch(url, {credentials: "same-origin"}).then((r) => paint(state, r, t0, "layer")));
-  }
-
-  function onClick(state, e) {
-    if (!state.ai || e.button > 2) return;
-    e.preventDefault();
-    const rect = state.overlay.getBoundingClientRect();
-    const x = (e.clientX - rect.left) * state.w / rect.width;
-    const y = (e.clientY - rect.top) * state.h / rect.height;
-    const positive = e.button === 2 ? !state.positive : state.positive; // right button: the other mode
-    const t0 = performance.now();
-    touch();
-    state.queue = state.queue.then(() => post("/api/v1/click", {nonce: state.nonce, x, y, positive})
-      .then((r) => paint(state, r, t0, "click")));
+  function sendClick(state, p, positive, t0) {
+    const key = sliceKey(state);
+    layerAction(state, "click", {x: p.x, y: p.y, positive}, "click", t0, (r) => {
+      if (r.headers.get("X-Prompts")) return;
+      const list = state.localClicks.get(key) || [];
+      list.push([p.x, p.y, positive ? 1 : 0]);
+      state.localClicks.set(key, list);
+    });
   }
 
   function act(state, what) {
-    if (!state.ai) return;
-    const t0 = performance.now();
-    touch();
-    state.queue = state.queue.then(() => post(`/api/v1/${what}`, {nonce: state.nonce}).then((r) => paint(state, r, t0, what)));
+    layerAction(state, what, {}, what);
+  }
+
+  function finishBox(state, a, b) {
+    const x0 = Math.min(a.x, b.x), x1 = Math.max(a.x, b.x), y0 = Math.min(a.y, b.y), y1 = Math.max(a.y, b.y);
+    if (x1 - x0 < 2 || y1 - y0 < 2) { state.status.textContent = "drag a larger box"; return; }
+    layerAction(state, "box", {x0, y0, x1, y1}, "box", performance.now(), (r) => {
+      if (!r.headers.get("X-Prompts")) state.localClicks.set(sliceKey(state), []);
+    });
+  }
+
+  function sendStroke(state, g) {
+    const points = g.points.map((p) => [+p.x.toFixed(2), +p.y.toFixed(2)]);
+    state.pendingStroke = {points: g.points, radius: g.radius, erase: g.erase};
+    layerAction(state, "stroke", {points, radius: g.radius, erase: g.erase}, "stroke", performance.now());
+    state.queue.then(() => { state.pendingStroke = null; drawMarks(state); });
+  }
+
+  function toggleCleanup(state) {
+    const on = !(state.prompts && state.prompts.cleanup);
+    state.cleanupLocal = on;
+    layerAction(state, "cleanup", on ? CLEANUP : {min_island_px: 0, fill_holes: false}, "cleanup");
+  }
+
+  function carry(state) {
+    if (state.slices < 2) return;
+    const from = state.lastActed !== null && state.lastActed !== state.slice ? state.lastActed : state.prevSlice;
+    if (from === null || from === state.slice) { state.status.textContent = "no previous slice to carry from"; return; }
+    layerAction(state, "carry", {from, to: state.slice}, "carry");
   }
 
   function doAccept(state) {
     if (!state.ai) return;
     touch();
-    state.queue = state.queue.then(() => post("/api/v1/accept", {nonce: state.nonce}).then(async (r) => {
-      state.status.textContent = r.ok ? "mask accepted" : "accept failed";
-    }));
+    const body = bodyFor(state);
+    enqueue(state, async () => {
+      const r = await post("/api/v1/accept", body);
+      state.status.textContent = r.ok ? "mask accepted" + (body.slice !== undefined ? ` (slice ${body.slice + 1})` : "")
+        : "accept failed: " + await errorText(r);
+      if (r.ok) state.lastActed = body.slice === undefined ? null : body.slice;
+    });
+  }
+
+  function measureOf(state, a, b) {
+    const px = Math.hypot(b.x - a.x, b.y - a.y), sp = state.pixels && state.pixels.spacing;
+    const mm = sp ? Math.hypot((b.x - a.x) * sp[1], (b.y - a.y) * sp[0]) : null;
+    return {x0: a.x, y0: a.y, x1: b.x, y1: b.y, px, mm};
+  }
+
+  function finishMeasure(state, a, b) {
+    const m = measureOf(state, a, b);
+    if (m.px < 2) return;
+    const key = sliceKey(state), list = state.measures.get(key) || [];
+    list.push(m);
+    state.measures.set(key, list);
+    drawMarks(state);
+    post("/api/v1/measure", bodyFor(state, {x0: m.x0, y0: m.y0, x1: m.x1, y1: m.y1})).then(async (r) => {
+      if (!r.ok) return;
+      const j = await r.json();
+      if (typeof j.mm === "number") m.mm = j.mm;
+      state.overlay.dataset.measured = String((+state.overlay.dataset.measured || 0) + 1);
+      drawMarks(state);
+    }).catch(() => {});
+  }
+
+  function removeMeasure(state) {
+    const list = state.measures.get(sliceKey(state));
+    if (list && list.length) { list.pop(); drawMarks(state); }
+  }
+
+  function toggleHelp(state, show) {
+    const hidden = state.help.classList.contains("bc-hidden");
+    state.help.classList.toggle("bc-hidden", show === undefined ? !hidden : !show);
   }
 
   // ------------------------------------------------------------------ idle detection (tab hidden or no input)
@@ -386,28 +1291,65 @@
     });
   }
 
-  // ------------------------------------------------------------------ keyboard shortcuts
+  // ------------------------------------------------------------------ keyboard shortcuts (listed in the help overlay)
+  function viewerKeys(state) {
+    const slices = state.slices > 1;
+    return {
+      p: () => setMode(true), n: () => setMode(false), t: () => setMode(!state.positive),
+      b: () => setTool(state, "box"), d: () => setTool(state, "brush"), e: () => setTool(state, "eraser"),
+      m: () => setTool(state, "measure"), h: () => setTool(state, "pan"),
+      u: () => act(state, "undo"), r: () => act(state, "reset"), a: () => doAccept(state),
+      c: () => toggleCleanup(state), k: () => carry(state),
+      o: () => { state.overlayOn = !state.overlayOn; applyOverlayStyle(state); },
+      f: () => { state.fill = !state.fill; applyOverlayStyle(state); },
+      i: () => toggleInvert(state), escape: () => (state.help.classList.contains("bc-hidden") ? resetView(state)
+                                                                                               : toggleHelp(state, false)),
+      "?": () => toggleHelp(state), "+": () => zoomCentre(state, 1.25), "=": () => zoomCentre(state, 1.25),
+      "-": () => zoomCentre(state, 1 / 1.25), "0": () => fit(state), z: () => oneToOne(state),
+      "[": () => setRadius(state, state.radius / 1.25), "]": () => setRadius(state, state.radius * 1.25),
+      delete: () => removeMeasure(state), backspace: () => removeMeasure(state),
+      j: () => { if (A && !A.study) answerAction(A, "skip"); },
+      ...(slices ? {arrowup: () => showSlice(state, state.slice + 1), arrowdown: () => showSlice(state, state.slice - 1),
+                    pageup: () => showSlice(state, state.slice + 10), pagedown: () => showSlice(state, state.slice - 10)}
+               : {}),
+    };
+  }
+
+  function setRadius(state, r) {
+    state.radius = clamp(Math.round(r * 10) / 10, 1, 200);
+    updateStatus(state);
+    drawMarks(state);
+  }
+
+  function inViewer(target) {
+    return !target || target === document.body || (target.closest && target.closest(".bc-slot"));
+  }
+
   document.addEventListener("keydown", (e) => {
     const tag = (e.target && e.target.tagName) || "";
     if (["INPUT", "TEXTAREA", "SELECT"].includes(tag) && e.target.type !== "range" && e.target.type !== "checkbox") return;
     if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { if (A) answerAction(A, "submit"); e.preventDefault(); return; }
     if (e.ctrlKey || e.metaKey || e.altKey) { if ((e.ctrlKey || e.metaKey) && e.key === "z" && V) { act(V, "undo"); e.preventDefault(); } return; }
     if (!V) return;
+    if (e.key === " " && inViewer(e.target)) { V.spaceHeld = true; V.stage.style.cursor = "grab"; e.preventDefault(); return; }
     const k = e.key.toLowerCase();
-    const handled = {
-      p: () => setMode(true), n: () => setMode(false), t: () => setMode(!V.positive), u: () => act(V, "undo"),
-      r: () => act(V, "reset"), a: () => doAccept(V), o: () => { V.overlayOn = !V.overlayOn; applyOpacity(); },
-      "+": () => setZoom(V.zoom * 1.25), "=": () => setZoom(V.zoom * 1.25), "-": () => setZoom(V.zoom / 1.25),
-      "0": () => fit(), j: () => { if (A && !A.study) answerAction(A, "skip"); },
-    }[k] || (V.slices > 1 && tag !== "INPUT" && {  // a focused slider keeps its own arrow keys
-      arrowup: () => showSlice(V, V.slice + 1), arrowdown: () => showSlice(V, V.slice - 1),
-      pageup: () => showSlice(V, V.slice + 10), pagedown: () => showSlice(V, V.slice - 10),
-    }[k]);
+    if (tag === "INPUT" && k.startsWith("arrow")) return;  // a focused slider keeps its own arrow keys
+    const digit = /^[1-9]$/.test(k) ? +k - 1 : -1;
+    const handled = digit >= 0 ? () => applyPreset(V, digit) : viewerKeys(V)[k];
     if (handled) { handled(); e.preventDefault(); }
   });
+  document.addEventListener("keyup", (e) => {
+    if (e.key === " " && V) { V.spaceHeld = false; setTool(V, V.tool); }
+  });
+
+  // ------------------------------------------------------------------ reading-room theme: Gradio kept in dark mode
+  function keepDark() {
+    if (document.body && !document.body.classList.contains("dark")) document.body.classList.add("dark");
+  }
 
   // ------------------------------------------------------------------ (re)build when Gradio renders a new case
   function scan() {
+    keepDark();
     const panel = document.querySelector(".bc-answer[data-nonce]");
     if (panel && (!A || A.nonce !== panel.dataset.nonce)) buildAnswer(panel);
     else if (panel && (A.panel !== panel || panel.dataset.applied !== "1")) reapply(A, panel);
@@ -420,6 +1362,37 @@
     build(slot);
   }
   new MutationObserver(scan).observe(document.documentElement, {childList: true, subtree: true});
-  document.addEventListener("DOMContentLoaded", scan);
-  window.__bcViewer = {get: () => V, answer: () => A, setMode, setZoom, fit};
+  document.addEventListener("DOMContentLoaded", () => {
+    scan();
+    new MutationObserver(keepDark).observe(document.body, {attributes: true, attributeFilter: ["class"]});
+  });
+  window.addEventListener("resize", () => { if (V) onResize(V); });
+
+  function clientToImage(cx, cy) {
+    if (!V) return null;
+    const rect = V.stage.getBoundingClientRect();
+    return toImage(V, cx - rect.left, cy - rect.top);
+  }
+
+  function imageToClient(x, y) {
+    if (!V) return null;
+    const rect = V.stage.getBoundingClientRect(), [sx, sy] = screenOf(V, x, y);
+    return {x: rect.left + sx, y: rect.top + sy};
+  }
+
+  function viewState() {
+    if (!V) return null;
+    return {zoom: V.zoom, tx: V.tx, ty: V.ty, w: V.w, h: V.h, slice: V.slice, slices: V.slices, window: [V.wc, V.ww],
+            invert: V.invert, tool: V.tool, positive: V.positive, fill: V.fill, overlay: V.overlayOn,
+            radius: V.radius, units: V.pixels ? V.pixels.units : null, full: V.pixels ? V.pixels.full : null,
+            presets: (V.presetItems || []).map((p) => ({name: p.name, c: p.c, w: p.w})),
+            prompts: V.prompts, area: V.layer ? V.layer.area : null};
+  }
+
+  window.__bcViewer = {
+    get: () => V, answer: () => A, setMode, setZoom, fit: () => fit(V), setTool: (t) => setTool(V, t),
+    setWindow: (c, w) => V && setWindow(V, c, w, ""), showSlice: (k) => showSlice(V, k), clientToImage,
+    imageToClient, view: viewState, markers: () => (V ? V.drawnMarkers.map((m) => ({...m})) : []),
+    value: (x, y) => (V ? valueAt(V, {x, y}) : null),
+  };
 })();
