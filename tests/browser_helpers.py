@@ -117,4 +117,4 @@ def base_gray(page: Any, points: list[tuple[int, int]]) -> list[int]:
     """The displayed gray (red channel) of #bc-base at display-grid pixels (x, y), read back with getImageData."""
     return page.evaluate("""(points) => { const c = document.querySelector('#bc-base');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        return points.map(([x, y]) => d[(y * c.width + x) * 4]); }""", [list(p) for p in points])
+        return points.map(([x, y]) => d[(y * c.width + x) * 4]); }""", [[int(x), int(y)] for x, y in points])
