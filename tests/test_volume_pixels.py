@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from app.render import decode_layer_png
 from app.testing import PASSWORD, LiveServer
 
 CT = "ct_nifti/example_ct.nii.gz"
@@ -202,15 +203,15 @@ def test_masks_on_three_slices_save_one_3d_mask_and_export_nifti_and_dicom_seg(s
     server.credentials["px3d"] = PASSWORD
     http = server.login("px3d")
     view = _open(server, http, ct_case)
-    nonce, chosen = view["nonce"], [30, 50, 70]
-    drawn = {}
+    nonce, chosen = view["nonce"], [85, 90, 95]
     for k in chosen:
         moved = http.post(f"{server.url}/api/v1/slice", json={"nonce": nonce, "index": k}, timeout=120)
         assert moved.json()["slice"] == k
+        x, y = liver_point(shared_data, k)
         layer = http.post(f"{server.url}/api/v1/click", timeout=120, json={
-            "nonce": nonce, "x": 61.0, "y": 50.0, "positive": True, "slice": k})
+            "nonce": nonce, "x": x, "y": y, "positive": True, "slice": k})
         assert layer.status_code == 200, layer.text
-        drawn[k] = server.service.current_mask(server.service.sessions[http.cookies["biascare_session"]])
+        assert (decode_layer_png(layer.content) > 0).any()
     assert http.post(f"{server.url}/api/v1/submit", json={"nonce": nonce}, timeout=120).ok
     answer = store.answers(store.reader("px3d"))[-1]
     saved = rle.decode(answer.mask_rle)
@@ -227,11 +228,37 @@ def test_masks_on_three_slices_save_one_3d_mask_and_export_nifti_and_dicom_seg(s
     exported = np.asarray(nifti.dataobj)
     assert np.array_equal(exported > 0, saved > 0)
     seg = hd.seg.segread(out["dicom-seg"])
-    frames = seg.pixel_array  # (slices, rows, cols), frame k = slice k (empty frames kept)
+    frames = seg.pixel_array  # (frames, rows, cols), empty frames kept
     assert frames.shape == (image.shape[2], image.shape[1], image.shape[0])
-    assert sorted(np.flatnonzero(frames.reshape(len(frames), -1).any(axis=1))) == expect_slices
+    by_slice = dict(zip(_frame_slices(seg, image.affine), frames))  # each frame's k from its plane position
+    assert sorted(by_slice) == list(range(image.shape[2]))
+    assert sorted(k for k, frame in by_slice.items() if frame.any()) == expect_slices
     for k in expect_slices:
-        assert np.array_equal(frames[k] > 0, saved[:, :, k].T > 0)
+        assert np.array_equal(by_slice[k] > 0, saved[:, :, k].T > 0)
+
+
+def _frame_slices(seg, affine: np.ndarray) -> list[int]:
+    """The NIfTI k-plane of each SEG frame: its Image Position (Patient) (LPS) through the inverse affine."""
+    to_voxel = np.linalg.inv(np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine)
+    out = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        i, j, k = (to_voxel @ np.array([*position, 1.0]))[:3]
+        assert abs(i) < 1e-3 and abs(j) < 1e-3  # the plane's first voxel
+        out.append(int(round(k)))
+    return out
+
+
+def liver_point(shared_data: Path, k: int) -> tuple[float, float]:
+    """The most interior liver pixel of slice ``k`` (TotalSegmentator's reference label 5) in display coordinates."""
+    from scipy.ndimage import distance_transform_edt
+
+    from core_model.io.volume import slice_display
+
+    image = nib.load(shared_data / "ct_nifti" / "example_ct_totalseg104_multilabel.nii.gz")
+    liver = slice_display(image.affine, 2).forward(np.asarray(image.dataobj)[:, :, k] == 5)
+    row, col = np.unravel_index(np.argmax(distance_transform_edt(liver)), liver.shape)
+    return col + 0.5, row + 0.5
 
 
 # ------------------------------------------------------------------------------------------------ uploads
