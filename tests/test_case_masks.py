@@ -283,3 +283,63 @@ def test_the_manifest_lists_the_manual_edits_beside_the_mask(world, tmp_path):
     saved = np.asarray(Image.open(tmp_path / "out" / item["mask"])) > 0
     assert np.array_equal(saved, expected)  # the saved mask is the composed one, edits included
     assert len(manifest_samples(path)) == 1  # the trainer still reads the item (it ignores the edits)
+
+
+@pytest.fixture(scope="module")
+def ct(world, shared_data):
+    """The real CT of ../shared/data/ct_nifti imported into the same store."""
+    from annotations_db.importers import import_nifti
+
+    folder = world["root"] / "ct"
+    folder.mkdir()
+    shutil.copy(shared_data / "ct_nifti" / "example_ct.nii.gz", folder)
+    assert len(import_nifti(world["store"], folder, "ct", with_masks=False, progress=False).imported) == 1
+    return world["store"].cases("ct")[0].pseudo_id
+
+
+def test_a_volume_keeps_a_mask_per_slice_carries_prompts_and_replays_them(world, ct):
+    service = world["service"]
+    session = service.login("ada", PASSWORD)
+    view = service.open_case(session, ct)
+    nonce, g, middle = view.nonce, view.image.geometry, view.image.slice_index
+    w, h = g.disp_width, g.disp_height
+    a, b, c = middle, middle + 3, middle + 4
+    clicked = service.click(session, nonce, w * 0.3, h * 0.5, True)  # the slice shown
+    assert clicked.slice == a and clicked.prompts["clicks"] == [[pytest.approx(w * 0.3, abs=0.01),
+                                                                pytest.approx(h * 0.5, abs=0.01), 1]]
+    boxed = service.box(session, nonce, w * 0.1, h * 0.2, w * 0.6, h * 0.8, b)  # another slice, named
+    assert boxed.slice == b and boxed.prompts["box"] is not None
+    carried = service.carry(session, nonce, b, c)
+    assert carried.slice == c and carried.prompts["source"] == "carried"
+    assert carried.prompts["box"] == boxed.prompts["box"]
+    service.stroke(session, nonce, [[w * 0.8, h * 0.2]], 3, False, c)
+    looked = service.current_layer(session, nonce, middle + 10)  # only looked at: nothing kept
+    assert looked.slice == middle + 10 and looked.prompts["source"] == "ai"
+    shown = service.current_layer(session, nonce)
+    assert shown.slice == a and np.array_equal(_layer(shown), _layer(clicked)), "the shown slice is untouched"
+
+    masks = service.reader_masks(view)
+    assert set(masks) == {a, b, c}
+    assert all(m.shape == (g.height, g.width) for m in masks.values())
+    assert masks[c][int(0.2 * g.height), int(0.8 * g.width)], "the brush on the carried slice"
+    distance = service.measure(session, nonce, 0, 0, w * 0.5, 0, b)
+    assert distance["mm"] is not None and distance["mm"] > 0 and distance["slice"] == b
+    from app.service import AppError
+    with pytest.raises(AppError, match="out of range"):
+        service.click(session, nonce, 5, 5, True, 10_000)
+
+    restarted = world["new_service"]()
+    try:
+        again = restarted.login("ada", PASSWORD)
+        restored = restarted.resume(again)
+        assert restored.case == ct and restored.image.slice_index == a
+        replayed = restarted.reader_masks(restored)
+        assert set(replayed) == {a, b, c}
+        assert all(np.array_equal(replayed[k], masks[k]) for k in masks)
+        layer = restarted.current_layer(again, restored.nonce, c)
+        assert layer.prompts == service.current_layer(session, nonce, c).prompts
+    finally:
+        restarted.close()
+    service.undo(session, nonce, c)  # the brush
+    service.undo(session, nonce, c)  # the carry
+    assert set(service.reader_masks(view)) == {a, b}
