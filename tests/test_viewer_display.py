@@ -22,7 +22,7 @@ from tests.browser_helpers import (base_gray, open_case_in_worklist, sign_in, st
 pytestmark = pytest.mark.browser
 
 DICOM_NAME = "gdcm_CR-MONO1-10-chest.dcm"
-READERS = ("wl", "hu", "inv", "zoom", "pan", "mark", "dark")
+READERS = ("wl", "hu", "inv", "zoom", "pan", "mark", "dark", "ct1")
 
 
 @pytest.fixture(scope="module")
@@ -330,5 +330,73 @@ def test_viewer_dark_theme_fills_the_viewport(server, browser, shots):
     page.screenshot(path=str(shots / "05_dark_help.png"))
     page.keyboard.press("Escape")
     assert not page.locator("#bc-help").is_visible()
+    assert not errors, errors
+    context.close()
+
+
+def test_viewer_ct_slices_scroll_measure_and_carry(server, browser, shots, artifacts_dir):
+    """Wheel and (held) arrow keys move one slice per step, each slice drawn from its own pixels; Ctrl+wheel zooms;
+    the AI mask of the slice reached arrives; a distance is measured in mm (3 mm voxels); K carries a slice's click
+    to the next slice."""
+    import json
+
+    context, page, errors = _page(browser, server, "ct1", server.cases["ct"])
+    wait_full_pixels(page)
+    assert page.get_attribute("#bc-base", "data-slice") == "56"
+    stage = stage_box(page)
+    page.mouse.move(stage["x"] + stage["width"] * 0.5, stage["y"] + stage["height"] * 0.5)
+    first = base_gray(page, [(x, 50) for x in range(0, 122, 3)])
+    for _ in range(10):
+        page.mouse.wheel(0, 100)  # one notch: one slice (PACS: the wheel scrolls)
+    page.wait_for_selector("#bc-base[data-slice='66']")
+    assert page.locator("#bc-slice-label").inner_text() == "67 / 112"
+    assert base_gray(page, [(x, 50) for x in range(0, 122, 3)]) != first, "the slice's own pixels are drawn"
+    zoom = page.get_attribute("#bc-stage", "data-zoom")
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -200)
+    page.keyboard.up("Control")
+    page.wait_for_function(f"document.querySelector('#bc-stage').dataset.zoom !== '{zoom}'")
+    assert page.get_attribute("#bc-base", "data-slice") == "66", "Ctrl+wheel zooms, it does not scroll"
+    page.keyboard.press("0")
+
+    page.locator("#bc-stage").focus()
+    for _ in range(20):
+        page.keyboard.down("ArrowUp")  # a held key: Playwright sends repeated keydowns (repeat = true)
+    page.keyboard.up("ArrowUp")
+    page.wait_for_selector("#bc-base[data-slice='86']")
+    page.keyboard.press("PageDown")
+    page.wait_for_selector("#bc-base[data-slice='76']")
+    page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer' && s.slice === 76)", timeout=120_000)
+    slices = [s for s in page.evaluate("window.__bcStats") if s["kind"] == "slice"]
+    assert slices[-1]["slice"] == 76 and all(s["painted_ms"] >= 0 for s in slices)
+    (artifacts_dir / "viewer_slice_latency_browser.json").write_text(json.dumps(slices, indent=1))
+
+    page.keyboard.press("m")
+    a, b = page.evaluate("[window.__bcViewer.imageToClient(20.5, 50.5), window.__bcViewer.imageToClient(60.5, 50.5)]")
+    page.mouse.move(a["x"], a["y"])
+    page.mouse.down()
+    page.mouse.move(b["x"], b["y"], steps=4)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('#bc-overlay-canvas').dataset.measured === '1'")
+    measure = page.evaluate("window.__bcViewer.view().measures")[0]
+    assert abs(measure["mm"] - 120) < 0.5, measure  # 40 display px × 3 mm
+
+    page.keyboard.press("p")
+    c = page.evaluate("window.__bcViewer.imageToClient(61, 50)")
+    page.mouse.click(c["x"], c["y"])
+    wait_stats(page, "click", 1)
+    page.keyboard.press("ArrowUp")
+    page.wait_for_selector("#bc-base[data-slice='77']")
+    page.keyboard.press("k")
+    wait_stats(page, "carry", 1)
+    view = page.evaluate("window.__bcViewer.view()")
+    assert view["layerSlice"] == 77 and len(view["prompts"]["clicks"]) == 1, view["prompts"]
+    assert page.get_attribute("#bc-overlay-canvas", "data-markers") == "1"
+    page.screenshot(path=str(shots / "06_ct_carried.png"))
+    store = server.service.store
+    events = store.events(store.case(server.cases["ct"]), store.reader("ct1"))
+    carried = [e.payload for e in events if e.kind == "carry"]
+    assert carried and carried[-1]["from"] == 76 and carried[-1]["to"] == 77
+    assert [e.payload.get("slice") for e in events if e.kind == "slice_shown"][-1] == 77
     assert not errors, errors
     context.close()

@@ -31,6 +31,7 @@
   const CACHE_SLICES = 40;             // decoded slices kept (LRU)
   const LAYER_SETTLE_MS = 60;          // a slice shown this long gets its mask requested (scrolling drops the rest)
   const CLEANUP = {min_island_px: 64, fill_holes: true};
+  const MAX_STROKE_POINTS = 2000;
   const TOOL_NAMES = {point: "click", box: "box", brush: "brush", eraser: "eraser", measure: "measure", pan: "pan"};
 
   function post(path, body, signal) {
@@ -1073,7 +1074,9 @@
   }
 
   function sendStroke(state, g) {
-    const points = g.points.map((p) => [+p.x.toFixed(2), +p.y.toFixed(2)]);
+    const every = Math.ceil(g.points.length / MAX_STROKE_POINTS);  // the server takes at most 2000 points
+    const kept = g.points.filter((p, i) => i % every === 0 || i === g.points.length - 1);
+    const points = kept.map((p) => [+p.x.toFixed(2), +p.y.toFixed(2)]);
     state.pendingStroke = {points: g.points, radius: g.radius, erase: g.erase};
     layerAction(state, "stroke", {points, radius: g.radius, erase: g.erase}, "stroke", performance.now());
     state.queue.then(() => { state.pendingStroke = null; drawMarks(state); });
@@ -1085,9 +1088,25 @@
     layerAction(state, "cleanup", on ? CLEANUP : {min_island_px: 0, fill_holes: false}, "cleanup");
   }
 
+  function hasPrompt(state, k) {
+    const layer = state.layers.get(k), p = layer && promptsOf(state, layer);
+    return !!(p && (p.box || p.clicks.length));
+  }
+
+  function carrySource(state) {
+    // the slice just left or last acted on, if it holds a prompt; else the nearest slice seen with one
+    const here = state.slice;
+    for (const k of [state.prevSlice, state.lastActed]) if (k !== null && k !== here && hasPrompt(state, k)) return k;
+    let best = null;
+    for (const k of state.layers.keys()) {
+      if (k !== here && hasPrompt(state, k) && (best === null || Math.abs(k - here) < Math.abs(best - here))) best = k;
+    }
+    return best !== null ? best : state.prevSlice;
+  }
+
   function carry(state) {
     if (state.slices < 2) return;
-    const from = state.lastActed !== null && state.lastActed !== state.slice ? state.lastActed : state.prevSlice;
+    const from = carrySource(state);
     if (from === null || from === state.slice) { state.status.textContent = "no previous slice to carry from"; return; }
     layerAction(state, "carry", {from, to: state.slice}, "carry");
   }
@@ -1105,14 +1124,16 @@
   }
 
   function measureOf(state, a, b) {
-    const px = Math.hypot(b.x - a.x, b.y - a.y), sp = state.pixels && state.pixels.spacing;
+    // px: the length on the original grid (what the server logs); mm from the display pixel's spacing
+    const px = Math.hypot((b.x - a.x) * state.ow / state.w, (b.y - a.y) * state.oh / state.h);
+    const sp = state.pixels && state.pixels.spacing;
     const mm = sp ? Math.hypot((b.x - a.x) * sp[1], (b.y - a.y) * sp[0]) : null;
     return {x0: a.x, y0: a.y, x1: b.x, y1: b.y, px, mm};
   }
 
   function finishMeasure(state, a, b) {
     const m = measureOf(state, a, b);
-    if (m.px < 2) return;
+    if (Math.hypot(m.x1 - m.x0, m.y1 - m.y0) < 2) return;
     const key = sliceKey(state), list = state.measures.get(key) || [];
     list.push(m);
     state.measures.set(key, list);
@@ -1121,6 +1142,7 @@
       if (!r.ok) return;
       const j = await r.json();
       if (typeof j.mm === "number") m.mm = j.mm;
+      if (typeof j.px === "number") m.px = j.px;  // original-grid pixels
       state.overlay.dataset.measured = String((+state.overlay.dataset.measured || 0) + 1);
       drawMarks(state);
     }).catch(() => {});
@@ -1386,7 +1408,8 @@
             invert: V.invert, tool: V.tool, positive: V.positive, fill: V.fill, overlay: V.overlayOn,
             radius: V.radius, units: V.pixels ? V.pixels.units : null, full: V.pixels ? V.pixels.full : null,
             presets: (V.presetItems || []).map((p) => ({name: p.name, c: p.c, w: p.w})),
-            prompts: V.prompts, area: V.layer ? V.layer.area : null};
+            prompts: V.prompts, area: V.layer ? V.layer.area : null, layerSlice: V.layer ? V.layer.slice : null,
+            measures: (V.measures.get(sliceKey(V)) || []).map((m) => ({...m}))};
   }
 
   window.__bcViewer = {
