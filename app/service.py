@@ -1168,7 +1168,7 @@ class AppService:
                     view.target, session.reader, labels, mask=mask,
                     confidence=dict(view.state.ratings) if view.rating_max else None,
                     slice_index=slice_index, mask_slices=mask_slices,
-                    accepted_as_is=bool(view.state.accepted and view.clicks == 0 and view.shows_ai),
+                    accepted_as_is=bool(view.state.accepted_as_is and view.shows_ai),  # no box/click/stroke
                     model_version=view.model_version if view.shows_ai else None, label_set=checklist.name)
             except AlreadySubmitted as error:
                 raise Conflict(str(error)) from None

@@ -285,6 +285,21 @@ def test_the_manifest_lists_the_manual_edits_beside_the_mask(world, tmp_path):
     assert len(manifest_samples(path)) == 1  # the trainer still reads the item (it ignores the edits)
 
 
+def test_an_edited_mask_is_not_accepted_as_is(world):
+    service, store = world["service"], world["store"]
+    session = service.login("ada", PASSWORD)
+    view = service.open_case(session, world["case"])
+    service.reset(session, view.nonce)
+    service.stroke(session, view.nonce, [[500, 500]], 20, True)
+    service.accept(session, view.nonce)
+    service.submit(session, view.nonce)
+    view = service.open_case(session, world["case"])
+    service.accept(session, view.nonce)
+    service.submit(session, view.nonce)
+    edited, untouched = store.answers(store.reader("ada"))[-2:]
+    assert not edited.accepted_as_is and untouched.accepted_as_is
+
+
 @pytest.fixture(scope="module")
 def ct(world, shared_data):
     """The real CT of ../shared/data/ct_nifti imported into the same store."""
