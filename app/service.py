@@ -871,8 +871,12 @@ class AppService:
             key = self._slice_key(view, slice_index)
             image = self._slice_image(view, key)
             g = image.geometry
-            original = [list(g.display_to_original(x, y)) for x, y in shown]
-            body = self._valid("stroke", {"points": original, "radius": radius * (g.sx + g.sy) / 2, "erase": erase,
+            original, scale = [list(g.display_to_original(x, y)) for x, y in shown], (g.sx + g.sy) / 2
+            low, high = event_log.STROKE_RADIUS
+            if not low <= radius * scale <= high:
+                raise AppError(f"the stroke radius must be {low / scale:.3g}..{high / scale:.3g} display px on this "
+                               f"image, got {radius}")
+            body = self._valid("stroke", {"points": original, "radius": radius * scale, "erase": erase,
                                           "display_radius": radius, **_slice_field(key)})
             self._record(session, view, "stroke", body)
             return self._compose(session, view, image, started, 0.0)

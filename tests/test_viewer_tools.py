@@ -95,6 +95,19 @@ def test_viewer_box_prompt_masks_inside_the_box(server, browser, shots):
     assert rows.min() >= y0 - 1 and rows.max() <= y1 + 1 and cols.min() >= x0 - 1 and cols.max() <= x1 + 1
     page.wait_for_function("window.__bcViewer.view().prompts && window.__bcViewer.view().prompts.box")
     page.screenshot(path=str(shots / "01_box_prompt.png"))
+
+    # the tool routes refuse bad bodies with 400 and the cause, and answer a measurement
+    nonce, api = _nonce(page), f"{server.url}/api/v1"
+    for route, body, cause in [("box", {"x0": 10, "y0": 10, "x1": 11, "y1": 400}, "smaller"),
+                               ("stroke", {"points": [[5, 5]], "radius": 900, "erase": False}, "radius"),
+                               ("stroke", {"points": "no", "radius": 5, "erase": False}, "points"),
+                               ("cleanup", {"min_island_px": "many", "fill_holes": True}, "min_island_px"),
+                               ("carry", {"from": 1, "to": 2}, "2-D"), ("undo", {"slice": 3}, "2-D")]:
+        refused = page.request.post(f"{api}/{route}", data={"nonce": nonce, **body})
+        assert refused.status == 400 and cause in refused.json()["error"], (route, refused.text())
+    measured = page.request.post(f"{api}/measure", data={"nonce": nonce, "x0": 100, "y0": 100, "x1": 100, "y1": 612})
+    view = page.request.get(f"{api}/me").json()["view"]
+    assert measured.ok and measured.json()["px"] == pytest.approx(512 * view["height"] / view["display_height"])
     assert not errors, errors
     context.close()
 
