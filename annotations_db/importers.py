@@ -507,6 +507,92 @@ def _as_volume(record: CaseRecord, path: Path) -> None:
     record.spacing = list(volume.voxel_size)
 
 
+# -- uploaded DICOM series (a zip archive) ----------------------------------------------------------------------------
+ZIP_MAX_MEMBERS = 5000
+_CHUNK = 1 << 20
+
+
+def extract_dicom_zip(archive: Path, dest: Path, *, max_bytes: int, max_members: int = ZIP_MAX_MEMBERS) -> Path:
+    """Extract a zip holding ONE DICOM series into the new folder ``dest`` and check it; returns ``dest``.
+
+    Safety: every member's name is checked before anything is written (an absolute path, a drive or a ``..``
+    component — a path traversal —, a symbolic link: refused); at most ``max_members`` members and ``max_bytes``
+    bytes once expanded (counted while writing, so a lying header cannot get past it); members are written under
+    generated names (``00000.dcm``…), never under the archive's names. Then the DICOM files in it must be one series
+    that loads as a volume. Each refusal is an :class:`UnreadableFile` naming the archive and the cause.
+    """
+    try:
+        _extract_series(archive, dest, max_bytes, max_members)
+    except UnreadableFile:
+        import shutil
+        shutil.rmtree(dest, ignore_errors=True)  # nothing of a refused archive is kept
+        raise
+    return dest
+
+
+def _extract_series(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = [m for m in zipped.infolist() if not m.is_dir()]
+            _check_zip_members(archive, members, max_members)
+            dest.mkdir(parents=True)
+            written = 0
+            for number, member in enumerate(members):
+                written = _extract_member(archive, zipped, member, dest / f"{number:05d}.dcm", written, max_bytes)
+    except zipfile.BadZipFile as error:
+        raise UnreadableFile(archive, f"not a readable zip archive ({error})") from error
+    except (OSError, EOFError, RuntimeError, NotImplementedError) as error:  # truncated, encrypted, odd compression
+        raise UnreadableFile(archive, f"the zip archive cannot be extracted ({type(error).__name__}: {error})") \
+            from error
+    check_one_series(archive, dest)
+
+
+def _check_zip_members(archive: Path, members: Sequence[Any], max_members: int) -> None:
+    if len(members) > max_members:
+        raise UnreadableFile(archive, f"{len(members)} files in the archive, over the limit of {max_members}")
+    for member in members:
+        name = member.filename.replace("\\", "/")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
+            raise UnreadableFile(archive, f"refused: member {member.filename!r} would be written outside the "
+                                          "archive's folder (path traversal)")
+        if (member.external_attr >> 16) & 0o170000 == 0o120000:
+            raise UnreadableFile(archive, f"refused: member {member.filename!r} is a symbolic link")
+
+
+def _extract_member(archive: Path, zipped: Any, member: Any, target: Path, written: int, max_bytes: int) -> int:
+    """Stream one member to ``target``; UnreadableFile once the archive's expanded size passes ``max_bytes``."""
+    with zipped.open(member) as source, open(target, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise UnreadableFile(archive, f"expands to more than {max_bytes / 2**20:.0f} MB, over the limit "
+                                              "(a zip bomb?)")
+            out.write(chunk)
+    return written
+
+
+def check_one_series(archive: Path, folder: Path) -> None:
+    """UnreadableFile (naming ``archive``) unless ``folder`` holds DICOM files of exactly one series that loads."""
+    from core_model.errors import ImageReadError
+    from core_model.io import load_volume
+
+    dicom = [p for p in _dicom_files(folder) if _dicom_header(p).series_uid]
+    if not dicom:
+        raise UnreadableFile(archive, "no DICOM file in the archive (a DICOM series is imported as a zip of its "
+                                      ".dcm files)")
+    series = sorted({_dicom_header(p).series_uid for p in dicom})
+    if len(series) > 1:
+        raise UnreadableFile(archive, f"mixed series: the archive holds {len(series)} DICOM series "
+                                      f"({', '.join(s[-12:] for s in series[:4])}…); upload one series per archive")
+    try:
+        load_volume(folder)
+    except ImageReadError as error:
+        raise UnreadableFile(archive, f"the series cannot be read as a volume: {error.cause}") from error
+
+
 # -- NIfTI -----------------------------------------------------------------------------------------------------------
 def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)

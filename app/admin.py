@@ -54,11 +54,13 @@ def _uploaded_path(value: Any, service: AppService, session: Session) -> Path:
 
 
 def import_uploads(service: AppService, session: Session, files: Sequence[Any] | None, dataset: str) -> str:
-    """Check, copy and import uploaded images; returns a report for the screen (one line per file)."""
+    """Check, copy and import uploaded files; returns a report for the screen (one line per file, ✓ / ✗ + cause).
+
+    2-D images (PNG, JPEG, DICOM), CT/MR volumes as NIfTI (.nii / .nii.gz) and DICOM series — several .dcm slices
+    of one series, or one .zip of a series (extracted safely: :func:`annotations_db.importers.extract_dicom_zip`) —
+    each series one volume case. Each kind is staged into ``DATA/uploads/<dataset>/<kind>/`` under generated names
+    and imported with its importer; a bad file is reported with its name and cause and nothing of it is kept."""
     from annotations_db.errors import ImportFileError
-    from annotations_db.importers import import_images
-    from core_model.errors import ImageReadError
-    from core_model.io import detect_format, load_image
 
     service.require_admin(session)
     if not files:
@@ -66,57 +68,84 @@ def import_uploads(service: AppService, session: Session, files: Sequence[Any] |
     dataset = "".join(ch for ch in (dataset or "uploads").strip() if ch.isalnum() or ch in "-_")[:64] or "uploads"
     target = service.data_dir / "uploads" / dataset
     staging = Path(tempfile.mkdtemp(prefix="biascare-import-"))
-    lines, accepted = [], 0
+    lines: list[str] = []
     try:
         for value in files:
             try:
                 path = _uploaded_path(value, service, session)
+                _stage(service, path, staging)
             except AppError as error:
                 lines.append(f"✗ {error}")
-                continue
-            shown = path.name
-            size = path.stat().st_size
-            if size > service.max_upload_bytes:
-                lines.append(f"✗ {shown}: {size / 2**20:.1f} MB is over the {service.max_upload_bytes / 2**20:.0f} MB limit")
-                continue
-            try:
-                fmt = detect_format(path)
-            except ImageReadError as error:
-                lines.append(f"✗ {shown}: {error.cause}")
-                continue
-            if fmt not in ("png", "jpeg", "dicom"):
-                lines.append(f"✗ {shown}: {fmt} files are not imported from this screen (2-D PNG, JPEG or DICOM only)")
-                continue
-            try:
-                load_image(path)
-            except ImageReadError as error:
-                lines.append(f"✗ {shown}: cannot be read as an image ({error.cause})")
-                continue
-            except Exception as error:  # noqa: BLE001 - any decoder failure is a broken file for the user
-                lines.append(f"✗ {shown}: cannot be read as an image ({type(error).__name__})")
-                continue
-            name = f"{secrets.token_hex(8)}{ALLOWED_FORMATS[fmt] if fmt != 'dicom' else '.dcm'}"
-            shutil.copyfile(path, staging / name)
-            accepted += 1
-        if accepted:
-            target.mkdir(parents=True, exist_ok=True)
-            for item in staging.iterdir():
-                shutil.move(str(item), target / item.name)
-            if any(p.suffix == ".dcm" for p in target.iterdir()):
-                from annotations_db.importers import import_dicom
-                report = import_dicom(service.store, target, dataset, progress=False)
-            else:
-                report = import_images(service.store, target, dataset, progress=False)
-            lines.append(f"✓ {report.summary()}")
-            for error in report.errors:
-                lines.append(f"✗ {Path(getattr(error, 'path', '')).name}: {getattr(error, 'cause', error)}")
-            if service.background:
-                service.background.triage_missing()
+        lines += _import_staged(service, staging, target, dataset)
     except ImportFileError as error:
         lines.append(f"✗ {error.cause}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return "\n".join(lines)
+
+
+def _stage(service: AppService, path: Path, staging: Path) -> None:
+    """Check one upload and copy it (a zip: its series) into ``staging/<kind>/``; AppError naming the file and the
+    cause when it is refused."""
+    import zipfile
+
+    from annotations_db.importers import UnreadableFile, extract_dicom_zip
+    from core_model.errors import ImageReadError
+    from core_model.io import detect_format, load_image, load_volume
+
+    shown = path.name
+    size = path.stat().st_size
+    if size > service.max_upload_bytes:
+        raise AppError(f"{shown}: {size / 2**20:.1f} MB is over the {service.max_upload_bytes / 2**20:.0f} MB limit")
+    if zipfile.is_zipfile(path):
+        try:
+            extract_dicom_zip(path, staging / "dicom" / secrets.token_hex(8), max_bytes=8 * service.max_upload_bytes)
+        except UnreadableFile as error:
+            raise AppError(f"{shown}: {error.cause}") from None
+        return
+    try:
+        fmt = detect_format(path)
+    except ImageReadError as error:
+        raise AppError(f"{shown}: {error.cause}") from None
+    if fmt not in ALLOWED_FORMATS:
+        raise AppError(f"{shown}: {fmt} files are not imported from this screen (PNG, JPEG, DICOM, NIfTI or a "
+                       ".zip of a DICOM series)")
+    try:
+        load_volume(path) if fmt == "nifti" else load_image(path)
+    except ImageReadError as error:
+        what = "a volume" if fmt == "nifti" else "an image"
+        raise AppError(f"{shown}: cannot be read as {what} ({error.cause})") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a broken file for the user
+        raise AppError(f"{shown}: cannot be read ({type(error).__name__})") from None
+    kind = {"png": "images", "jpeg": "images"}.get(fmt, fmt)
+    suffix = ".nii.gz" if fmt == "nifti" and path.read_bytes()[:2] == b"\x1f\x8b" else (
+        ".nii" if fmt == "nifti" else ALLOWED_FORMATS[fmt])
+    (staging / kind).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, staging / kind / f"{secrets.token_hex(8)}{suffix}")
+
+
+def _import_staged(service: AppService, staging: Path, target: Path, dataset: str) -> list[str]:
+    """Move each staged kind under ``target/<kind>/`` and import it; the report's lines."""
+    from annotations_db.importers import import_dicom, import_images, import_nifti
+
+    importers = {"images": lambda root: import_images(service.store, root, dataset, progress=False),
+                 "dicom": lambda root: import_dicom(service.store, root, dataset, progress=False),
+                 "nifti": lambda root: import_nifti(service.store, root, dataset, with_masks=False, progress=False)}
+    lines = []
+    for kind, run in importers.items():
+        staged = staging / kind
+        if not staged.is_dir() or not any(staged.iterdir()):
+            continue
+        folder = target / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in staged.iterdir():
+            shutil.move(str(item), folder / item.name)
+        report = run(folder)
+        lines.append(f"✓ {report.summary()}")
+        lines += [f"✗ {Path(getattr(e, 'path', '')).name}: {getattr(e, 'cause', e)}" for e in report.errors]
+    if lines and service.background:
+        service.background.triage_missing()
+    return lines
 
 
 def users_frame(service: AppService, session: Session) -> pd.DataFrame:

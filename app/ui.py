@@ -332,8 +332,9 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                     st_btn = gr.Button("Create study", variant="primary")
                     st_msg = gr.Markdown()
                 with gr.Tab("Import"):
-                    im_files = gr.File(file_count="multiple", label="PNG, JPEG or DICOM images",
-                                       file_types=[".png", ".jpg", ".jpeg", ".dcm"])
+                    im_files = gr.File(file_count="multiple", label="PNG, JPEG or DICOM images; CT/MR volumes: "
+                                       "NIfTI (.nii, .nii.gz), a DICOM series (its .dcm files or one .zip)",
+                                       file_types=[".png", ".jpg", ".jpeg", ".dcm", ".nii", ".gz", ".zip"])
                     im_dataset = gr.Textbox("uploads", label="Dataset name")
                     im_btn = gr.Button("Import", variant="primary")
                     im_msg = gr.Markdown(elem_id="bc-import-message")

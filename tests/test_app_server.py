@@ -390,9 +390,9 @@ def test_admin_exports_and_users(server):
 @pytest.mark.parametrize("source", ["nifti", "enhanced-dicom"])
 def test_a_ct_volume_opens_on_its_middle_slice_scrolls_and_its_mask_exports_on_the_slice_shown(server, shared_data,
                                                                                               tmp_path, source):
-    """A CT case (a NIfTI file, or one multi-frame enhanced DICOM) opens on its middle axial slice; the reader moves
-    to another slice, where the clicks start over; the mask is saved with that slice's index and exported into the
-    volume on that slice only, and the training manifest keeps only that slice's clicks."""
+    """A CT case (a NIfTI file, or one multi-frame enhanced DICOM) opens on its middle axial slice; the reader clicks
+    there, moves to another slice, where the clicks start over, and clicks again; the answer is ONE 3-D mask with
+    both slices' masks (mask_slices lists them), exported into the volume on those two slices only."""
     import shutil
 
     from annotations_db import rle
@@ -448,21 +448,20 @@ def test_a_ct_volume_opens_on_its_middle_slice_scrolls_and_its_mask_exports_on_t
     assert (click(0.7, 0.5) > 0).any()
     assert http.post(f"{url}/submit", json={"nonce": nonce}, timeout=120).ok
 
-    answer = store.answers(store.reader(reader))[-1]
-    assert answer.slice_index == chosen and answer.mask_slices == [chosen]
-    saved = rle.decode(answer.mask_rle)  # one 3-D mask in the volume's voxel grid, the mask on its slice only
-    assert saved.shape == volume.shape and set(np.flatnonzero(saved.any(axis=(0, 1)))) == {chosen}
+    answer = store.answers(store.reader(reader))[-1]  # both slices the reader clicked on: ONE 3-D mask
+    assert answer.slice_index is None and answer.mask_slices == sorted([chosen, middle])
+    saved = rle.decode(answer.mask_rle)  # the volume's voxel grid, masks on those two slices only
+    assert saved.shape == volume.shape and set(np.flatnonzero(saved.any(axis=(0, 1)))) == {chosen, middle}
     drawn = volume.volume_mask_to_slice(saved > 0, chosen)
     assert drawn.shape == (101, 122) and drawn.any()
     kinds = [e.kind for e in store.events(store.case(case), store.reader(reader))]
     assert kinds.count("slice_shown") == 1 and kinds.count("click") == 2
     manifest = json.loads(export_training(store, tmp_path / "out", formats=("nifti",)).read_text())
     item = next(i for i in manifest["items"] if i["case_id"] == case)
-    assert item["slice_index"] == chosen and len(item["clicks"]) == 1  # the middle slice's click is not this mask's
     exported = np.asarray(nib.load(tmp_path / "out" / item["mask"]).dataobj)
     assert exported.shape == volume.shape
-    assert set(np.flatnonzero(exported.any(axis=(0, 1)))) == {chosen}  # that slice only
-    assert np.array_equal(volume.volume_mask_to_slice(exported > 0, chosen), drawn > 0)
+    assert set(np.flatnonzero(exported.any(axis=(0, 1)))) == {chosen, middle}  # those slices only
+    assert np.array_equal(exported > 0, saved > 0)
 
 
 def test_a_2d_case_has_no_slices(server):

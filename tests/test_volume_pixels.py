@@ -284,7 +284,7 @@ def test_nifti_and_dicom_zip_uploads_become_volume_cases(server, shared_data, tm
     series = write_ct_series(shared_data / CT, tmp_path / "series")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(Path(series).rglob("*.dcm")):
+        for path in series.files:
             archive.write(path, f"study/{path.name}")
     report = _upload(server, "series.zip", buffer.getvalue(), tmp_path / "zip")
     assert "✓" in report and "✗" not in report, report
@@ -308,7 +308,7 @@ def test_nifti_and_dicom_zip_uploads_become_volume_cases(server, shared_data, tm
 def test_bad_volume_uploads_name_the_file_and_the_cause(server, shared_data, tmp_path, name, make, cause):
     report = _upload(server, name, make(shared_data), tmp_path / name.replace(".", "-"))
     assert f"✗ {name}" in report and cause.lower() in report.lower(), report
-    assert not server.service.store.cases(f"up-{name.replace('.', '-')}")
+    assert not server.service.store.cases(f"up-{name.replace('.', '-')}"), report
     http = server.login("px")  # the app keeps serving
     assert http.get(f"{server.url}/api/v1/me", timeout=30).status_code == 200
 
