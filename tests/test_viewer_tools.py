@@ -2,7 +2,7 @@
 brush and eraser — real pointer gestures on the viewer's stage with its keyboard shortcuts (B, D, E) — then the
 server's layer, a page reload (the case replayed from its events) and the saved mask.
 
-A live server (uvicorn, real SQLite file, the demo 2000×2000 chest X-rays) runs in a thread. Display-grid points are
+A live server (uvicorn, real SQLite file, the demo chest X-rays) runs in a thread. Display-grid points are
 turned into client positions with ``window.__bcViewer.imageToClient``; the mask is read back from the server's
 ``layer.png`` of the view (fetched with the page's own cookie) and, after the submit, from the database. Every wait is
 on a page condition.
