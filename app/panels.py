@@ -18,7 +18,7 @@ import html
 import json
 from typing import Any
 
-from app.service import CLASSES, SUGGESTED_MARK, AppService, View
+from app.service import SUGGESTED_MARK, AppService, View, view_checklist
 from core_model.findings import MIN_VALIDATION, NOT_TRAINED, SUPPLIER, VALIDATED, ClassEvidence, FindingsCard, \
     display_probability
 
@@ -49,11 +49,13 @@ def answer_panel(service: AppService, view: View | None) -> str:
     suggested = set((panel or {}).get("suggested") or [])
     source: FindingsCard | None = (panel or {}).get("source") if probabilities else None
     state = view.state
+    checklist = view_checklist(view)  # CT/MR volumes: their structure set; radiographs: CXR-LT 26
     rows = "".join(_finding_row(name, state.labels.get(name, 0), state.ratings.get(name), view.rating_max,
                                 probabilities.get(name), name in suggested,
                                 evidence_text(source.evidence.get(name)) if source else None)
-                   for name in CLASSES)
+                   for name in checklist.classes)
     data = {"nonce": view.nonce, "rating-max": view.rating_max, "study": int(view.in_study),
+            "label-set": checklist.name,
             "positives": json.dumps(sorted(c for c, v in state.labels.items() if v)),
             "ratings": json.dumps({c: r for c, r in state.ratings.items() if state.labels.get(c)})}
     attributes = " ".join(f'data-{k}="{html.escape(str(v), quote=True)}"' for k, v in data.items())
@@ -62,7 +64,8 @@ def answer_panel(service: AppService, view: View | None) -> str:
     return (f'<div class="bc-answer" id="bc-answer" {attributes}>'
             f'{_ai_box(panel)}'
             f'<div class="bc-actions">{_actions(view)}<span class="bc-answer-status" id="bc-answer-status"></span></div>'
-            f'<div class="bc-findings-head"><span>Findings</span><span class="bc-note">{rating_note}</span></div>'
+            f'<div class="bc-findings-head"><span id="bc-checklist-title">{html.escape(checklist.title)}</span>'
+            f'<span class="bc-note">{rating_note}</span></div>'
             f'<div class="bc-findings" id="bc-findings">{rows}</div></div>')
 
 

@@ -319,3 +319,34 @@ def _zip(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ checklist
+def test_a_ct_case_shows_the_ct_structure_checklist_and_a_cxr_keeps_cxr_lt_26(server, shared_data, ct_case,
+                                                                              tmp_path):
+    from app.panels import answer_panel
+    from core_model.classes import CT_STRUCTURES, CXR_LT_26
+
+    store = server.service.store
+    store.create_reader("pxlist", PASSWORD, role="reader")
+    server.credentials["pxlist"] = PASSWORD
+    http = server.login("pxlist")
+    view = _open(server, http, ct_case)
+    session = server.service.sessions[http.cookies["biascare_session"]]
+    panel = answer_panel(server.service, session.view)
+    assert 'data-label-set="ct-structures"' in panel and 'data-class="Liver"' in panel
+    assert 'data-class="Cardiomegaly"' not in panel and panel.count('class="bc-label"') == len(CT_STRUCTURES)
+    refused = http.post(f"{server.url}/api/v1/answer", json={"nonce": view["nonce"], "positives": ["Cardiomegaly"]},
+                        timeout=30)
+    assert refused.status_code == 400 and "Cardiomegaly" in refused.json()["error"]
+    ok = http.post(f"{server.url}/api/v1/answer", json={"nonce": view["nonce"], "positives": ["Liver"]}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["positives"] == ["Liver"]
+    assert http.post(f"{server.url}/api/v1/submit", json={"nonce": view["nonce"]}, timeout=120).ok
+    answer = store.answers(store.reader("pxlist"))[-1]
+    assert answer.labels["Liver"] == 1 and set(answer.labels) == set(CT_STRUCTURES)
+
+    flat = _import(server, [shared_data / "cxr_dicom" /
+                            "siim_nihcxr14_CR_chest_PA_header_set_MONOCHROME1_MODIFIED.dcm"], tmp_path / "cxr", "px-cxr")[0]
+    _open(server, http, flat)
+    panel = answer_panel(server.service, session.view)
+    assert 'data-label-set="cxr-lt-26"' in panel and panel.count('class="bc-label"') == len(CXR_LT_26)
