@@ -22,7 +22,7 @@ from tests.browser_helpers import (base_gray, open_case_in_worklist, sign_in, st
 pytestmark = pytest.mark.browser
 
 DICOM_NAME = "gdcm_CR-MONO1-10-chest.dcm"
-READERS = ("wl", "hu", "inv", "zoom", "pan", "mark", "dark", "ct1")
+READERS = ("wl", "hu", "inv", "zoom", "pan", "mark", "dark", "ct1", "old")
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,8 @@ def _marks_pixel(page, sx: float, sy: float) -> list[int]:
 
 
 def _is_white(rgba: list[int]) -> bool:
-    return all(v > 200 for v in rgba)
+    """White paint covering at least ~40 % of the pixel (the ring is anti-aliased at sub-pixel positions)."""
+    return all(v > 200 for v in rgba[:3]) and rgba[3] > 100
 
 
 def test_viewer_markers_and_undo(server, browser, shots):
@@ -330,6 +331,36 @@ def test_viewer_dark_theme_fills_the_viewport(server, browser, shots):
     page.screenshot(path=str(shots / "05_dark_help.png"))
     page.keyboard.press("Escape")
     assert not page.locator("#bc-help").is_visible()
+    opacity = "getComputedStyle(document.querySelector('#bc-overlay-canvas')).opacity"
+    assert page.evaluate(opacity) == "0" and page.locator("#bc-fill").inner_text() == "Outline", "outline by default"
+    page.keyboard.press("f")
+    assert page.evaluate(opacity) == "0.4" and page.locator("#bc-fill").inner_text() == "Fill"
+    page.evaluate("""() => { const o = document.querySelector('#bc-opacity'); o.value = 70;
+                             o.dispatchEvent(new Event('input')); }""")
+    assert page.evaluate(opacity) == "0.7"
+    page.keyboard.press("o")
+    assert page.evaluate(opacity) == "0", "O hides the mask"
+    assert not errors, errors
+    context.close()
+
+
+def test_viewer_falls_back_to_base_png(server, browser):
+    """A server without GET /pixels (404): the viewer draws the 8-bit base.png and still windows it."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route("**/pixels*", lambda route: route.fulfill(status=404, json={"detail": "Not Found"}))
+    sign_in(page, server.url, "old", PASSWORD)
+    open_case_in_worklist(page, None)
+    page.wait_for_function("window.__bcViewer.view().full === false")
+    assert page.get_attribute("#bc-base", "data-window") == "127.5,255"
+    centre = [(512, 512), (300, 400)]
+    before = base_gray(page, centre)
+    page.evaluate("""() => { const w = document.querySelector('#bc-window'); w.value = 40;
+                             w.dispatchEvent(new Event('input')); }""")
+    assert base_gray(page, centre) != before
+    assert "8-bit" in page.locator("#bc-corner-bl").inner_text()
     assert not errors, errors
     context.close()
 

@@ -142,7 +142,10 @@
       ["+ / − / 0 / Z", "zoom in / out / fit / 1:1"],
       ["↑ ↓ / PageUp PageDown", "slice ±1 / ±10 (hold to scroll)"], ["Ctrl+Enter", "submit & next"],
       ["J", "skip (outside studies)"], ["?", "this help"]];
-    const rows = keys.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join("");
+    const aiOnly = ["P / N / T", "B", "D / E", "U, Ctrl+Z", "R", "A", "C", "K", "O / F"];  // mask tools
+    const shown = keys.filter(([k]) => state.ai || !aiOnly.includes(k))
+      .filter(([k]) => state.slices > 1 || !["K", "↑ ↓ / PageUp PageDown"].includes(k));
+    const rows = shown.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join("");
     return `<div class="bc-help-box"><b>Keyboard and mouse</b><table>${rows}</table>` +
            `<div class="bc-note">Esc or ? closes this.</div></div>`;
   }
