@@ -334,9 +334,10 @@ def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:
                 with gr.Tab("Import"):
                     im_files = gr.File(file_count="multiple", label="PNG, JPEG or DICOM images; CT/MR volumes: "
                                        "NIfTI (.nii, .nii.gz), a DICOM series (its .dcm files or one .zip)",
-                                       file_types=[".png", ".jpg", ".jpeg", ".dcm", ".nii", ".gz", ".zip"])
-                    im_dataset = gr.Textbox("uploads", label="Dataset name")
-                    im_btn = gr.Button("Import", variant="primary")
+                                       file_types=[".png", ".jpg", ".jpeg", ".dcm", ".nii", ".gz", ".zip"],
+                                       elem_id="bc-import-files")
+                    im_dataset = gr.Textbox("uploads", label="Dataset name", elem_id="bc-import-dataset")
+                    im_btn = gr.Button("Import", variant="primary", elem_id="bc-import-button")
                     im_msg = gr.Markdown(elem_id="bc-import-message")
                 with gr.Tab("Users"):
                     users = gr.Dataframe(interactive=False)
