@@ -27,7 +27,7 @@
   const POS_COLOR = "#22c55e", NEG_COLOR = "#ef4444", LAST_RING = "#ffffff", BOX_COLOR = "#fbbf24";
   const MEASURE_COLOR = "#facc15";
   const MARKER_R = 8;                  // screen px: markers keep their size at any zoom
-  const PREFETCH = 3;                  // neighbouring slices' pixels fetched ahead on each side
+  const AHEAD = 6, BEHIND = 2;         // neighbouring slices' pixels fetched ahead (scrolling direction) / behind
   const CACHE_SLICES = 40;             // decoded slices kept (LRU)
   const LAYER_SETTLE_MS = 60;          // a slice shown this long gets its mask requested (scrolling drops the rest)
   const CLEANUP = {min_island_px: 64, fill_holes: true};
@@ -390,14 +390,17 @@
   function dropStale(state, k) {
     // requests for slices the reader has scrolled away from are cancelled (the newest request wins)
     for (const [key, entry] of state.pix) {
-      if (!entry.done && Math.abs(key - k) > PREFETCH + 1) { entry.ctrl.abort(); state.pix.delete(key); }
+      const ahead = (key - k) * state.dir;
+      if (!entry.done && (ahead > AHEAD + 1 || ahead < -(BEHIND + 1))) { entry.ctrl.abort(); state.pix.delete(key); }
     }
   }
 
   function prefetch(state, k) {
+    // the next AHEAD slices in the scrolling direction, BEHIND the other way
     if (state.noPixels || state.slices < 2) return;
     const order = [];
-    for (let d = 1; d <= PREFETCH; d++) order.push(k + d * state.dir, k - d * state.dir);
+    for (let d = 1; d <= AHEAD; d++) order.push(k + d * state.dir);
+    for (let d = 1; d <= BEHIND; d++) order.push(k - d * state.dir);
     for (const j of order) if (j >= 0 && j < state.slices) getPixels(state, j).catch(() => {});
   }
 
