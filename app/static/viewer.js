@@ -592,6 +592,7 @@
   async function drawSlice(state, k, t0) {
     dropStale(state, k);
     showLayerFor(state, k);
+    const known = state.pix.get(k), cached = !!(known && known.done);  // prefetched and decoded already
     let rec;
     try {
       rec = await getPixels(state, k);
@@ -602,8 +603,7 @@
     if (state !== V || state.slice !== k || !rec) return;
     showPixels(state, rec);
     requestAnimationFrame(() => {
-      stats.push({kind: "slice", slice: k, t0, painted_ms: performance.now() - t0, cached: rec.shown === true});
-      rec.shown = true;
+      stats.push({kind: "slice", slice: k, t0, painted_ms: performance.now() - t0, cached});
     });
     prefetch(state, k);
   }
