@@ -106,10 +106,13 @@ class SliceMaskWorker:
                                                      if not ok else "unknown")
         raise RuntimeError(f"the AI mask of slice {index} could not be computed: {cause}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread (a pass under way finishes first, up to ``timeout`` seconds)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:
