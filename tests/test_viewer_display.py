@@ -111,7 +111,8 @@ def test_viewer_window_level_16bit_dicom(server, browser, shared_data, shots):
     # a narrow window (sliders, modality units) separates stored values 1/1000 of the range apart: 10-bit precision
     centre = float(np.median(values))
     page.evaluate(f"""() => {{ const l = document.querySelector('#bc-level'), w = document.querySelector('#bc-window');
-        l.value = {centre}; l.dispatchEvent(new Event('input')); w.value = 24; w.dispatchEvent(new Event('input')); }}""")
+        l.value = {centre}; l.dispatchEvent(new Event('input'));
+        w.value = 24; w.dispatchEvent(new Event('input')); }}""")
     assert _window(page) == (centre, 24.0)
     near = [(x, y) for y, x in zip(*np.nonzero(np.abs(values - centre) < 12))][:3000]
     shown = _assert_mapping(page, values, near, "narrow window")
@@ -265,8 +266,10 @@ def test_viewer_pan(server, browser):
 
 
 def _marks_pixel(page, sx: float, sy: float) -> list[int]:
+    """The marks canvas's RGBA at stage px (sx, sy)."""
     return page.evaluate(f"""() => {{ const c = document.querySelector('#bc-marks'), r = window.devicePixelRatio || 1;
-        return Array.from(c.getContext('2d').getImageData(Math.round({sx} * r), Math.round({sy} * r), 1, 1).data); }}""")
+        const x = Math.round({sx} * r), y = Math.round({sy} * r);
+        return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data); }}""")
 
 
 def _is_white(rgba: list[int]) -> bool:
