@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -213,11 +214,13 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     def pixels(nonce: str, request: Request, slice: str | None = None) -> Response:
         """The view's samples at full bit depth on the display grid, gzip'd (``app/VIEWER_API.md``); a sync route
         (FastAPI's thread pool) that never takes the session lock a model pass holds."""
+        started = time.perf_counter()
         try:
             block = service.pixels(current(request), nonce, slice)
         except AppError as error:
             return _error(error)
-        return Response(block.body, media_type="application/octet-stream", headers=block.headers())
+        headers = {**block.headers(), "X-Server-Ms": f"{(time.perf_counter() - started) * 1000:.2f}"}
+        return Response(block.body, media_type="application/octet-stream", headers=headers)
 
     @router.get("/api/v1/view/{nonce}/layer.png")
     def layer_png(nonce: str, request: Request, slice: str | None = None) -> Response:  # noqa: A002 (the contract)

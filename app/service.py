@@ -53,7 +53,7 @@ from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from app.pixels import PixelBlock, image_block, volume_modality, volume_slice_block, volume_slice_values
 from app.slices import SliceMaskWorker, neighbours, slice_prompt
-from core_model.classes import CXR_LT_26, Checklist, checklist_for, label_rules
+from core_model.classes import CXR_LT_26, Checklist, checklist_for
 from core_model.findings import FindingsCard, display_probability, supplier_card
 from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Prediction

@@ -112,7 +112,7 @@ def test_viewer_ct_upload_scroll_masks_on_three_slices_export_3d(server, browser
         point = page.evaluate("([x, y]) => window.__bcViewer.imageToClient(x, y)", [x, y])
         page.mouse.click(point["x"], point["y"])
         wait_stats(page, "click", n)
-        page.wait_for_function(f"document.querySelector('#bc-overlay-canvas').dataset.markers === '1'")
+        page.wait_for_function("document.querySelector('#bc-overlay-canvas').dataset.markers === '1'")
         drawn[k] = _layer(page, server, nonce, k)
         assert drawn[k].any(), f"the click on slice {k} gave a mask"
     submit(page)

@@ -288,7 +288,7 @@ def test_nifti_and_dicom_zip_uploads_become_volume_cases(server, shared_data, tm
             archive.write(path, f"study/{path.name}")
     report = _upload(server, "series.zip", buffer.getvalue(), tmp_path / "zip")
     assert "✓" in report and "✗" not in report, report
-    cases = server.service.store.cases(f"up-zip")
+    cases = server.service.store.cases("up-zip")
     assert len(cases) == 1
     from annotations_db.models import Case
     with server.service.store.read_session() as s:
