@@ -426,6 +426,7 @@ def test_viewer_ct_slices_scroll_measure_and_carry(server, browser, shots, artif
     view = page.evaluate("window.__bcViewer.view()")
     assert view["layerSlice"] == 77 and len(view["prompts"]["clicks"]) == 1, view["prompts"]
     assert page.get_attribute("#bc-overlay-canvas", "data-markers") == "1"
+    assert page.get_attribute("#bc-slice-ticks", "data-slices") == "76,77", "ticks: the slices holding a mask"
     page.screenshot(path=str(shots / "06_ct_carried.png"))
     store = server.service.store
     events = store.events(store.case(server.cases["ct"]), store.reader("ct1"))

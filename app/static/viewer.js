@@ -94,6 +94,7 @@
     state.opa = range("bc-opacity", 0, 100, 40, 1);
     state.sliceInput = range("bc-slice", 0, Math.max(0, state.slices - 1), state.slice, 1);
     state.sliceLabel = el("span", {class: "bc-slice-label", id: "bc-slice-label"});
+    state.ticks = el("canvas", {class: "bc-slice-ticks", id: "bc-slice-ticks", width: 160, height: 4});
     state.status = el("span", {class: "bc-status", id: "bc-status", text: state.ai ? "" : "AI tools off in this arm"});
     const group = (nodes) => el("span", {class: "bc-group"}, nodes.filter(Boolean));
     const ai = state.ai, volume = state.slices > 1;
@@ -107,7 +108,8 @@
       labelled("Window", state.win, "window width (right-drag horizontally)"),
       labelled("Level", state.lvl, "window level (right-drag vertically)"),
       volume && el("label", {class: "bc-range bc-slice-range", title: "slice (wheel, ↑/↓, PageUp/PageDown)"},
-                   ["Slice", state.sliceInput, state.sliceLabel]),
+                   ["Slice", el("span", {class: "bc-slice-track"}, [state.sliceInput, state.ticks]),
+                    state.sliceLabel]),
       state.status,
     ].filter(Boolean));
     return [row1, row2];
@@ -163,7 +165,7 @@
       userInvert: false, presetName: "", pix: new Map(), layers: new Map(), layer: null, localClicks: new Map(),
       measures: new Map(), drag: null, cursor: null, spaceHeld: false, version: 0, queue: Promise.resolve(),
       slicePending: null, sliceBusy: false, sliceSync: Promise.resolve(), serverSlice: null, noPixels: false,
-      drawnMarkers: [], wheelAcc: 0, layerCtrl: null, layerTimer: 0, frame: 0, cleanupLocal: false,
+      drawnMarkers: [], wheelAcc: 0, layerCtrl: null, layerTimer: 0, cleanupLocal: false, marked: new Set(), accepted: new Set(),
     };
     state.serverSlice = state.slice;
     slot.innerHTML = "";
@@ -701,6 +703,22 @@
     return {clicks: local.slice(), box: null, edits: 0, cleanup: state.cleanupLocal ? CLEANUP : null, source: ""};
   }
 
+  function noteSliceMask(state, slice, kept) {
+    // the slices whose mask the answer keeps (reader's prompt, edits or accept): ticks under the slice slider
+    if (slice === null || state.slices < 2) return;
+    if (kept) state.marked.add(slice); else state.marked.delete(slice);
+    const ctx = state.ticks.getContext("2d"), W = state.ticks.width;
+    ctx.clearRect(0, 0, W, state.ticks.height);
+    ctx.fillStyle = OUTLINE;
+    for (const k of state.marked) ctx.fillRect(Math.round(k / Math.max(1, state.slices - 1) * (W - 2)), 0, 2, 4);
+    state.ticks.dataset.slices = [...state.marked].sort((a, b) => a - b).join(",");
+  }
+
+  function readerKept(prompts) {
+    return !!(prompts && (prompts.clicks.length || prompts.box || prompts.edits || prompts.cleanup ||
+                          prompts.source === "reader" || prompts.source === "carried"));
+  }
+
   function applyLayer(state, layer) {
     state.layer = layer;
     state.prompts = promptsOf(state, layer);
@@ -763,6 +781,8 @@
     const current = !outdated && (state.slices < 2 || layer.slice === state.slice);
     if (current) applyLayer(state, layer);
     if (kind !== "layer") { state.lastActed = layer.slice; state.pendingStroke = null; }
+    if (!outdated && (kind !== "layer" || state.marked.has(layer.slice) || readerKept(layer.prompts)))
+      noteSliceMask(state, layer.slice, readerKept(promptsOf(state, layer)) || state.accepted.has(layer.slice));
     const tDrawn = performance.now();
     requestAnimationFrame(() => {
       const tPaint = performance.now();
@@ -1126,6 +1146,7 @@
       state.status.textContent = r.ok ? "mask accepted" + (body.slice !== undefined ? ` (slice ${body.slice + 1})` : "")
         : "accept failed: " + await errorText(r);
       if (r.ok) state.lastActed = body.slice === undefined ? null : body.slice;
+      if (r.ok && body.slice !== undefined) { state.accepted.add(body.slice); noteSliceMask(state, body.slice, true); }
     });
   }
 
