@@ -296,6 +296,26 @@ def test_nifti_and_dicom_zip_uploads_become_volume_cases(server, shared_data, tm
         assert (row.width, row.height, row.depth) == (122, 101, 112)
 
 
+def test_the_dcm_slices_of_one_series_uploaded_together_become_one_volume_case(server, shared_data, tmp_path):
+    """Several .dcm files of one CT series chosen at once in the import tab: one volume case, not 112 images."""
+    from app.admin import gradio_upload_roots, import_uploads
+    from tests.series_helpers import write_ct_series
+
+    series = write_ct_series(shared_data / CT, tmp_path / "series", seed=3)
+    folder = gradio_upload_roots()[0] / f"px-{tmp_path.name}-dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    uploads = [Path(shutil.copy(path, folder / path.name)) for path in series.files]
+    http = server.login("boss")
+    session = server.service.sessions[http.cookies["biascare_session"]]
+    server.service.uploads.record(session.token, [str(p) for p in uploads])
+    report = import_uploads(server.service, session, [str(p) for p in uploads], "up-dcm-slices")
+    assert "✓" in report and "✗" not in report, report
+    cases = server.service.store.cases("up-dcm-slices")
+    assert len(cases) == 1
+    volume = server.service.case_volume(cases[0].id)
+    assert volume.shape == (122, 101, 112) and np.array_equal(volume.data, series.voxels)
+
+
 @pytest.mark.parametrize("name, make, cause", [
     ("notes.zip", lambda d: _zip({"readme.txt": b"no images here"}), "no DICOM"),
     ("evil.zip", lambda d: _zip({"../../escape.dcm": (d / "cxr_dicom" / "gdcm_CR-MONO1-10-chest.dcm").read_bytes()}),
