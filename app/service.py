@@ -53,7 +53,7 @@ from app.login_guard import LoginGuard
 from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
 from app.pixels import PixelBlock, image_block, volume_modality, volume_slice_block, volume_slice_values
 from app.slices import SliceMaskWorker, neighbours, slice_prompt
-from core_model.classes import CXR_LT_26, Checklist, checklist_for
+from core_model.classes import CXR_LT_26, Checklist, checklist_for, label_rules
 from core_model.findings import FindingsCard, display_probability, supplier_card
 from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Prediction
@@ -142,6 +142,7 @@ class View:
     state: CaseState = field(default_factory=CaseState)
     rating_max: int = 0  # > 0: each positive finding is rated 1..rating_max
     progress: ReadProgress | None = None  # study reads only
+    checklist: Checklist | None = None  # a study read: the study's label set (else by modality, view_checklist)
     opened_at: float = field(default_factory=time.perf_counter)
     masks: CaseMasks = field(default_factory=CaseMasks)  # each slice's mask composed (app.case_masks)
 
@@ -747,7 +748,8 @@ class AppService:
         position = next(i for i, v in enumerate(views, start=1) if v.id == target.id)
         return {"rating_max": settings.rating_max,
                 "progress": ReadProgress(settings.name, target.arm, target.session, len(sessions), position,
-                                         len(views))}
+                                         len(views)),
+                "checklist": study_checklist(settings.classes)}
 
     def _next_case_ids(self, session: Session, case_id: int) -> list[int]:
         items = self.store.worklist(session.reader, status="open")
@@ -1377,8 +1379,18 @@ class BackgroundWorker:
 
 
 def view_checklist(view: View) -> Checklist:
-    """The finding checklist of the view's case: CT/MR volumes their structure set, radiographs CXR-LT 26."""
-    return checklist_for(view.image.slice_count is not None)
+    """The finding checklist of the view's case: a study read its study's label set (what its answers are checked
+    against); otherwise CT/MR volumes the CT structure set, radiographs CXR-LT 26."""
+    return view.checklist or checklist_for(view.image.slice_count is not None)
+
+
+def study_checklist(classes: Sequence[str]) -> Checklist:
+    """A study's label set as a checklist (named after the known set with these classes, else "study")."""
+    from core_model.classes import LABEL_SETS
+    classes = tuple(classes)
+    name = next((n for n, known in LABEL_SETS.items() if known == classes), "study")
+    volumes = name == "ct-structures"
+    return Checklist(label_rules(name, classes), "Structures shown" if volumes else "Findings", volumes=volumes)
 
 
 def slices_to_volume(volume: LoadedVolume, masks: dict[int, np.ndarray]) -> np.ndarray:

@@ -370,3 +370,25 @@ def test_a_ct_case_shows_the_ct_structure_checklist_and_a_cxr_keeps_cxr_lt_26(se
     _open(server, http, flat)
     panel = answer_panel(server.service, session.view)
     assert 'data-label-set="cxr-lt-26"' in panel and panel.count('class="bc-label"') == len(CXR_LT_26)
+
+
+def test_a_study_read_answers_with_its_studys_label_set(server, ct_case):
+    """A reader study of the CT on the CT structure set: its read shows and takes that set (what the study's
+    answers are checked against), whatever the modality rule would pick."""
+    from app.panels import answer_panel
+
+    store = server.service.store
+    store.create_reader("pxstudy", PASSWORD, role="reader")
+    server.credentials["pxstudy"] = PASSWORD
+    store.create_study("ct-structures-study", [store.case(ct_case)], [store.reader("pxstudy")], design="sequential",
+                       label_set="ct-structures", rating_max=0)
+    http = server.login("pxstudy")
+    opened = http.post(f"{server.url}/api/v1/open", json={"study": "next"}, timeout=300)
+    assert opened.status_code == 200, opened.text
+    view = opened.json()["view"]
+    panel = answer_panel(server.service, server.service.sessions[http.cookies["biascare_session"]].view)
+    assert 'data-label-set="ct-structures"' in panel
+    ok = http.post(f"{server.url}/api/v1/answer", json={"nonce": view["nonce"], "positives": ["Kidney"]}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert http.post(f"{server.url}/api/v1/submit", json={"nonce": view["nonce"]}, timeout=120).ok
+    assert store.answers(store.reader("pxstudy"))[-1].labels["Kidney"] == 1
