@@ -70,15 +70,17 @@ def _fail(error: Exception) -> gr.Error:
 
 def viewer_html(view: View | None, idle_seconds: float) -> str:
     """The viewer's slot: app/static/viewer.js builds the viewer inside it (display grid data-w × data-h, original
-    grid data-ow × data-oh, for 1:1 zoom; volumes: data-slices and the slice shown)."""
+    grid data-ow × data-oh, for 1:1 zoom; volumes: data-slices, the slice shown and data-marked, the slices whose
+    mask the answer keeps so far — restored after a reload)."""
     if view is None:
         return EMPTY_VIEWER
     g = view.image.geometry
     slices = view.image.slice_count or 0
+    marked = ",".join(str(k) for k in view.state.acted_slices() if k is not None) if slices else ""
     return (f'<div class="bc-slot" data-nonce="{html.escape(view.nonce)}" data-w="{g.disp_width}" '
             f'data-h="{g.disp_height}" data-ow="{g.width}" data-oh="{g.height}" '
             f'data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}" '
-            f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}"></div>')
+            f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}" data-marked="{marked}"></div>')
 
 
 def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:

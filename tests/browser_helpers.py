@@ -87,6 +87,11 @@ def open_case_in_worklist(page: Any, case: str | None) -> None:
     its first mask layer painted."""
     page.wait_for_function("document.querySelector('#bc-progress') && "
                            "document.querySelector('#bc-progress').innerText.includes('annotated')", timeout=60_000)
+    open_case(page, case)
+
+
+def open_case(page: Any, case: str | None) -> None:
+    """Open ``case`` from the worklist on screen (None: the top case) and wait for its image and first layer."""
     if case is None:
         page.click("#bc-open-top")
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.testing import PASSWORD, LiveServer
-from tests.browser_helpers import sign_in, submit, tick
+from tests.browser_helpers import open_case, sign_in, submit, tick
 
 pytestmark = pytest.mark.browser
 
@@ -63,22 +63,12 @@ def _click_canvas(page, fx: float, fy: float, right: bool = False) -> None:
                      button="right" if right else "left")
 
 
-def _open_case(page, case: str | None) -> None:
-    if case is None:
-        page.click("#bc-open-top")
-    else:
-        page.locator("#bc-worklist").get_by_text(case, exact=True).click()
-    page.wait_for_selector("#bc-base[data-loaded='1']", timeout=120_000)
-    page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer') || "
-                           "document.querySelector('.bc-slot').dataset.ai === '0'", timeout=60_000)
-
-
 def test_annotate_the_top_case_in_the_browser(server, browser, shots):
     store = server.service.store
     context, page, errors = _login(browser, server, "ada")
     page.screenshot(path=str(shots / "01_worklist.png"))
     top = store.worklist(store.reader("ada"))[0].case
-    _open_case(page, None)
+    open_case(page, None)
     assert page.locator("#bc-case-info").inner_text().find(top) >= 0
     initial = page.evaluate(OVERLAY_PIXELS)
     assert initial > 0, "the AI mask is drawn"
@@ -137,7 +127,7 @@ def test_click_to_paint_latency_on_a_2000px_case(server, browser, shots, artifac
     with server.service.store.read_session() as s:
         cases = [c.pseudo_id for c in s.query(Case).order_by(Case.id) if c.width == 2000]
     context, page, errors = _login(browser, server, "ben")
-    _open_case(page, cases[-1])
+    open_case(page, cases[-1])
     assert page.get_attribute(".bc-slot", "data-w") == "1024"
     points = [(0.30, 0.45), (0.70, 0.45), (0.50, 0.85), (0.30, 0.60), (0.72, 0.62)]
     n = 20
@@ -224,7 +214,7 @@ def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots,
     store.create_reader("vera", PASSWORD, role="reader")
     server.credentials["vera"] = PASSWORD
     context, page, errors = _login(browser, server, "vera")
-    _open_case(page, case)
+    open_case(page, case)
     assert page.get_attribute(".bc-slot", "data-slices") == "112"
     assert page.locator("#bc-slice-label").inner_text() == "57 / 112"  # slice 56 of 0..111, shown 1-based
     assert "no probabilities for a CT/MR volume" in page.locator("#bc-ai-box").inner_text()

@@ -428,6 +428,9 @@ def test_viewer_ct_slices_scroll_measure_and_carry(server, browser, shots, artif
     assert page.get_attribute("#bc-overlay-canvas", "data-markers") == "1"
     assert page.get_attribute("#bc-slice-ticks", "data-slices") == "76,77", "ticks: the slices holding a mask"
     page.screenshot(path=str(shots / "06_ct_carried.png"))
+    page.reload()  # the case comes back from its events: the ticks with it
+    page.wait_for_selector("#bc-base[data-loaded='1'][data-slice='77']", timeout=120_000)
+    assert page.get_attribute("#bc-slice-ticks", "data-slices") == "76,77", "ticks after a reload"
     store = server.service.store
     events = store.events(store.case(server.cases["ct"]), store.reader("ct1"))
     carried = [e.payload for e in events if e.kind == "carry"]

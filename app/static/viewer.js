@@ -175,6 +175,7 @@
     updatePresets(state);
     setTool(state, state.tool);
     showSliceLabel(state);
+    for (const k of (d.marked || "").split(",").filter(Boolean)) noteSliceMask(state, parseInt(k, 10), true);
     applyOverlayStyle(state);
     sizeStage(state);
     fit(state);
