@@ -176,22 +176,36 @@ def create_study(service: AppService, session: Session, name: str, cases: Sequen
     if not (name or "").strip():
         raise AppError("name the study")
     try:
+        label_set = study_label_set(service, cases)
         exposure = service.store.ai_exposure(list(cases), list(readers))
         seen = sorted({case for _, case in exposure})
         chosen = [c for c in cases if not (exclude_seen and c in seen)]
         study_id = service.store.create_study(name.strip(), chosen, list(readers), arms=list(arms) or ["unaided", "ai_aided"],
                                               design=design, seed=int(seed), washout_days=int(washout_days),
-                                              allow_revisit=bool(allow_revisit), label_set="cxr-lt-26",
+                                              allow_revisit=bool(allow_revisit), label_set=label_set,
                                               model_version=service.model_version, rating_max=int(rating_max))
     except (StudyDesignError, NotFound, ValueError) as error:
         raise AppError(str(error)) from None
     lines = [f"study {name!r} created (id {study_id}): {len(chosen)} case(s) × {len(readers)} reader(s) × "
-             f"{len(arms)} arm(s); ratings {'1–' + str(rating_max) if rating_max else 'off (binary answers)'}"]
+             f"{len(arms)} arm(s); checklist {label_set}; "
+             f"ratings {'1–' + str(rating_max) if rating_max else 'off (binary answers)'}"]
     if exposure:
         pairs = ", ".join(f"{reader}: {case}" for reader, case in exposure)
         action = "excluded" if exclude_seen else "kept — exclude them if the unaided arm must be blind"
         lines.append(f"⚠ seen with the AI outside the study ({pairs}); {len(seen)} case(s) {action}")
     return "\n\n".join(lines)
+
+
+def study_label_set(service: AppService, cases: Sequence[str]) -> str:
+    """The label set a study's answers take: the checklist of its cases' kind (CT/MR volumes: the structure set,
+    radiographs: CXR-LT 26); AppError when the cases mix both (one study, one checklist)."""
+    from core_model.classes import checklist_for
+
+    kinds = {service.store.case_info(case).depth is not None for case in cases}
+    if len(kinds) > 1:
+        raise AppError("the chosen cases mix radiographs and CT/MR volumes: one study reads one kind, with one "
+                       "checklist — create a study for each")
+    return checklist_for(kinds.pop() if kinds else False).name
 
 
 def studies(service: AppService) -> list[str]:

@@ -1319,9 +1319,14 @@ class BackgroundWorker:
     def wait(self, timeout: float = 600.0) -> bool:
         return self.idle.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the case under way (a triage loop checks between cases) and wait for the thread: a process
+        must not exit while this thread is inside an ONNX Runtime run (its thread pool aborts the interpreter's
+        exit: "terminate called without an active exception")."""
         self._stop = True
         self._queue.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:

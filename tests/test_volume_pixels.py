@@ -373,15 +373,25 @@ def test_a_ct_case_shows_the_ct_structure_checklist_and_a_cxr_keeps_cxr_lt_26(se
 
 
 def test_a_study_read_answers_with_its_studys_label_set(server, ct_case):
-    """A reader study of the CT on the CT structure set: its read shows and takes that set (what the study's
-    answers are checked against), whatever the modality rule would pick."""
+    """A reader study of the CT, created in Admin, takes the CT structure set (from its cases' kind; radiographs and
+    volumes in one study are refused): its read shows and takes that set (what the study's answers are checked
+    against)."""
+    from app import admin
     from app.panels import answer_panel
+    from app.service import AppError
 
     store = server.service.store
     store.create_reader("pxstudy", PASSWORD, role="reader")
+    store.create_reader("pxadmin", PASSWORD, role="admin")
     server.credentials["pxstudy"] = PASSWORD
-    store.create_study("ct-structures-study", [store.case(ct_case)], [store.reader("pxstudy")], design="sequential",
-                       label_set="ct-structures", rating_max=0)
+    boss = server.service.login("pxadmin", PASSWORD)
+    radiograph = next(c.pseudo_id for c in store.cases() if store.case_info(c).depth is None)
+    with pytest.raises(AppError, match="mix radiographs and CT/MR volumes"):
+        admin.create_study(server.service, boss, "mixed", [ct_case, radiograph], ["pxstudy"], ["ai_aided"],
+                           "sequential", 1, 0, False, rating_max=0)
+    message = admin.create_study(server.service, boss, "ct-structures-study", [ct_case], ["pxstudy"], ["ai_aided"],
+                                 "sequential", 1, 0, False, rating_max=0)
+    assert "checklist ct-structures" in message, message
     http = server.login("pxstudy")
     opened = http.post(f"{server.url}/api/v1/open", json={"study": "next"}, timeout=300)
     assert opened.status_code == 200, opened.text
