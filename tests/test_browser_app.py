@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.testing import PASSWORD, LiveServer
@@ -201,7 +202,7 @@ def test_unaided_arm_page_shows_no_ai(server, browser, shots):
 
 def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots, shared_data, tmp_path):
     """A CT case opens on its middle axial slice; the slice slider and the arrow keys move through the volume (new
-    image, new AI mask); the submitted mask is saved on the slice shown."""
+    image, new AI mask); the submitted mask (one 3-D mask in the volume's voxel grid) holds the slice the reader clicked on, only that one."""
     import shutil
 
     from annotations_db.importers import import_nifti
@@ -237,7 +238,17 @@ def test_scroll_a_ct_volume_and_annotate_the_slice_shown(server, browser, shots,
     assert page.evaluate(OVERLAY_PIXELS) > 0
     submit(page)
     answer = store.answers(store.reader("vera"))[-1]
-    assert answer.slice_index == 69 and answer.mask_rle is not None and answer.mask_rle["size"] == [101, 122]
+    import nibabel as nib
+
+    from annotations_db import rle
+    from core_model.io.volume import axial_axis
+
+    ct = nib.load(shared_data / "ct_nifti" / "example_ct.nii.gz")
+    assert answer.slice_index == 69 and answer.mask_slices == [69]  # one 3-D mask, the reader's slice only
+    saved = rle.decode(answer.mask_rle).astype(bool)
+    assert saved.shape == ct.shape and saved.any()
+    holding = np.flatnonzero(saved.any(axis=tuple(a for a in range(3) if a != axial_axis(ct.affine))))
+    assert holding.tolist() == [69]
     shown = [e.payload["slice"] for e in store.events(store.case(case), store.reader("vera"))
              if e.kind == "slice_shown"]
     assert shown == [70, 69]
