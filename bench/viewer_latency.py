@@ -163,6 +163,8 @@ def click_pass(page: Any, clicks: int) -> dict[str, Any]:
         markers.append(int(page.get_attribute("#bc-overlay-canvas", "data-markers") or 0))
     entries = _stats(page, "click", mark)
     return {**_summary(entries), "server_ms": stats_ms([s["server_ms"] for s in entries if s.get("server_ms")]),
+            "response_ms": stats_ms([s["response_ms"] for s in entries]),  # click → the layer's response arrived
+            "drawn_ms": stats_ms([s["drawn_ms"] for s in entries]),  # → decoded, outline and markers drawn
             "markers_shown_min": min(markers) if markers else 0}
 
 
