@@ -100,7 +100,8 @@ def open_case(page: Any, case: str) -> None:
     """Open ``case`` from the worklist and wait for its full-bit-depth pixels."""
     page.wait_for_function("document.querySelector('#bc-progress') && "
                            "document.querySelector('#bc-progress').innerText.includes('annotated')", timeout=120_000)
-    page.locator("#bc-worklist").get_by_text(case, exact=True).first.click()  # a cell may match twice (wrapper, span)
+    # a cell may match twice (a hidden wrapper and its text span)
+    page.locator("#bc-worklist").get_by_text(case, exact=True).filter(visible=True).first.click()
     page.wait_for_selector("#bc-base[data-loaded='1']", timeout=300_000)
     page.wait_for_function("window.__bcViewer.view() && window.__bcViewer.view().full !== null", timeout=120_000)
 

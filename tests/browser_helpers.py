@@ -95,8 +95,8 @@ def open_case(page: Any, case: str | None) -> None:
     if case is None:
         page.click("#bc-open-top")
     else:
-        # Gradio's table may render a cell as a wrapper and its text span, both matching: click the first (outer)
-        page.locator("#bc-worklist").get_by_text(case, exact=True).first.click()
+        # Gradio's table may render a cell twice (a hidden wrapper and its text span): click a visible one
+        page.locator("#bc-worklist").get_by_text(case, exact=True).filter(visible=True).first.click()
     page.wait_for_selector("#bc-base[data-loaded='1']", timeout=120_000)
     page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer') || "
                            "document.querySelector('.bc-slot').dataset.ai === '0'", timeout=120_000)

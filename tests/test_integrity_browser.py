@@ -103,7 +103,7 @@ def test_integrity_a_stale_tab_in_chromium_files_nothing_on_the_other_case(serve
     assert wait_case_open(second) == nonce_a, "the second tab shows the open case"
     other = [i.case for i in store.worklist(reader) if i.case != case_a][0]
     second.get_by_role("tab", name="Worklist").click()
-    second.locator("#bc-worklist").get_by_text(other, exact=True).first.click()
+    second.locator("#bc-worklist").get_by_text(other, exact=True).filter(visible=True).first.click()
     second.wait_for_function(f"document.querySelector('.bc-answer[data-nonce]') && "
                              f"document.querySelector('.bc-answer[data-nonce]').dataset.nonce !== '{nonce_a}'",
                              timeout=120_000)
