@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from annotations_db.errors import AccessDenied, NotFound
 from app.login_guard import Throttled
+from app.render import MASK_RUNS_TYPE
 from app.security import CSRF_COOKIE, new_form_token, sign_out_token, tokens_match
 from app.service import (SESSION_COOKIE, AppError, AppService, Forbidden, LayerResult, Session, Unauthorized,
                          view_payload)
@@ -78,15 +79,18 @@ def _error(error: Exception) -> JSONResponse:
     raise error
 
 
-def _png(result: LayerResult) -> Response:
-    """A mask layer with its headers (app/VIEWER_API.md): timings, clicks, area, the slice and its prompts."""
-    headers = {"Cache-Control": "no-store", "X-Server-Ms": f"{result.total_ms:.2f}",
+def _layer_response(result: LayerResult, request: Request) -> Response:
+    """A mask layer with its headers (app/VIEWER_API.md): timings, clicks, area, the slice and its prompts; as row
+    runs when the client accepts them (the viewer), else as a palette PNG."""
+    media_type = MASK_RUNS_TYPE if MASK_RUNS_TYPE in request.headers.get("accept", "") else "image/png"
+    body = result.encoded(media_type)
+    headers = {"Cache-Control": "no-store", "Vary": "Accept", "X-Server-Ms": f"{result.total_ms:.2f}",
                "X-Model-Ms": f"{result.model_ms:.2f}", "X-Encode-Ms": f"{result.encode_ms:.2f}",
                "X-Server-Cpu-Ms": f"{result.cpu_ms:.2f}", "X-Clicks": str(result.clicks), "X-Area": str(result.area),
                "X-Slice": "" if result.slice is None else str(result.slice)}
     if result.prompts is not None:
         headers["X-Prompts"] = json.dumps(result.prompts, separators=(",", ":"))
-    return Response(result.png, media_type="image/png", headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -225,7 +229,8 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     @router.get("/api/v1/view/{nonce}/layer.png")
     def layer_png(nonce: str, request: Request, slice: str | None = None) -> Response:  # noqa: A002 (the contract)
         try:
-            return _png(service.current_layer(current(request), nonce, slice if slice not in (None, "") else None))
+            return _layer_response(service.current_layer(current(request), nonce,
+                                                         slice if slice not in (None, "") else None), request)
         except AppError as error:
             return _error(error)
 
@@ -235,7 +240,7 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
             session, body = current(request), await _json(request)
         except AppError as error:
             return _error(error)
-        return await _run_layer(lambda: action(session, body))
+        return await _run_layer(lambda: action(session, body), request)
 
     @router.post("/api/v1/click")
     async def click(request: Request) -> Response:
@@ -394,9 +399,9 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value
 
 
-async def _run_layer(fn) -> Response:  # type: ignore[no-untyped-def]
+async def _run_layer(fn, request: Request) -> Response:  # type: ignore[no-untyped-def]
     try:
-        return _png(await run_in_threadpool(fn))
+        return _layer_response(await run_in_threadpool(fn), request)
     except AppError as error:
         return _error(error)
 

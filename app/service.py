@@ -50,7 +50,8 @@ from annotations_db.events import CaseState, SliceState
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rating_in_range
 from app.case_masks import CaseMasks, SliceImage, prompts_payload
 from app.login_guard import LoginGuard
-from app.render import (DisplayGeometry, display_image, encode_base_png, encode_mask_png, mask_to_display)
+from app.render import (MASK_RUNS_TYPE, DisplayGeometry, display_image, encode_base_png, encode_mask_png,
+                        encode_mask_runs, mask_to_display)
 from app.pixels import PixelBlock, image_block, volume_modality, volume_slice_block, volume_slice_values
 from app.slices import SliceMaskWorker, neighbours, slice_prompt
 from core_model.classes import CXR_LT_26, Checklist, checklist_for, label_rules
@@ -213,9 +214,10 @@ class Session:
 
 @dataclass
 class LayerResult:
-    """One click/undo/reset answer: the mask layer PNG and where the server time went."""
+    """One click/undo/reset answer: the display-grid mask layer and where the server time went. It is encoded in
+    the format the client asks for (:meth:`encoded`), and the encoding counted in ``encode_ms`` and ``total_ms``."""
 
-    png: bytes
+    mask: np.ndarray  # (disp_h, disp_w) bool
     area: int
     clicks: int
     model_ms: float
@@ -224,6 +226,19 @@ class LayerResult:
     cpu_ms: float = 0.0  # CPU time of the handler thread (with 1 torch thread: what the pass costs on an idle core)
     prompts: dict[str, Any] | None = None  # X-Prompts (app/VIEWER_API.md), display coordinates
     slice: int | None = None  # the slice the layer is of (None: a 2-D image)
+
+    def encoded(self, media_type: str = "image/png") -> bytes:
+        """The layer as a palette PNG (``image/png``) or as row runs (:data:`app.render.MASK_RUNS_TYPE`)."""
+        started = time.perf_counter()
+        body = encode_mask_runs(self.mask) if media_type == MASK_RUNS_TYPE else encode_mask_png(self.mask)
+        spent = (time.perf_counter() - started) * 1000
+        self.encode_ms += spent
+        self.total_ms += spent
+        return body
+
+    @property
+    def png(self) -> bytes:
+        return self.encoded("image/png")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1105,16 +1120,16 @@ class AppService:
         t0 = time.perf_counter()
         shape = (geometry.disp_height, geometry.disp_width)
         if mask is None:
-            png, area = encode_mask_png(None, shape), 0
+            small, area = np.zeros(shape, bool), 0
         else:
             if isinstance(mask, Prediction):
                 small = mask.mask_at(shape)
             else:
                 small = mask if mask.shape == shape else mask_to_display(mask, geometry)
             scale = (geometry.height * geometry.width) / (shape[0] * shape[1])
-            png, area = encode_mask_png(small), int(round(small.sum() * scale))
+            area = int(round(np.count_nonzero(small) * scale))
         now = time.perf_counter()
-        return LayerResult(png, area, clicks, model_ms, (now - t0) * 1000, (now - started) * 1000)
+        return LayerResult(small, area, clicks, model_ms, (now - t0) * 1000, (now - started) * 1000)
 
     # ------------------------------------------------------------------ client events, answers, submit, skip
     def client_event(self, session: Session, nonce: str | None, kind: str, payload: dict | None = None) -> None:

@@ -40,6 +40,7 @@ CT = SHARED_DATA / "ct_nifti" / "example_ct.nii.gz"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 TARGET_SLICE_P95_MS = 150.0
+POLL_MS = 25  # how often the harness looks for the viewer's next stats entry
 CLICK_POINTS = [(0.30, 0.45), (0.70, 0.45), (0.32, 0.62), (0.70, 0.62), (0.28, 0.35), (0.72, 0.35)]
 
 
@@ -142,6 +143,24 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {**stats_ms([s["painted_ms"] for s in entries]), "slices_drawn": len(entries)}
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the Chromium processes and by the app (``launch.py``), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"chromium": 0.0, "app": 0.0}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        who = "chromium" if "chromium" in command else "app" if "launch.py" in command else None
+        if who:
+            used[who] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return used
+
+
 def click_pass(page: Any, clicks: int) -> dict[str, Any]:
     """``clicks`` positive clicks (reset every 6) on the open CXR; "click" paint entries and the markers shown."""
     view = page.evaluate("window.__bcViewer.view()")
@@ -150,23 +169,31 @@ def click_pass(page: Any, clicks: int) -> dict[str, Any]:
     page.keyboard.press("p")
     mark = len(page.evaluate("window.__bcStats"))
     markers = []
+    cpu_before, wall_before = cpu_seconds(), time.monotonic()
     for i in range(clicks):
         if i and i % len(CLICK_POINTS) == 0:
             done = len(_stats(page, "reset", mark))
             page.keyboard.press("r")
             page.wait_for_function(f"window.__bcStats.slice({mark}).filter(s => s.kind === 'reset').length > {done}",
-                                   timeout=120_000)
+                                   timeout=120_000, polling=POLL_MS)
         fx, fy = CLICK_POINTS[i % len(CLICK_POINTS)]
         point = page.evaluate("([x, y]) => window.__bcViewer.imageToClient(x, y)", [fx * width, fy * height])
         page.mouse.click(point["x"], point["y"])
+        # polled on a timer, not every animation frame: the harness must not make the browser paint meanwhile
         page.wait_for_function(f"window.__bcStats.slice({mark}).filter(s => s.kind === 'click').length > {i}",
-                               timeout=120_000)
+                               timeout=120_000, polling=POLL_MS)
         markers.append(int(page.get_attribute("#bc-overlay-canvas", "data-markers") or 0))
+    cpu_after, wall = cpu_seconds(), time.monotonic() - wall_before
     entries = _stats(page, "click", mark)
     return {**_summary(entries), "server_ms": stats_ms([s["server_ms"] for s in entries if s.get("server_ms")]),
+            "server_model_ms": stats_ms([s["model_ms"] for s in entries if s.get("model_ms")]),  # of it: the pass
+            "server_cpu_ms": stats_ms([s["server_cpu_ms"] for s in entries if s.get("server_cpu_ms")]),
             "response_ms": stats_ms([s["response_ms"] for s in entries]),  # click → the layer's response arrived
             "drawn_ms": stats_ms([s["drawn_ms"] for s in entries]),  # → decoded, outline and markers drawn
-            "markers_shown_min": min(markers) if markers else 0}
+            "markers_shown_min": min(markers) if markers else 0,
+            # where the 2 cores went during the pass (the pacing waits included): CPU ms per click
+            "cpu_ms_per_click": {k: round((cpu_after[k] - cpu_before[k]) * 1000 / max(clicks, 1), 1) for k in cpu_after},
+            "wall_ms_per_click": round(wall * 1000 / max(clicks, 1), 1)}
 
 
 def measure(url: str, user: str, password: str, ct_case: str, cxr_case: str, args: argparse.Namespace
@@ -179,16 +206,19 @@ def measure(url: str, user: str, password: str, ct_case: str, cxr_case: str, arg
             context = browser.new_context(viewport={"width": 1600, "height": 1000})
             page = context.new_page()
             sign_in(page, url, user, password)
-            open_case(page, ct_case)
-            slices = slice_pass(page, args.slices, args.key_ms, args.wheel_ms)
-            page.get_by_role("tab", name="Worklist").click()
-            open_case(page, cxr_case)
-            page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer')", timeout=300_000)
-            clicks = click_pass(page, args.clicks)
+            result: dict[str, Any] = {}
+            if "slice" in args.parts:
+                open_case(page, ct_case)
+                result["slice"] = slice_pass(page, args.slices, args.key_ms, args.wheel_ms)
+                page.get_by_role("tab", name="Worklist").click()
+            if "click" in args.parts:
+                open_case(page, cxr_case)
+                page.wait_for_function("window.__bcStats.some(s => s.kind === 'layer')", timeout=300_000)
+                result["click"] = click_pass(page, args.clicks)
             context.close()
         finally:
             browser.close()
-    return {"slice": slices, "click": clicks, "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()]}
+    return {**result, "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,14 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-ms", type=float, default=33.0, help="held-key repeat interval")
     parser.add_argument("--wheel-ms", type=float, default=50.0, help="interval between wheel notches")
     parser.add_argument("--app-args", default="", help="extra arguments for the started app")
+    parser.add_argument("--parts", default="slice,click", help="comma-separated: slice, click (default both)")
     args = parser.parse_args(argv)
+    args.parts = set(args.parts.split(","))
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing (apt-get install chromium)")
     process, url, user, password = start_server(None, args.app_args.split())
     try:
         data = Path(process.args[process.args.index("--data") + 1])
         wait_triaged(data)
-        ct_case, cxr_case = import_ct(data), _case(data, "width >= 2000 AND height >= 2000 AND depth IS NULL")
+        ct_case = import_ct(data) if "slice" in args.parts else None
+        cxr_case = _case(data, "width >= 2000 AND height >= 2000 AND depth IS NULL")
         result: dict[str, Any] = {"bench": "viewer_latency", "machine": machine(), "ct": str(CT),
                                   "ct_case": ct_case, "cxr_case": cxr_case, "target_slice_p95_ms": TARGET_SLICE_P95_MS,
                                   "quiet": measure(url, user, password, ct_case, cxr_case, args)}

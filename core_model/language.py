@@ -43,6 +43,8 @@ class LanguagePathway(nn.Module):
         self.trained = False
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        self._token_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # inference only, see tokens()
+        self._token_cache_version: tuple | None = None
         self._encoder: tuple | None = None  # (tokenizer, model), loaded on first use
 
     def _load_encoder(self) -> tuple:
@@ -75,8 +77,29 @@ class LanguagePathway(nn.Module):
             self._cache.popitem(last=False)
         return states
 
+    def _weights_version(self) -> tuple:
+        """Changes whenever a parameter is replaced, moved or written in place (load_state_dict, an optimiser step)."""
+        return tuple((id(p), p._version, p.device, p.dtype, p.data_ptr()) for p in self.parameters())
+
     def tokens(self, texts: list[str]) -> torch.Tensor:
-        """Prompt tokens z' for a batch of prompts: (B, num_queries, prompt_dim) on this module's device."""
+        """Prompt tokens z' for a batch of prompts: (B, num_queries, prompt_dim) on this module's device. Outside
+        training (no gradient) they are cached per prompt string and set of weights: the click path re-sends the
+        same text with every click."""
+        if torch.is_grad_enabled() or self.training:
+            return self._tokens(texts)
+        version = self._weights_version()
+        if self._token_cache_version != version:
+            self._token_cache.clear()
+            self._token_cache_version = version
+        missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
+        if missing:
+            for text, token in zip(missing, self._tokens(missing)):
+                self._token_cache[text] = token.clone()
+            while len(self._token_cache) > self._cache_size:
+                self._token_cache.popitem(last=False)
+        return torch.stack([self._token_cache[t] for t in texts])
+
+    def _tokens(self, texts: list[str]) -> torch.Tensor:
         device = self.queries.device
         states = [self.text_states(text).to(device) for text in texts]
         length = max(s.shape[0] for s in states)

@@ -270,7 +270,7 @@ class _ClickGraph(torch.nn.Module):
         values = (v @ self.out_heads[1]).reshape(-1, EMBED_DIM)  # (H·T, 256), rows (head, token) as the weights
         return weights @ values + attn.out_proj.bias
 
-    def forward(self, image_tokens, k1, v1, q1, sparse, mask_logits, has_mask):
+    def forward(self, image_tokens, k1, v1, q1, sparse, mask_logits, has_mask, allowed):
         h = self.mask_down(mask_logits)[0].reshape(self.w3.shape[0], -1).transpose(0, 1) * has_mask  # (N, 16)
         out_tokens = torch.cat([self.output_tokens, sparse[0]], dim=0)  # (T, 256)
         query_pe = out_tokens
@@ -300,22 +300,25 @@ class _ClickGraph(torch.nn.Module):
         up = torch.nn.functional.gelu(torch.nn.functional.layer_norm(up, (self.channels[0],), self.n_w, self.n_b,
                                                                      self.norm_eps))
         up = torch.nn.functional.gelu((up @ self.u2 + self.ub2).reshape(-1, self.channels[1]))
+        # only the chosen mask is formed and put in place: the best predicted IoU among the allowed mask tokens
+        iou = self.iou_head(queries[0])[None]  # (1, 4)
+        best = torch.argmax(iou + allowed, dim=1)  # (1,)
         hyper = torch.stack([mlp(queries[1 + i]) for i, mlp in enumerate(self.hyper)], dim=1)  # (32, 4)
         grid = EMBED_GRID
-        masks = (up @ hyper).reshape(grid, grid, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
-        masks = masks.reshape(1, -1, 4 * grid, 4 * grid)
-        return masks, self.iou_head(queries[0])[None]
+        mask = (up @ torch.index_select(hyper, 1, best)).reshape(grid, grid, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return mask.reshape(1, 1, 4 * grid, 4 * grid), iou, best
 
 
 class OnnxClickDecoder(_OnnxPart):
     """The per-click pass of one image (batch 1) by ONNX Runtime: sparse prompt tokens + the previous low-res logits
-    → all four masks' logits (1, 4, 256, 256) and IoU (1, 4), as ``model.decode``'s prompt encoder (its mask path) and
-    ``predict_masks`` give them. The image's constants (:meth:`_ClickGraph.image_constants`) are computed once per
-    embedding and kept for the last few images."""
+    → the chosen mask's logits (1, 1, 256, 256), all four IoU estimates (1, 4) and the chosen mask token, as
+    ``model.decode``'s prompt encoder (its mask path) and ``predict_masks`` give them (the choice: the best IoU of
+    token 0, or of tokens 1–3 for a multimask pass; only that mask is formed). The image's constants
+    (:meth:`_ClickGraph.image_constants`) are computed once per embedding and kept for the last few images."""
 
-    name = "click_decoder_v3"  # the graph's revision: the cache key is the weights', so a new graph needs a new name
-    inputs = ("image_tokens", "k1", "v1", "q1", "sparse", "mask_logits", "has_mask")
-    outputs = ("masks", "iou")
+    name = "click_decoder_v4"  # the graph's revision: the cache key is the weights', so a new graph needs a new name
+    inputs = ("image_tokens", "k1", "v1", "q1", "sparse", "mask_logits", "has_mask", "allowed")
+    outputs = ("mask", "iou", "best")
     dynamic_axes = {"sparse": {1: "tokens"}}
     keep_images = 2
 
@@ -323,13 +326,16 @@ class OnnxClickDecoder(_OnnxPart):
         self.graph = _ClickGraph(model).eval()
         self._constants: list[tuple[torch.Tensor, dict[bool, tuple[np.ndarray, ...]]]] = []
         self._no_mask = np.zeros((1, 1, 4 * EMBED_GRID, 4 * EMBED_GRID), np.float32)
+        # added to the IoU estimates before the argmax: token 0 alone, or tokens 1-3 (SAM's multimask output)
+        self._allowed = {False: np.array([[0, -1e9, -1e9, -1e9]], np.float32),
+                         True: np.array([[-1e9, 0, 0, 0]], np.float32)}
         super().__init__(self.graph, threads=threads, cache_dir=cache_dir)
 
     def _example(self) -> tuple[torch.Tensor, ...]:
         n, g = EMBED_GRID * EMBED_GRID, self.graph
         heads = torch.zeros(g.heads, n, g.internal // g.heads)
         return (torch.zeros(n, EMBED_DIM), heads, heads, heads, torch.zeros(1, 3, EMBED_DIM),
-                torch.zeros(1, 1, 4 * EMBED_GRID, 4 * EMBED_GRID), torch.ones(1))
+                torch.zeros(1, 1, 4 * EMBED_GRID, 4 * EMBED_GRID), torch.ones(1), torch.from_numpy(self._allowed[False]))
 
     def image_constants(self, embedding: torch.Tensor, masked: bool) -> tuple[np.ndarray, ...]:
         """The image's per-click constants (with the mask prompt's or the no-mask constant), kept for the last
@@ -348,17 +354,18 @@ class OnnxClickDecoder(_OnnxPart):
             constants[masked] = tuple(t.numpy() for t in parts)
         return constants[masked]
 
-    def __call__(self, embedding: torch.Tensor, sparse: torch.Tensor | np.ndarray,
-                 mask_logits: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """Logits of the four masks (1, 4, 256, 256) and their IoU (1, 4), as numpy arrays."""
+    def __call__(self, embedding: torch.Tensor, sparse: torch.Tensor | np.ndarray, mask_logits: torch.Tensor | None,
+                 multimask: bool = False) -> tuple[np.ndarray, float]:
+        """The chosen mask's logits (1, 1, 256, 256) and its IoU estimate."""
         masked = mask_logits is not None
         tokens, k1, v1, q1 = self.image_constants(embedding, masked)
         feed = {"image_tokens": tokens, "k1": k1, "v1": v1, "q1": q1,
                 "sparse": sparse if isinstance(sparse, np.ndarray) else _numpy(sparse),
                 "mask_logits": _numpy(mask_logits) if masked else self._no_mask,
-                "has_mask": np.ones(1, np.float32) if masked else np.zeros(1, np.float32)}
-        masks, iou = self.session.run(None, feed)
-        return masks, iou
+                "has_mask": np.ones(1, np.float32) if masked else np.zeros(1, np.float32),
+                "allowed": self._allowed[multimask]}
+        mask, iou, best = self.session.run(None, feed)
+        return mask, float(iou[0, int(best[0])])
 
 
 class PromptTokens:

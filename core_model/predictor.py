@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,19 +42,26 @@ class Prediction:
     """The result of one refinement pass.
 
     low_res_logits: (1, 1, 256, 256) on the model grid (fed back next time). iou: SAM's predicted IoU.
-    uncertainty: see :mod:`core_model.uncertainty`. ``mask`` — (H, W) bool on the original grid — is computed on first
-    access; ``mask_at((h, w))`` gives the same mask resampled for a display of another size (same geometry), which is
-    all a viewer needs per click.
+    ``uncertainty`` (see :mod:`core_model.uncertainty`) and ``mask`` — (H, W) bool on the original grid — are computed
+    on first access (a click needs neither); ``mask_at((h, w))`` gives the same mask resampled for a display of
+    another size (same geometry), which is all a viewer needs per click.
     """
 
     low_res_logits: torch.Tensor
     iou: float
-    uncertainty: SegmentationUncertainty
     geometry: ResizePad
     clicks: tuple[Click, ...] = ()
     box: tuple[float, float, float, float] | None = None
     text: str | None = None
     resize: object | None = None  # (logits (1, 1, h, w) ndarray, (H, W)) → bool mask; None: PyTorch's interpolate
+    tta: float = 0.0
+    semantic: Callable[[], float] | None = None  # u_sl of the text prompt, on demand; None without a text token
+
+    @cached_property
+    def uncertainty(self) -> SegmentationUncertainty:
+        u_sl = None if self.semantic is None else self.semantic()
+        gap = 1.0 - self.iou
+        return SegmentationUncertainty(iou_gap=gap, tta=self.tta, u_sl=u_sl, ranking=ranking_score(gap, self.tta, u_sl))
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -308,11 +315,8 @@ class InteractivePredictor:
             sparse = prompt_tokens(coords, labels, boxes[0].numpy() if boxes is not None else None)
             if tokens is not None:
                 sparse = np.concatenate([sparse, tokens.detach().cpu().float().numpy()], axis=1)
-            masks, iou_all = decoder(entry.embedding, sparse, prev_logits)
-            first = 1 if multimask else 0
-            best = first + int(iou_all[0, first:first + (3 if multimask else 1)].argmax())
-            logits = torch.from_numpy(masks[:, best:best + 1].copy())
-            iou_value = float(iou_all[0, best])
+            mask_logits, iou_value = decoder(entry.embedding, sparse, prev_logits, multimask)
+            logits = torch.from_numpy(mask_logits)
         else:
             with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
                                 enabled=self.decoder_dtype is not None):
@@ -321,13 +325,16 @@ class InteractivePredictor:
             best = int(iou[0].argmax())
             logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
         tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
-        u_sl = None
+        semantic = None
         if tokens is not None:
-            u_sl = float(semantic_uncertainty(entry.embedding, logits, tokens.mean(dim=1))[0])
-        uncertainty = SegmentationUncertainty(iou_gap=1.0 - iou_value, tta=tta, u_sl=u_sl,
-                                              ranking=ranking_score(1.0 - iou_value, tta, u_sl))
-        return Prediction(low_res_logits=logits, iou=iou_value, uncertainty=uncertainty, geometry=entry.geometry,
-                          clicks=clicks, box=box, text=text, resize=resize)
+            embedding, concept = entry.embedding, tokens.mean(dim=1)
+
+            def semantic() -> float:
+                with torch.inference_mode():
+                    return float(semantic_uncertainty(embedding, logits, concept)[0])
+
+        return Prediction(low_res_logits=logits, iou=iou_value, geometry=entry.geometry, clicks=clicks, box=box,
+                          text=text, resize=resize, tta=tta, semantic=semantic)
 
     def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor) -> float:
         """Disagreement of K decoder passes with jittered prompts (±2 model pixels) and the mask prompt dropped."""

@@ -34,8 +34,13 @@
   const MAX_STROKE_POINTS = 2000;
   const TOOL_NAMES = {point: "click", box: "box", brush: "brush", eraser: "eraser", measure: "measure", pan: "pan"};
 
+  // mask layers come as row runs (app/VIEWER_API.md): fill and outline in time proportional to the runs
+  const RUNS_TYPE = "application/vnd.biascare.mask-runs";
+  const ACCEPT = `${RUNS_TYPE}, application/json;q=0.9, */*;q=0.5`;
+
   function post(path, body, signal) {
-    return fetch(path, {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+    return fetch(path, {method: "POST", credentials: "same-origin",
+                        headers: {"Content-Type": "application/json", "Accept": ACCEPT},
                         body: JSON.stringify(body), signal});
   }
 
@@ -638,26 +643,31 @@
   }
 
   // ------------------------------------------------------------------ mask layers: decode once, outline once
-  function outlinePath(bits, w, h) {
-    // the mask's boundary along pixel edges (display grid), as runs of horizontal and vertical segments
-    const path = new Path2D();
+  function outlineFromRuns(runs, n, w, h) {
+    // the mask's boundary along pixel edges (display grid) from its row runs (y, x0, x1 triples, rows ascending):
+    // between rows y-1 and y the horizontal edges are where exactly one of them is covered, i.e. between the
+    // consecutive edge positions left after those the two rows share cancel; a shared position continues a
+    // vertical edge, one of the upper row only ends it, one of the lower row only starts it
+    const path = new Path2D(), open = new Int32Array(w + 1).fill(-1);
+    let prev = [], i = 0;
     for (let y = 0; y <= h; y++) {
-      let start = -1;
-      for (let x = 0; x <= w; x++) {
-        const a = x < w && y > 0 ? bits[(y - 1) * w + x] : 0, b = x < w && y < h ? bits[y * w + x] : 0;
-        const edge = x < w && a !== b;
-        if (edge && start < 0) start = x;
-        if (!edge && start >= 0) { path.moveTo(start, y); path.lineTo(x, y); start = -1; }
+      const cur = [];
+      while (i < n && runs[3 * i] === y) { cur.push(runs[3 * i + 1], runs[3 * i + 2]); i++; }
+      const odd = [];
+      let a = 0, b = 0;
+      while (a < prev.length || b < cur.length) {
+        if (b >= cur.length || (a < prev.length && prev[a] < cur[b])) {
+          const x = prev[a++];
+          path.moveTo(x, open[x]); path.lineTo(x, y); open[x] = -1;
+          odd.push(x);
+        } else if (a >= prev.length || cur[b] < prev[a]) {
+          const x = cur[b++];
+          open[x] = y;
+          odd.push(x);
+        } else { a++; b++; }
       }
-    }
-    for (let x = 0; x <= w; x++) {
-      let start = -1;
-      for (let y = 0; y <= h; y++) {
-        const a = y < h && x > 0 ? bits[y * w + x - 1] : 0, b = y < h && x < w ? bits[y * w + x] : 0;
-        const edge = y < h && a !== b;
-        if (edge && start < 0) start = y;
-        if (!edge && start >= 0) { path.moveTo(x, start); path.lineTo(x, y); start = -1; }
-      }
+      for (let k = 0; k + 1 < odd.length; k += 2) { path.moveTo(odd[k], y); path.lineTo(odd[k + 1], y); }
+      prev = cur;
     }
     return path;
   }
@@ -674,23 +684,20 @@
   }
 
   async function decodeLayer(state, resp, slice) {
-    const bmp = await createImageBitmap(await resp.blob());
-    const ctx = scratchContext(state);
-    ctx.clearRect(0, 0, state.w, state.h);
-    ctx.drawImage(bmp, 0, 0);
-    const image = ctx.getImageData(0, 0, state.w, state.h), d = image.data;
-    const bits = new Uint8Array(state.w * state.h);
+    const runs = new Uint16Array(await resp.arrayBuffer());
+    const w = runs[0], h = runs[1], n = (runs.length - 2) / 3, triples = runs.subarray(2);
+    const image = new ImageData(w, h), px = new Uint32Array(image.data.buffer);
+    const colour = (255 << 24 | MASK_RGB[2] << 16 | MASK_RGB[1] << 8 | MASK_RGB[0]) >>> 0;  // RGBA bytes, little-endian
     let area = 0;
-    for (let i = 0, j = 0; j < bits.length; i += 4, j++) {  // one pass: the mask bits and its recoloured fill
-      const on = d[i + 3] > 0 ? 1 : 0;
-      bits[j] = on;
-      area += on;
-      d[i] = MASK_RGB[0]; d[i + 1] = MASK_RGB[1]; d[i + 2] = MASK_RGB[2]; d[i + 3] = on ? 255 : 0;
+    for (let i = 0; i < n; i++) {
+      const row = triples[3 * i] * w;
+      px.fill(colour, row + triples[3 * i + 1], row + triples[3 * i + 2]);
+      area += triples[3 * i + 2] - triples[3 * i + 1];
     }
     const H = (n) => resp.headers.get(n);
     const headerSlice = H("X-Slice");
     const clicks = parseInt(H("X-Clicks") || "0", 10) || 0;
-    return {image, bits, area, path: outlinePath(bits, state.w, state.h), clicks,
+    return {image, area, path: outlineFromRuns(triples, n, w, h), clicks,
             slice: headerSlice !== null && headerSlice !== "" ? parseInt(headerSlice, 10) : slice,
             prompts: parsePrompts(H("X-Prompts")), server: parseFloat(H("X-Server-Ms") || "0"),
             model: parseFloat(H("X-Model-Ms") || "0"), cpu: parseFloat(H("X-Server-Cpu-Ms") || "0")};
@@ -765,7 +772,7 @@
         if (state.serverSlice !== k && state.noPixels) return;
       }
       const r = await fetch(`/api/v1/view/${state.nonce}/layer.png${sliceQuery(k)}`,
-                            {credentials: "same-origin", signal: ctrl.signal});
+                            {credentials: "same-origin", signal: ctrl.signal, headers: {"Accept": ACCEPT}});
       await paint(state, r, t0, "layer", {slice: k, version});
     } catch (err) {
       if (err.name !== "AbortError") state.status.textContent = "could not load the mask: " + err.message;
