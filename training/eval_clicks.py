@@ -31,6 +31,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -176,44 +177,70 @@ def _uncertainty_block(records: list[dict]) -> dict:
     return out
 
 
+def objects_by_image(objects: list[dict]) -> list[list[dict]]:
+    """The objects (``result["objects"]``) grouped by image, images sorted by name: the bootstrap's units."""
+    images = sorted({o["image"] for o in objects})
+    return [[o for o in objects if o["image"] == name] for name in images]
+
+
+def image_resample_figures(groups: list[list[dict]], rng: np.random.Generator, max_clicks: int = 20) -> dict[str, float]:
+    """One bootstrap replicate: draw the images (``groups``: :func:`objects_by_image`) with replacement, take all
+    objects of each drawn image, and compute mIoU@k, NoC@85/90, box and side-text IoU on the draw."""
+    drawn = [o for i in rng.integers(0, len(groups), len(groups)) for o in groups[i]]
+    ious = np.array([o["ious"] for o in drawn])
+    figures = {f"miou@{k}": float(ious[:, k - 1].mean()) for k in REPORT_AT if k <= ious.shape[1]}
+    for thr in THRESHOLDS:
+        figures[f"noc@{int(thr * 100)}"] = float(np.mean([_noc(list(r), thr, max_clicks)[0] for r in ious]))
+    for key in ("box_iou", "text_iou"):
+        values = [o[key] for o in drawn if o.get(key) is not None]
+        if values:
+            figures[key] = float(np.mean(values))
+    return figures
+
+
+def bootstrap_replicates(objects: list[dict], n_boot: int = 5000, seed: int = 0,
+                         max_clicks: int = 20) -> dict[str, list[float]]:
+    """``n_boot`` replicates of :func:`image_resample_figures` (figure -> its values, in replicate order). The same
+    seed on the same images draws the same resamples, so two models' replicates are paired."""
+    rng = np.random.default_rng(seed)
+    groups = objects_by_image(objects)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        for key, value in image_resample_figures(groups, rng, max_clicks).items():
+            samples.setdefault(key, []).append(value)
+    return samples
+
+
+def percentile_intervals(samples: dict[str, list[float]]) -> dict[str, list[float]]:
+    """95 % percentile interval of each figure's replicates."""
+    return {key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in samples.items()}
+
+
 def bootstrap_intervals(objects: list[dict], n_boot: int = 5000, seed: int = 0,
                         max_clicks: int = 20) -> dict[str, list[float]]:
     """95 % percentile intervals of mIoU@k, NoC@85/90, box and side-text IoU over image resamples: each replicate
     draws the images with replacement and takes all objects of each drawn image (``objects``: ``result["objects"]``)."""
-    images = sorted({o["image"] for o in objects})
-    rows = {name: [o for o in objects if o["image"] == name] for name in images}
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        drawn = [o for i in rng.integers(0, len(images), len(images)) for o in rows[images[i]]]
-        ious = np.array([o["ious"] for o in drawn])
-        figures = {f"miou@{k}": ious[:, k - 1].mean() for k in REPORT_AT if k <= ious.shape[1]}
-        for thr in THRESHOLDS:
-            figures[f"noc@{int(thr * 100)}"] = np.mean([_noc(list(r), thr, max_clicks)[0] for r in ious])
-        for key in ("box_iou", "text_iou"):
-            values = [o[key] for o in drawn if o.get(key) is not None]
-            if values:
-                figures[key] = float(np.mean(values))
-        for key, value in figures.items():
-            samples.setdefault(key, []).append(float(value))
-    return {key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in samples.items()}
+    return percentile_intervals(bootstrap_replicates(objects, n_boot, seed, max_clicks))
 
 
 def evaluate(predictor, pairs: list[tuple[Path, Path]], max_clicks: int = 20, refine_clicks: int = 5,
              rule: str = "depth", click_grid: str = "original", min_object_fraction: float = 0.002,
-             text: str | None = "lungs", box: bool = True) -> dict:
-    """The protocol over (image, mask) pairs; returns the JSON-ready result."""
+             text: str | None = "lungs", box: bool = True,
+             mask_loader: Callable[[Path, tuple[int, int]], np.ndarray] | None = None) -> dict:
+    """The protocol over (image, mask) pairs; returns the JSON-ready result. ``mask_loader(mask_path, image_shape)``
+    gives the bool mask (default: any value > 0, :func:`training.data.load_binary_mask`)."""
     from scipy import ndimage
 
     from training.cache import SIDE_PHRASES
     from training.data import load_binary_mask, load_pixels
 
     use_text = bool(text) and predictor.model.language.trained
+    mask_loader = mask_loader or load_binary_mask
     objects, skipped_small, whole_text = [], 0, []
     t0 = time.perf_counter()
     for image_path, mask_path in pairs:
         pixels = load_pixels(image_path)
-        mask = load_binary_mask(mask_path, pixels.shape)
+        mask = mask_loader(mask_path, pixels.shape)
         runner = ObjectEvaluator(predictor, pixels, rule, click_grid)
         labels, count = ndimage.label(mask)
         min_pixels = max(1, int(min_object_fraction * mask.size))
@@ -288,39 +315,58 @@ def evaluate(predictor, pairs: list[tuple[Path, Path]], max_clicks: int = 20, re
     return result
 
 
+def find_pairs(images: Path, masks: Path, mask_suffix: str,
+               only: set[str] | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, mask) pairs of ``images/*`` with ``masks/<stem><mask_suffix>`` (sorted by name; ``only``: these file
+    names only), and the names of the images without a mask."""
+    from training.data import IMAGE_SUFFIXES
+
+    pairs, missing = [], []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if only is not None and image.name not in only:
+            continue
+        mask = masks / f"{image.stem}{mask_suffix}"
+        if mask.is_file():
+            pairs.append((image, mask))
+        else:
+            missing.append(image.name)
+    return pairs, missing
+
+
+def load_predictor(checkpoint_arg: str | None, device: str = "cpu", cache_dir: str | None = ".cache/embeddings"):
+    """(InteractivePredictor, checkpoint path or None): ``checkpoint_arg`` None = the shipped checkpoint, 'stock' =
+    LiteMedSAM without it; embeddings cached under ``cache_dir/<encoder version>``. Raises CheckpointError."""
+    from core_model.model import DEFAULT_CHECKPOINT, build_model
+    from core_model.predictor import InteractivePredictor
+
+    checkpoint = None if checkpoint_arg == "stock" else (Path(checkpoint_arg) if checkpoint_arg else DEFAULT_CHECKPOINT)
+    model = build_model(checkpoint, device=device)
+    cache = Path(cache_dir) / model.encoder_version if cache_dir else None
+    return InteractivePredictor(model, device=device, disk_cache=cache), checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from core_model.model import DEFAULT_CHECKPOINT, build_model
-    from core_model.predictor import InteractivePredictor
-    from training.data import IMAGE_SUFFIXES
-
     images, masks = Path(args.images), Path(args.masks)
     for folder in (images, masks):
         if not folder.is_dir():
             print(f"eval-clicks: {folder}: folder not found", file=sys.stderr)
             return 2
     only = _read_only(args.only) if args.only else None
-    pairs, missing = [], []
-    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        if only is not None and image.name not in only:
-            continue
-        mask = masks / f"{image.stem}{args.mask_suffix}"
-        (pairs if mask.is_file() else missing).append((image, mask) if mask.is_file() else image.name)
+    pairs, missing = find_pairs(images, masks, args.mask_suffix, only)
     if args.limit:
         pairs = pairs[: args.limit]
     if not pairs:
         print(f"eval-clicks: no image in {images} has a mask {args.mask_suffix!r}" +
               (f" among --only ({len(only)} names)" if only is not None else ""), file=sys.stderr)
         return 2
-    checkpoint = None if args.checkpoint == "stock" else (Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT)
     try:
-        model = build_model(checkpoint, device=args.device)
+        predictor, checkpoint = load_predictor(args.checkpoint, args.device, args.cache_dir)
     except Exception as exc:  # CheckpointError names the file
         print(f"eval-clicks: {exc}", file=sys.stderr)
         return 2
-    cache = Path(args.cache_dir) / model.encoder_version if args.cache_dir else None
-    predictor = InteractivePredictor(model, device=args.device, disk_cache=cache)
+    model = predictor.model
     result = evaluate(predictor, pairs, args.max_clicks, args.refine_clicks, args.rule, args.click_grid,
                       args.min_object_fraction, None if args.no_text else args.text, not args.no_box)
     result["checkpoint"] = "stock" if checkpoint is None or not Path(checkpoint).is_file() else str(checkpoint)
