@@ -29,9 +29,18 @@ Kinds and payloads (every event also has server-side wall and monotonic timestam
     reset         {slice?}                         the slice back to the AI's initial mask, every action dropped
     accept        {clicks?, slice?}                the mask (of that slice) is accepted as it is
     slice_shown   {slice, previous?}               another axial slice of a volume is on screen (its actions kept)
+    object_removed {object}                        the reader deleted an object of the answer (every slice of it)
     label_toggled {class, value: 0|1}              a finding ticked or unticked
     rating_set    {class, value: int ≥ 0}          the reader's confidence that the finding is present
     submit        {annotation_id, accepted_as_is}  the answer was saved (written by Store.save_annotation)
+
+Objects: an answer holds one or more labelled objects, each with its own masks. Every mask event (click, box, stroke,
+cleanup, carry, undo, reset, accept) may carry ``object: {id, label?}`` (id an integer ≥ 0, label the object's label,
+required the first time an object id ≥ 1 appears): the event acts on that object only. An event without ``object``
+acts on the *default object* (id 0, unlabelled: the one mask of every answer before objects), so logs written before
+objects replay as one default object. ``object_removed`` drops an object and all its slices. The state is kept per
+(object, slice): :attr:`CaseState.objects` maps an object id to its :class:`AnswerObject`, whose ``slices`` are as
+below; undo and reset act on the named object's slice only.
 
 Per-slice state: a volume holds a mask on every slice the reader acted on, so each slice keeps its own action list
 (:class:`SliceState`; key None for a 2-D image). An action event without ``slice`` applies to the slice shown at that
@@ -60,12 +69,15 @@ from annotations_db.errors import InvalidEvent
 KINDS = frozenset({
     "case_shown", "case_hidden", "heartbeat", "idle_start", "idle_end", "ai_shown", "ai_hidden", "click", "box",
     "stroke", "cleanup", "carry", "measure", "text_prompt", "undo", "reset", "accept", "slice_shown",
-    "label_toggled", "rating_set", "submit",
+    "label_toggled", "rating_set", "submit", "object_removed",
 })
 CLIENT_KINDS = frozenset({"heartbeat", "idle_start", "idle_end", "ai_hidden", "ai_shown"})  # sent by the page
 SEGMENT_END = frozenset({"submit", "case_hidden"})
 MASK_ACTIONS = frozenset({"click", "box", "stroke", "cleanup", "carry"})  # what undo takes back, newest first
 SLICE_KINDS = MASK_ACTIONS | {"undo", "reset", "accept"}  # events that act on one slice's mask
+OBJECT_KINDS = SLICE_KINDS | {"object_removed"}  # events that may name an object (object_removed must)
+DEFAULT_OBJECT = 0  # the unlabelled object of an event without ``object`` (every answer before objects)
+MAX_LABEL_CHARS = 128
 MAX_STROKE_POINTS = 2000
 STROKE_RADIUS = (0.5, 500.0)  # original px
 MAX_ISLAND_PX = 10_000_000
@@ -92,7 +104,35 @@ def validate(kind: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
         checker(body)
     if kind in SLICE_KINDS or kind in ("measure", "case_shown"):
         _optional_slice(body, kind)
+    if kind in OBJECT_KINDS:
+        _optional_object(body, kind)
     return body
+
+
+def _optional_object(body: dict[str, Any], kind: str) -> None:
+    """``object`` is optional on mask events (absent or null: the default object) and required on object_removed;
+    when given ``{"id": int ≥ 0, "label": str | absent}``, the default object (id 0) unlabelled."""
+    value = body.get("object")
+    if value is None:
+        if kind == "object_removed":
+            raise InvalidEvent("object_removed needs 'object': {id, label?}")
+        body.pop("object", None)
+        return
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"{kind} 'object' must be {{id, label?}}, got {value!r}")
+    object_id = _index(dict(value), "id", f"{kind} object")
+    label = value.get("label")
+    if label is not None and (not isinstance(label, str) or not 0 < len(label.strip()) <= MAX_LABEL_CHARS):
+        raise InvalidEvent(f"{kind} object label must be a text of 1..{MAX_LABEL_CHARS} characters, got {label!r}")
+    if object_id == DEFAULT_OBJECT and label is not None:
+        raise InvalidEvent(f"{kind}: object 0 is the default (unlabelled) object; a labelled object has an id ≥ 1")
+    body["object"] = {"id": object_id} if label is None else {"id": object_id, "label": label.strip()}
+
+
+def object_id(payload: Mapping[str, Any]) -> int:
+    """The object an event acts on: its ``object`` id, the default object without one."""
+    value = payload.get("object")
+    return int(value["id"]) if isinstance(value, Mapping) else DEFAULT_OBJECT
 
 
 def _number(body: dict[str, Any], key: str, kind: str) -> float:
@@ -291,19 +331,52 @@ class SliceState:
 
 
 @dataclass
-class CaseState:
-    """What the log says about one case session: the answer being built and each slice's mask actions.
+class AnswerObject:
+    """One object of the answer: its id, label (None: the default object) and its slices' mask actions."""
+    id: int
+    label: str | None = None
+    slices: dict[int | None, SliceState] = field(default_factory=dict)
 
-    ``slices`` maps a slice index (None: a 2-D image) to its :class:`SliceState`; ``slice`` is the axial slice shown
-    (None: a 2-D image, or a volume before its slice was logged). ``clicks`` is the effective click sequence behind
-    the shown slice's mask. ``accepted``: the last mask event anywhere was an accept.
+    @property
+    def acted(self) -> bool:
+        """The reader did something on this object that an answer keeps (on any slice)."""
+        return any(s.acted for s in self.slices.values())
+
+    def acted_slices(self) -> list[int | None]:
+        """The slices an answer keeps a mask of (:attr:`SliceState.acted`), in slice order (None first)."""
+        return sorted((k for k, s in self.slices.items() if s.acted), key=lambda k: -1 if k is None else k)
+
+    def copy(self) -> AnswerObject:
+        return AnswerObject(self.id, self.label, {k: SliceState(list(s.actions), s.accepted)
+                                                  for k, s in self.slices.items()})
+
+
+def _default_objects() -> dict[int, AnswerObject]:
+    return {DEFAULT_OBJECT: AnswerObject(DEFAULT_OBJECT)}
+
+
+@dataclass
+class CaseState:
+    """What the log says about one case session: the answer being built and each object's slices' mask actions.
+
+    ``objects`` maps an object id to its :class:`AnswerObject` (the default object 0 is there until removed);
+    ``slices`` is the default object's (a slice index, None for a 2-D image, → its :class:`SliceState`); ``slice``
+    is the axial slice shown (None: a 2-D image, or a volume before its slice was logged). ``clicks`` is the
+    effective click sequence behind the shown slice's default-object mask. ``accepted``: the last mask event
+    anywhere was an accept.
     """
     labels: dict[str, int] = field(default_factory=dict)
     ratings: dict[str, int] = field(default_factory=dict)
-    slices: dict[int | None, SliceState] = field(default_factory=dict)
+    objects: dict[int, AnswerObject] = field(default_factory=_default_objects)
     slice: int | None = None
     accepted: bool = False
     submitted: bool = False
+
+    @property
+    def slices(self) -> dict[int | None, SliceState]:
+        """The default object's slices (empty, not stored, once it was removed)."""
+        default = self.objects.get(DEFAULT_OBJECT)
+        return default.slices if default is not None else {}
 
     @property
     def clicks(self) -> list[Click]:
@@ -311,16 +384,31 @@ class CaseState:
 
     @property
     def accepted_as_is(self) -> bool:
-        """Accepted with no action standing on any slice: the AI's masks as they came."""
-        return self.accepted and not any(s.actions for s in self.slices.values())
+        """Accepted with no action standing on any slice of any object: the AI's masks as they came."""
+        return self.accepted and not any(s.actions for o in self.objects.values() for s in o.slices.values())
 
-    def slice_state(self, key: int | None) -> SliceState:
-        """The state of slice ``key`` (an empty one, not stored, when nothing happened there)."""
-        return self.slices.get(key) or SliceState()
+    def slice_state(self, key: int | None, object_id: int = DEFAULT_OBJECT) -> SliceState:
+        """The state of slice ``key`` of an object (an empty one, not stored, when nothing happened there)."""
+        found = self.objects.get(object_id)
+        return (found.slices.get(key) if found is not None else None) or SliceState()
 
-    def acted_slices(self) -> list[int | None]:
-        """The slices an answer keeps a mask of (:attr:`SliceState.acted`), in slice order (None first)."""
-        return sorted((k for k, s in self.slices.items() if s.acted), key=lambda k: -1 if k is None else k)
+    def acted_slices(self, object_id: int = DEFAULT_OBJECT) -> list[int | None]:
+        """The slices an answer keeps a mask of for an object (default: the default object), in slice order."""
+        found = self.objects.get(object_id)
+        return found.acted_slices() if found is not None else []
+
+    def object_label(self, object_id: int) -> str | None:
+        found = self.objects.get(object_id)
+        return found.label if found is not None else None
+
+    def kept_objects(self) -> list[int]:
+        """The objects a submit saves, default first then by id: every labelled object the reader acted on, and the
+        default object when it is still there and either acted on or the only one (an answer with one object is
+        an answer as before objects: a 2-D image saves the mask on screen)."""
+        labelled = sorted(i for i, o in self.objects.items() if i != DEFAULT_OBJECT and o.acted)
+        default = self.objects.get(DEFAULT_OBJECT)
+        keep_default = default is not None and (default.acted or not labelled)
+        return ([DEFAULT_OBJECT] if keep_default else []) + labelled
 
     def key_of(self, kind: str, payload: Mapping[str, Any]) -> int | None:
         """The slice an event acts on: a carry's ``to``, else its ``slice``, else the slice shown."""
@@ -340,15 +428,26 @@ class CaseState:
             self.ratings[str(payload["class"])] = int(payload["value"])
         elif kind == "submit":
             self.submitted = True
+        elif kind == "object_removed":
+            self.objects.pop(object_id(payload), None)
+
+    def _object(self, payload: Mapping[str, Any]) -> AnswerObject:
+        """The object an event acts on (made when it first appears; its first label kept)."""
+        found = self.objects.setdefault(object_id(payload), AnswerObject(object_id(payload)))
+        named = payload.get("object")
+        if found.label is None and isinstance(named, Mapping) and named.get("label") is not None:
+            found.label = str(named["label"])
+        return found
 
     def _apply_slice(self, kind: str, payload: Mapping[str, Any], event_id: int | None) -> None:
-        state = self.slices.setdefault(self.key_of(kind, payload), SliceState())
+        target = self._object(payload)
+        state = target.slices.setdefault(self.key_of(kind, payload), SliceState())
         if kind == "accept":
             state.accepted = self.accepted = True
             return
         state.accepted = self.accepted = False
         if kind in MASK_ACTIONS:
-            carried = self.slice_state(int(payload["from"])).prompt() if kind == "carry" else None
+            carried = self.slice_state(int(payload["from"]), target.id).prompt() if kind == "carry" else None
             state.actions.append(Action(kind, dict(payload), event_id, carried))
         elif kind == "undo" and state.actions:
             state.actions.pop()
@@ -366,16 +465,19 @@ class CaseState:
         self.slice = int(shown)
 
     def _rekey_unknown(self, key: Any) -> None:
-        if None not in self.slices or isinstance(key, bool) or not isinstance(key, int):
+        if isinstance(key, bool) or not isinstance(key, int):
             return
-        unknown = self.slices.pop(None)
-        target = self.slices.setdefault(key, SliceState())
-        target.actions[:0] = unknown.actions
-        target.accepted = target.accepted or unknown.accepted
+        for found in self.objects.values():
+            if None not in found.slices:
+                continue
+            unknown = found.slices.pop(None)
+            target = found.slices.setdefault(key, SliceState())
+            target.actions[:0] = unknown.actions
+            target.accepted = target.accepted or unknown.accepted
 
     def copy(self) -> CaseState:
         return replace(self, labels=dict(self.labels), ratings=dict(self.ratings),
-                       slices={k: SliceState(list(s.actions), s.accepted) for k, s in self.slices.items()})
+                       objects={i: o.copy() for i, o in self.objects.items()})
 
 
 def replay(events: Sequence[EventRecord]) -> CaseState:
@@ -400,25 +502,26 @@ def submitted_session(events: Sequence[EventRecord], annotation_id: int) -> list
     return list(events[start + 1:end + 1])
 
 
-def effective_clicks(events: Sequence[EventRecord]) -> list[dict[str, Any]]:
-    """The clicks behind the shown slice's mask at the end of ``events`` (one case session), with ``t`` = seconds
-    since the session's first ``case_shown``."""
+def effective_clicks(events: Sequence[EventRecord], object_id: int = DEFAULT_OBJECT) -> list[dict[str, Any]]:
+    """The clicks behind the shown slice's mask of an object (default: the default object) at the end of ``events``
+    (one case session), with ``t`` = seconds since the session's first ``case_shown``."""
     state = replay(events)
-    return _timed_clicks(state.slice_state(state.slice).prompt().clicks, events)
+    return _timed_clicks(state.slice_state(state.slice, object_id).prompt().clicks, events)
 
 
-def slice_edits(events: Sequence[EventRecord]) -> dict[int | None, dict[str, Any]]:
+def slice_edits(events: Sequence[EventRecord], object_id: int = DEFAULT_OBJECT) -> dict[int | None, dict[str, Any]]:
     """What the reader did to each slice's mask at the end of ``events`` (the slices an answer keeps, see
     :meth:`CaseState.acted_slices`), original pixel-index coordinates::
 
         {slice: {"clicks": [{x, y, positive, t}], "box": [x0, y0, x1, y1] | None, "carried_from": int | None,
                  "edits": [{"kind": "brush" | "eraser", "points": [[x, y], …], "radius": px}],
                  "cleanup": {"min_island_px", "fill_holes"} | None, "accepted": bool}}
-    """
+
+    of one object (default: the default object)."""
     state = replay(events)
     out: dict[int | None, dict[str, Any]] = {}
-    for key in state.acted_slices():
-        slice_state = state.slice_state(key)
+    for key in state.acted_slices(object_id):
+        slice_state = state.slice_state(key, object_id)
         prompt, cleanup = slice_state.prompt(), slice_state.cleanup()
         out[key] = {"clicks": _timed_clicks(prompt.clicks, events),
                     "box": None if prompt.box is None else list(prompt.box), "carried_from": prompt.carried_from,

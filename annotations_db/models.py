@@ -5,7 +5,8 @@ readers ─┬─ login_sessions (sha256 of the cookie token, idle + absolute ex
          ├─ assignments (reader × case × arm, order, session) ── studies ── study_arms
 datasets ── cases ── case_identities (the re-identification mapping; never exported)
                ├── case_labels (ground truth per class)   ├── case_masks (reference masks, RLE)
-               ├── annotations (final labels / mask, accepted-as-is or corrected)
+               ├── annotations (final labels / mask, accepted-as-is or corrected) ── annotation_objects
+               │                    (each labelled object of the answer with its final mask)
                └── events (append-only interaction log with server-side monotonic + wall timestamps;
                            kinds, payloads and replay in annotations_db/events.py)
 login_attempts (back-off state per user name / client address)   audit_log (every sign-in attempt)
@@ -215,6 +216,22 @@ class Annotation(Base):
     accepted_as_is: Mapped[bool] = mapped_column(Boolean)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AnnotationObject(Base):
+    """One labelled object of an answer: its id within the answer (0 = the default, unlabelled object), its label
+    (:mod:`core_model.objects`) and its final mask, as ``annotations.mask_rle`` is stored (2-D: the source image's
+    grid; volumes: one 3-D mask with ``mask_slices``, or a 2-D mask on ``slice_index``). An answer saved before
+    objects has no rows here: it reads as one default object, its ``annotations.mask_rle``."""
+    __tablename__ = "annotation_objects"
+    __table_args__ = (UniqueConstraint("annotation_id", "object_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), index=True)
+    object_id: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(128))
+    mask_rle: Mapped[dict[str, Any]] = mapped_column(JSON)
+    slice_index: Mapped[int | None] = mapped_column(Integer)
+    mask_slices: Mapped[list[int] | None] = mapped_column(JSON)
 
 
 class Event(Base):

@@ -48,8 +48,9 @@ from annotations_db import migrate, rle
 from annotations_db.engine import DEFAULT_URL, WRITE, make_engine
 from annotations_db.events import EventRecord, derive_time_s
 from annotations_db.errors import (AccessDenied, AlreadySubmitted, InvalidEvent, NotFound, StudyDesignError)
-from annotations_db.models import (Annotation, Assignment, AuditLog, Case, CaseLabel, Event, LabelSet, LoginAttempt,
-                                   LoginSession, ModelVersion, Prediction, Reader, Study, StudyArm, utcnow)
+from annotations_db.models import (Annotation, AnnotationObject, Assignment, AuditLog, Case, CaseLabel, Event, LabelSet,
+                                   LoginAttempt, LoginSession, ModelVersion, Prediction, Reader, Study, StudyArm,
+                                   utcnow)
 from annotations_db.security import AuditRecord, BackoffPolicy, check_password, hash_password
 from core_model.classes import label_rules
 from core_model.findings import FindingsCard
@@ -163,6 +164,29 @@ class CaseInfo:
     sex: str | None
     age: float | None
     view: str | None
+
+
+@dataclass(frozen=True)
+class ObjectMask:
+    """One labelled object of an answer as the app saves it: its id within the answer (0: the default, unlabelled
+    object), its label (None for the default object) and its final mask (array or RLE, the geometry of
+    ``save_annotation``'s ``mask``; a volume's 3-D mask with ``mask_slices``, or a 2-D one on ``slice_index``)."""
+    id: int
+    label: str | None
+    mask: np.ndarray | rle.Rle
+    slice_index: int | None = None
+    mask_slices: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class AnswerObjectRecord:
+    """One object of a saved answer, as read back: id, label (None: the default object), mask RLE, slices."""
+    annotation_id: int
+    object_id: int
+    label: str | None
+    mask_rle: dict[str, Any]
+    slice_index: int | None
+    mask_slices: list[int] | None
 
 
 ReaderLike = ReaderRef | int
@@ -875,7 +899,7 @@ class Store:
                         mask: np.ndarray | rle.Rle | None = None, accepted_as_is: bool = False,
                         confidence: Mapping[str, float] | None = None, slice_index: int | None = None,
                         mask_slices: Sequence[int] | None = None, model_version: str | None = None,
-                        label_set: str = "cxr-lt-40") -> int:
+                        label_set: str = "cxr-lt-40", objects: Sequence[ObjectMask] | None = None) -> int:
         """Save a final answer and its 'submit' event in one transaction; returns the annotation id.
 
         Labels are {class: 0/1} from the study's label set (or ``label_set`` outside a study), checked with its rules
@@ -883,7 +907,17 @@ class Store:
         every positive finding 1..rating_max (see :func:`validate_ratings`); outside studies it is optional. A second
         answer to an assignment is refused unless the study allows revisits. A volume's 3-D mask (voxel grid
         (I, J, K)) comes with ``mask_slices``, the axial slices that hold the reader's masks.
+
+        ``objects``: the answer's labelled objects (:class:`ObjectMask`), each saved with its label and mask in
+        ``annotation_objects``; the answer's ``mask`` is then the first object's (pass no ``mask`` with them). Ids
+        must be distinct, a labelled object has an id ≥ 1 and a label of the case's object label set
+        (:func:`core_model.objects.object_set_for`); ValueError naming the cause otherwise.
         """
+        if objects:
+            if mask is not None:
+                raise ValueError("pass the answer's masks either as 'mask' or as 'objects', not both")
+            first = objects[0]
+            mask, slice_index, mask_slices = first.mask, first.slice_index, first.mask_slices
         mask_rle = rle.encode(mask) if isinstance(mask, np.ndarray) else mask
         with self.write_session() as session:
             me = self._reader(session, reader)
@@ -906,11 +940,41 @@ class Store:
                                     model_version_id=version_id, created_at=self.now())
             session.add(annotation)
             session.flush()
+            if objects:
+                self._add_objects(session, annotation.id, session.get(Case, case_id), objects)
             session.execute(insert(Event).values(
                 case_id=case_id, reader_id=me.id, assignment_id=assignment_id, kind="submit",
                 payload={"annotation_id": annotation.id, "accepted_as_is": accepted_as_is},
                 wall_at=self.now(), mono_ns=time.monotonic_ns(), clock_id=CLOCK_ID))
             return annotation.id
+
+    @staticmethod
+    def _add_objects(session: Session, annotation_id: int, case: Case, objects: Sequence[ObjectMask]) -> None:
+        """The answer's objects, each checked (id, label, mask geometry) and written with its mask."""
+        from core_model.objects import DEFAULT_OBJECT, object_set_for
+        labels = object_set_for(case.depth is not None)
+        ids = [int(o.id) for o in objects]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the objects of an answer need distinct ids, got {ids}")
+        for item in objects:
+            if isinstance(item.id, bool) or not isinstance(item.id, int) or item.id < 0:
+                raise ValueError(f"an object id is an integer ≥ 0, got {item.id!r}")
+            if (item.id == DEFAULT_OBJECT) != (item.label is None):
+                raise ValueError(f"object {item.id}: the default object (0) has no label, a labelled one an id ≥ 1")
+            if item.label is not None:
+                labels.get(item.label)
+            mask_rle = rle.encode(item.mask) if isinstance(item.mask, np.ndarray) else item.mask
+            check_mask_geometry(case, mask_rle, item.slice_index, item.mask_slices)
+            session.add(AnnotationObject(
+                annotation_id=annotation_id, object_id=item.id, label=item.label, mask_rle=mask_rle,
+                slice_index=item.slice_index,
+                mask_slices=sorted(int(k) for k in item.mask_slices) if item.mask_slices else None))
+
+    def answer_objects(self, annotation_id: int) -> list[AnswerObjectRecord]:
+        """The objects of a saved answer, by object id; an answer saved before objects (or with one default object
+        saved as a plain mask) reads as its one default object (empty when it has no mask)."""
+        with self.read_session() as session:
+            return answer_objects(session, annotation_id)
 
     def _claim_assignment(self, session: Session, target: AssignmentView,
                           me: ReaderRef) -> tuple[int, int, Study]:
@@ -945,6 +1009,20 @@ class Store:
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------------
+def answer_objects(session: Session, annotation_id: int) -> list[AnswerObjectRecord]:
+    """:meth:`Store.answer_objects` inside an open session (the exports read it so)."""
+    rows = list(session.scalars(select(AnnotationObject).where(AnnotationObject.annotation_id == annotation_id)
+                                .order_by(AnnotationObject.object_id)))
+    if rows:
+        return [AnswerObjectRecord(annotation_id, r.object_id, r.label, r.mask_rle, r.slice_index, r.mask_slices)
+                for r in rows]
+    annotation = session.get(Annotation, annotation_id)
+    if annotation is None or annotation.mask_rle is None:
+        return []
+    return [AnswerObjectRecord(annotation_id, event_log.DEFAULT_OBJECT, None, annotation.mask_rle,
+                               annotation.slice_index, annotation.mask_slices)]
+
+
 def token_hash(token: str) -> str:
     """What the database keeps of a login token: its sha256 (hex)."""
     return hashlib.sha256(token.encode()).hexdigest()
