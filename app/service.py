@@ -48,6 +48,7 @@ from annotations_db import events as event_log
 from annotations_db.errors import AccessDenied, AlreadySubmitted, InvalidEvent, NotFound
 from annotations_db.events import CaseState, SliceState
 from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rating_in_range
+from app.background import lower_this_thread
 from app.case_masks import CaseMasks, SliceImage, prompts_payload
 from app.login_guard import LoginGuard
 from app.render import (MASK_RUNS_TYPE, DisplayGeometry, display_image, encode_base_png, encode_mask_png,
@@ -1344,10 +1345,7 @@ class BackgroundWorker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
+        lower_this_thread()  # its predictor's sessions are built in this thread: they yield to the reader too
         while True:
             job = self._queue.get()
             if job is None or self._stop:

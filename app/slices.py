@@ -18,13 +18,13 @@ the embedding of every prefetched slice is ready for that first prompt.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from app.background import lower_this_thread
 from app.pixels import is_chest_slice
 
 log = logging.getLogger("biascare.slices")
@@ -115,10 +115,7 @@ class SliceMaskWorker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-        except (OSError, AttributeError):
-            pass
+        lower_this_thread(NICE, idle=False)  # above the idle-class triage thread
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._wanted or self._stop)

@@ -11,23 +11,30 @@ Compares, in one process on the same embeddings and click sequences:
 The mask is the one the viewer needs (``--mask-size display``: the image's display grid of ``app.render``, 1024² for
 a 2000² CXR) or the original grid (``--mask-size original``). ``--load N`` runs the same clicks again beside N busy
 processes (each one pure-Python loop that stops by itself after a deadline) and reports p95 under load vs quiet.
+``--beside-triage`` runs them again while a thread of the same process triages other CXRs without pause, as the
+app's background worker does (:func:`app.background.lower_this_thread`, its own predictor whose sessions it builds,
+embed + :meth:`core_model.triage.Triage.run_embeddings`), and reports p95 beside it vs quiet and the images it
+triaged meanwhile.
 
-    python -m bench.click_latency --json bench/out/click_latency.json [--load 2]
+    python -m bench.click_latency --json bench/out/click_latency.json [--load 2] [--beside-triage]
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from app.background import lower_this_thread
 from app.render import DisplayGeometry
 from bench.common import cxr_images, device_description, emit, parser, percentiles_ms, time_calls
 from core_model.model import build_model
 from core_model.predictor import Click, InteractivePredictor
+from core_model.triage import Triage
 
 
 class GenericOnnxPredictor(InteractivePredictor):
@@ -43,6 +50,40 @@ def _busy(deadline: float, stop) -> None:
     while time.time() < deadline and not stop.is_set():
         for i in range(20000):
             x ^= i
+
+
+class BackgroundTriage:
+    """A low-priority thread that triages ``images`` over and over (each pass a slightly different copy, so that no
+    embedding is cached) until stopped; ``count`` images done."""
+
+    def __init__(self, model, images: list[np.ndarray]) -> None:
+        self.model, self.images = model, images
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-background-triage", daemon=True)
+
+    def __enter__(self) -> "BackgroundTriage":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        lower_this_thread()
+        predictor = InteractivePredictor(self.model, cache_size=1)  # its sessions are built here, at this priority
+        triage = Triage(self.model)
+        rounds = 0
+        while not self._stop.is_set():
+            rounds += 1
+            for image in self.images:
+                copy = np.clip(image + np.float32(rounds * 1e-3), 0.0, 1.0)
+                embedding, _ = predictor.embedding(predictor.embed(copy))
+                triage.run_embeddings(embedding)
+                self.count += 1
+                if self._stop.is_set():
+                    return
 
 
 def click_sequence(shape: tuple[int, int], count: int, seed: int) -> list[Click]:
@@ -135,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-size", choices=("display", "original"), default="display",
                    help="the mask each click returns: the viewer's display grid (default) or the original grid")
     p.add_argument("--load", type=int, default=0, help="also measure beside N busy processes (p95 loaded vs quiet)")
+    p.add_argument("--beside-triage", action="store_true",
+                   help="also measure beside the app's background triage in this process (p95 beside vs quiet)")
     p.add_argument("--variants", default="ours_onnx,ours_onnx_generic,ours_torch_fp32,ours_torch_bf16",
                    help="comma-separated subset of our variants (ours_torch_fp32, the reference, is always run)")
     args = p.parse_args(argv)
@@ -201,6 +244,19 @@ def main(argv: list[str] | None = None) -> int:
                                       for name in loaded_summary},
             "speedup_p50_vs_stock": {name: round(loaded_summary["stock"]["p50_ms"] / v["p50_ms"], 2)
                                      for name, v in loaded_summary.items() if name != "stock"},
+        }
+    if args.beside_triage:
+        triage_images = [image for _, image in cxr_images(args.images + 3)[args.images:]]
+        with BackgroundTriage(model, triage_images) as background:
+            started = time.perf_counter()
+            beside, _ = measure(package_model, variants, images, args.clicks, args.mask_size)
+            elapsed = time.perf_counter() - started
+        beside_summary = summary(beside)
+        result["beside_background_triage"] = {
+            "images_triaged": background.count, "triage_images_per_second": round(background.count / elapsed, 3),
+            "variants": beside_summary,
+            "p95_beside_over_quiet": {name: round(beside_summary[name]["p95_ms"] / result["variants"][name]["p95_ms"],
+                                                  2) for name in beside_summary},
         }
     emit(result, args.json)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -47,6 +46,17 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_cache_dir() -> Path:
+    """Where exported graphs live when no folder is given: the user's cache (``$XDG_CACHE_HOME/biascare/onnx``,
+    else ``~/.cache/biascare/onnx``), private to the user (0700) — a graph is code the process runs, so never a
+    world-writable folder such as /tmp; shared by every app, test and benchmark of that user (files are named by a
+    hash of the weights)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = root / "biascare" / "onnx"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
@@ -62,7 +72,7 @@ class _OnnxPart:
     def __init__(self, module: torch.nn.Module, threads: int | None = None, cache_dir: str | Path | None = None):
         import onnxruntime as ort
 
-        folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "biascare-onnx"
+        folder = Path(cache_dir) if cache_dir else default_cache_dir()
         self.path = folder / f"{self.name}_{_weights_digest(module)}.onnx"
         if not self.path.is_file():
             self._export(module)
@@ -124,7 +134,9 @@ class OnnxImageEncoder(_OnnxPart):
     """Callable like the TinyViT encoder: (B, 3, 256, 256) → (B, 256, 64, 64).
 
     TinyViT's window reshapes trace the batch size as a constant, so the graph takes one image and a batch is run
-    image by image (on the CPU a batch brings no throughput anyway)."""
+    image by image (on the CPU a batch brings no throughput anyway). ONNX Runtime's pool threads are created with
+    the session and inherit the creating thread's scheduling priority: build it in the thread that will run it (a
+    niced background thread gets niced pool threads)."""
 
     name = "image_encoder"
     inputs = ("images",)

@@ -131,14 +131,15 @@ def test_embedding_is_cached_in_memory_and_on_disk(stock_model, cxr, tmp_path):
     calls = []
     handle = stock_model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
-        predictor = InteractivePredictor(stock_model, disk_cache=tmp_path / "emb", cache_size=2)
+        # the hook counts PyTorch encoder passes; the ONNX encoder shares this cache (its own test is below)
+        predictor = InteractivePredictor(stock_model, disk_cache=tmp_path / "emb", cache_size=2, encoder_backend="torch")
         key = predictor.set_image(cxr[0])
         predictor.set_image(cxr[0].copy())
         assert len(calls) == 1  # same content, same key: no second encoder pass
         files = list((tmp_path / "emb").rglob("*.pt"))
         assert [f.stem for f in files] == [key]
         assert torch.load(files[0], weights_only=True).dtype == torch.float16
-        other = InteractivePredictor(stock_model, disk_cache=tmp_path / "emb")
+        other = InteractivePredictor(stock_model, disk_cache=tmp_path / "emb", encoder_backend="torch")
         other.set_image(cxr[0])
         assert len(calls) == 1  # the new process-level cache is filled from disk
         a = predictor.predict(box=(300, 300, 1700, 1700)).mask
@@ -259,6 +260,21 @@ def test_onnx_runtime_decoder_equals_the_pytorch_decoder(stock_model, cxr, tmp_p
     assert list(tmp_path.glob("mask_decoder_*.onnx"))  # exported once, cached beside the embeddings
     with pytest.raises(ValueError, match="decoder_backend"):
         InteractivePredictor(stock_model, decoder_backend="tensorrt")
+
+
+def test_predictor_embeds_with_the_onnx_encoder_as_pytorch_does(stock_model, cxr):
+    """On the CPU a predictor embeds through ONNX Runtime by default; embedding and box mask equal PyTorch's."""
+    fast, reference = InteractivePredictor(stock_model), InteractivePredictor(stock_model, encoder_backend="torch")
+    assert (fast.encoder_backend, reference.encoder_backend) == ("onnx", "torch")
+    masks = []
+    for predictor in (fast, reference):
+        predictor.set_image(cxr[0])
+        masks.append(predictor.predict(box=_box(cxr[1])).mask)
+    (a, _), (b, _) = fast.embedding(fast.set_image(cxr[0])), reference.embedding(reference.set_image(cxr[0]))
+    assert torch.allclose(a, b, atol=1e-3)
+    assert _iou(*masks) >= 0.995
+    with pytest.raises(ValueError, match="encoder_backend"):
+        InteractivePredictor(stock_model, encoder_backend="tpu")
 
 
 def test_triage_with_the_onnx_encoder_equals_pytorch(stock_model, cxr, shared_data, tmp_path):
