@@ -39,6 +39,17 @@ Masks (:func:`export_masks`, written under ``OUT/``), the mask of each case's an
     coco.json                COCO instances JSON, segmentation as compressed RLE, image ids = case order
     datalist.json            MONAI-style {"training": [{"image", "label"}], "validation": [...], "test": [...]}
 
+Objects (:mod:`core_model.objects`): an answer of one default object (every answer saved before objects) is written as
+above. An answer with labelled objects (:func:`objects_at_source`) is written as
+    masks/<case>.<id>-<label>.png      2-D cases: one uint8 0/255 PNG per object
+    masks/<case>.<id>-<label>.nii.gz   volumes: one binary NIfTI per object (what the training manifest points to)
+    masks/<case>.nii.gz + .labels.json one multi-label NIfTI (value n = the n-th object; 2-D cases as (columns, rows,
+                                       1)) and its label table (value, object, label, codes, colour, voxels)
+    masks/<case>.seg.dcm               one DICOM-SEG, one segment per object: its label, its label's segmented
+                                       property category / type (laterality as the type's modifier), colour
+    coco.json                          one annotation per object, one category per label (1: "annotation")
+and the training manifest has one item per object (:mod:`annotations_db.manifest`).
+
 Training manifest (:func:`export_training`): ``OUT/manifest.json`` and ``OUT/manifest.jsonl`` (one item per line),
 paths relative to the manifest's folder, in the versioned contract of :mod:`annotations_db.manifest` (schema, item
 fields, the label-of-record rule that picks each case's answer, canonical split names, the site's held-out split that
@@ -67,11 +78,13 @@ from annotations_db.deid import DeidOptions, Deidentifier
 from annotations_db.errors import ExportError
 from annotations_db.models import (Annotation, Assignment, Case, CaseLabel, Dataset, Event, LabelSet, ModelVersion,
                                    Prediction, Reader, Study, StudyArm, utcnow)
-from annotations_db.events import EventRecord, derive_time_s, effective_clicks, replay, slice_edits, submitted_session
-from annotations_db.store import Store
+from annotations_db.events import (DEFAULT_OBJECT, EventRecord, derive_time_s, effective_clicks, replay, slice_edits,
+                                   submitted_session)
+from annotations_db.store import AnswerObjectRecord, Store, answer_objects
 
 if TYPE_CHECKING:  # core_model is imported where a source is re-opened, not with this module
     from core_model.io import LoadedVolume, SeriesLayout
+    from core_model.objects import ObjectLabel
 
 RESULT_COLUMNS = ["study", "reader", "case", "arm", "class", "answer", "score", "truth", "ai_probability",
                   "ai_source", "ai_suggested", "ai_uncertainty", "time_s", "clicks", "order", "shown_at", "submitted_at", "sex", "age", "race"]
@@ -429,7 +442,50 @@ def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
     """The annotation's mask as uint8 {0,1}: (height, width) for 2-D cases, source voxel order for volumes."""
     if annotation.mask_rle is None:
         return None
-    mask = rle.decode(annotation.mask_rle)
+    return _decoded_at_source(case, annotation.mask_rle, annotation.slice_index)
+
+
+@dataclass(frozen=True)
+class ExportObject:
+    """One object of an answer of record as the exports write it: id, label (None: the default object), its label's
+    codes and colour (:class:`core_model.objects.ObjectLabel`) and its mask at source geometry (uint8 {0, 1})."""
+    id: int
+    label: str | None
+    spec: ObjectLabel
+    mask: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """The segment / category / file name: the label, ``annotation`` for the default object."""
+        return self.spec.name
+
+    def file_stem(self, case: Case) -> str:
+        """``<case>.<id>-<label slug>``: the per-object file names of a multi-object answer."""
+        from core_model.objects import slug
+        return f"{case.pseudo_id}.{self.id}-{slug(self.name)}"
+
+
+def objects_at_source(session: Any, case: Case, annotation: Annotation) -> list[ExportObject]:
+    """The objects of an answer (:func:`annotations_db.store.answer_objects`: an answer saved before objects is its
+    one default object) with their masks at source geometry, by object id."""
+    return [ExportObject(o.object_id, o.label, _label_spec(case, o), _decoded_at_source(case, o.mask_rle,
+                                                                                        o.slice_index))
+            for o in answer_objects(session, annotation.id)]
+
+
+def _label_spec(case: Case, found: AnswerObjectRecord) -> ObjectLabel:
+    """The label of an object: from the case's object label set; a label no longer in the set keeps its name with
+    a local code (the viewer's default colour)."""
+    from core_model.objects import ABNORMAL, DEFAULT_COLOUR, ObjectLabel, local, object_set_for
+    labels = object_set_for(case.depth is not None)
+    if found.label is None or found.label in labels.names:
+        return labels.spec(found.label)
+    return ObjectLabel(found.label, ABNORMAL, local(found.label), DEFAULT_COLOUR)
+
+
+def _decoded_at_source(case: Case, mask_rle: dict[str, Any], slice_index: int | None) -> np.ndarray:
+    """A stored mask (RLE) as uint8 {0,1} at source geometry (a 2-D mask on a volume put on its slice)."""
+    mask = rle.decode(mask_rle)
     if case.depth is None:
         if mask.shape != (case.height, case.width):
             raise ExportError(f"case {case.pseudo_id}: mask {mask.shape} is not the source size "
@@ -439,9 +495,9 @@ def mask_at_source(case: Case, annotation: Annotation) -> np.ndarray | None:
         return mask
     from core_model.io.volume import axial_axis
     volume = source_volume(case)
-    if annotation.slice_index is None:
+    if slice_index is None:
         raise ExportError(f"case {case.pseudo_id}: a 2-D mask on a volume without its slice index")
-    return volume.slice_mask_to_volume(mask.astype(bool), int(annotation.slice_index),
+    return volume.slice_mask_to_volume(mask.astype(bool), int(slice_index),
                                        axis=axial_axis(volume.affine)).astype(np.uint8)
 
 
@@ -492,16 +548,25 @@ def deidentify(dataset: Any, pseudo_id: str, deid: Deidentifier | None = None) -
 
 
 def write_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
-                    label: str = "annotation", *, deid: Deidentifier | None = None) -> Path:
+                    label: str = "annotation", *, deid: Deidentifier | None = None,
+                    segments: Sequence[ObjectLabel] | None = None) -> Path:
     """A binary DICOM-SEG of a single-frame source image, referencing its SOP instance; de-identified with ``deid``
-    (the export run's: its references then match that run's image copies)."""
+    (the export run's: its references then match that run's image copies). ``segments``: one segment per label,
+    ``mask`` then (rows, columns, segments) (every writer here takes a trailing segment axis so)."""
     import pydicom
-    return _write_seg([pydicom.dcmread(str(source_path))], np.asarray(mask)[None], pseudo_id, path, label, deid)
+    return _write_seg([pydicom.dcmread(str(source_path))], np.asarray(mask)[None], pseudo_id, path, label, deid,
+                      segments)
+
+
+def _frames(mask: np.ndarray) -> np.ndarray:
+    """(I, J, K[, segments]) voxels → (K, J, I[, segments]) frames: frame k is ``mask[:, :, k].T``."""
+    mask = np.asarray(mask)
+    return np.transpose(mask, (2, 1, 0) + tuple(range(3, mask.ndim)))
 
 
 def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str | None, pseudo_id: str, path: Path,
                            *, affine: Sequence[Sequence[float]] | None = None, label: str = "annotation",
-                           deid: Deidentifier | None = None) -> Path:
+                           deid: Deidentifier | None = None, segments: Sequence[ObjectLabel] | None = None) -> Path:
     """A multi-frame binary DICOM-SEG of a volume imported from a folder of single-frame slices; de-identified.
 
     ``mask`` is (Columns, Rows, slices) in the case's voxel order (the order :func:`core_model.io.load_volume` gives
@@ -510,13 +575,14 @@ def write_series_dicom_seg(mask: np.ndarray, folder: Path | str, series_uid: str
     loads (a slice missing...) or its slice count, size or geometry (``affine``: the case's) differ from the mask's.
     """
     layout = _series_layout(folder, series_uid, pseudo_id)
-    _check_series_layout(layout, np.shape(mask), affine, pseudo_id)
-    frames = np.transpose(np.asarray(mask), (2, 1, 0))  # mask[i, j, k] = row j, column i of slice k
-    return _write_seg(layout.headers, frames, pseudo_id, path, label, deid)
+    _check_series_layout(layout, np.shape(mask)[:3], affine, pseudo_id)
+    frames = _frames(mask)  # mask[i, j, k] = row j, column i of slice k
+    return _write_seg(layout.headers, frames, pseudo_id, path, label, deid, segments)
 
 
 def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo_id: str, path: Path,
-                               label: str = "annotation", *, deid: Deidentifier | None = None) -> Path:
+                               label: str = "annotation", *, deid: Deidentifier | None = None,
+                               segments: Sequence[ObjectLabel] | None = None) -> Path:
     """A binary DICOM-SEG of a volume imported from one multi-frame DICOM (e.g. an enhanced CT); de-identified.
 
     ``mask`` is (Columns, Rows, frames) in the file's frame order (as :func:`core_model.io.load_volume` gives it):
@@ -526,10 +592,10 @@ def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo
     import pydicom
     source = pydicom.dcmread(str(source_path), stop_before_pixels=True)  # the SEG needs the header only
     shape = (int(source.Columns), int(source.Rows), int(source.get("NumberOfFrames") or 1))
-    _require_mask_shape(shape, np.shape(mask), pseudo_id, "file", "frame")
-    frames = np.transpose(np.asarray(mask), (2, 1, 0))
+    _require_mask_shape(shape, np.shape(mask)[:3], pseudo_id, "file", "frame")
+    frames = _frames(mask)
     try:
-        return _write_seg([source], frames, pseudo_id, path, label, deid)
+        return _write_seg([source], frames, pseudo_id, path, label, deid, segments)
     except (ValueError, AttributeError, KeyError) as error:  # highdicom: no plane positions / orientation to derive
         raise ExportError(f"case {pseudo_id}: no DICOM-SEG for its multi-frame source {source_path}: {error}") \
             from error
@@ -537,16 +603,15 @@ def write_multiframe_dicom_seg(mask: np.ndarray, source_path: Path | str, pseudo
 
 def write_nifti_dicom_seg(mask: np.ndarray, affine: Sequence[Sequence[float]], pseudo_id: str, path: Path, *,
                           modality: str | None = None, label: str = "annotation",
-                          deid: Deidentifier | None = None) -> Path:
+                          deid: Deidentifier | None = None, segments: Sequence[ObjectLabel] | None = None) -> Path:
     """A multi-frame binary DICOM-SEG of a volume imported from a NIfTI file, on the NIfTI's own geometry.
 
     A SEG must reference source images and a NIfTI has none, so one header-only image per k-plane is derived from the
     affine (:func:`nifti_plane_headers`: same voxel grid, positions and orientation; pseudonymous patient, new study,
     series and frame of reference); the SEG's frame k is ``mask[:, :, k].T`` (Rows = J, Columns = I) over plane k,
     every frame kept (empty ones included), so frame k is k-plane k of the NIfTI mask."""
-    headers = nifti_plane_headers(np.shape(mask), affine, pseudo_id, modality)
-    frames = np.transpose(np.asarray(mask), (2, 1, 0))
-    return _write_seg(headers, frames, pseudo_id, path, label, deid)
+    headers = nifti_plane_headers(np.shape(mask)[:3], affine, pseudo_id, modality)
+    return _write_seg(headers, _frames(mask), pseudo_id, path, label, deid, segments)
 
 
 def nifti_plane_headers(shape: Sequence[int], affine: Sequence[Sequence[float]], pseudo_id: str,
@@ -613,9 +678,11 @@ def _require_mask_shape(found: Sequence[int], shape: Sequence[int], pseudo_id: s
 
 
 def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path: Path, label: str,
-               deid: Deidentifier | None = None) -> Path:
+               deid: Deidentifier | None = None, segments: Sequence[ObjectLabel] | None = None) -> Path:
     """The one DICOM-SEG builder: BINARY, frame n of ``frames`` (n, Rows, Columns) over ``sources[n]`` (pydicom
-    Datasets, pixel data optional) or over frame n of one multi-frame source, every frame kept.
+    Datasets, pixel data optional) or over frame n of one multi-frame source, every frame kept. ``segments``: one
+    segment per object label (:func:`_object_segment`, numbered 1…), ``frames`` then (n, Rows, Columns, segments);
+    else one segment labelled ``label`` (:func:`_segment_description`).
 
     The sources are de-identified first (``deid``: the export run's), so all the SEG copies from them (patient, study,
     frame of reference, references) is de-identified and remapped as their image copies are; then the SEG itself
@@ -625,7 +692,9 @@ def _write_seg(sources: Sequence[Any], frames: np.ndarray, pseudo_id: str, path:
     seg = hd.seg.Segmentation(
         source_images=[_seg_source(deid.apply(source, pseudo_id)) for source in sources],
         pixel_array=(np.asarray(frames) > 0).astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment_description(label)], series_instance_uid=hd.UID(), series_number=900,
+        segment_descriptions=[_segment_description(label)] if segments is None
+        else [_object_segment(number, spec) for number, spec in enumerate(segments, start=1)],
+        series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="BiasCare",
         manufacturer_model_name="biascare-reader", software_versions="0.1", device_serial_number="0",
         omit_empty_frames=False)
@@ -651,6 +720,21 @@ def _segment_description(label: str) -> Any:
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
 
 
+def _object_segment(number: int, spec: ObjectLabel) -> Any:
+    """Segment ``number`` of a labelled object: its label, the label's segmented property category and type (a
+    laterality as the type's SegmentedPropertyTypeModifierCodeSequence), its colour as the recommended display
+    CIELab value; drawn by the reader (MANUAL)."""
+    import highdicom as hd
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=spec.name, segmented_property_category=spec.category.pydicom(),
+        segmented_property_type=spec.type.pydicom(), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        display_color=hd.color.CIELabColor.from_rgb(*spec.colour))
+    if spec.modifier is not None:
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept(spec.modifier.value, spec.modifier.scheme, spec.modifier.meaning)]
+    return description
+
+
 def export_masks(store_or_url: Store | str, out_dir: Path | str,
                  formats: Sequence[str] = ("png", "nifti", "dicom-seg", "coco"), *,
                  require_any: bool = False, deid: Deidentifier | None = None) -> dict[str, Any]:
@@ -665,7 +749,7 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
             finals = final_annotations(session)
             if require_any:
                 _require_writable_masks(finals, formats)
-            written = _export_final_masks(finals, out, formats, deid or Deidentifier())
+            written = _export_final_masks(session, finals, out, formats, deid or Deidentifier())
     finally:
         if owned:
             store.close()
@@ -702,8 +786,97 @@ def require_final_annotations(store_or_url: Store | str) -> int:
     return count
 
 
-def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str],
-                      deid: Deidentifier | None = None) -> dict[str, str]:
+def _write_case_masks(case: Case, objects: Sequence[ExportObject], out: Path, formats: Sequence[str],
+                      deid: Deidentifier | None = None) -> dict[str, Any]:
+    """The case's mask files: {format: path}, and ``objects``: {object id (text): {label, png | nifti: path}}.
+
+    One default object (an answer as before objects): the one-mask files as ever. Several objects, or labelled
+    ones: one PNG per object (2-D), one binary NIfTI per object (volumes), one multi-label NIfTI ``<case>.nii.gz``
+    (value n = the n-th object; a voxel in two objects keeps the later one) with its label table ``<case>.labels.json``,
+    one DICOM-SEG with one segment per object."""
+    if len(objects) == 1 and objects[0].id == DEFAULT_OBJECT:
+        paths: dict[str, Any] = _write_one_mask(case, objects[0].mask, out, formats, deid)
+        paths["objects"] = {str(DEFAULT_OBJECT): {"label": None, **{k: v for k, v in paths.items()
+                                                                   if k in ("png", "nifti")}}}
+        return paths
+    return _write_object_masks(case, objects, out, formats, deid)
+
+
+def _write_object_masks(case: Case, objects: Sequence[ExportObject], out: Path, formats: Sequence[str],
+                        deid: Deidentifier | None) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    per_object: dict[str, dict[str, Any]] = {str(o.id): {"label": o.label} for o in objects}
+    base = out / "masks" / case.pseudo_id
+    for found in objects:
+        if case.depth is None and "png" in formats:
+            per_object[str(found.id)]["png"] = str(write_png_mask(found.mask, out / "masks" /
+                                                                  f"{found.file_stem(case)}.png"))
+        if case.depth is not None and "nifti" in formats:
+            nifti = out / "masks" / f"{found.file_stem(case)}.nii.gz"
+            per_object[str(found.id)]["nifti"] = str(write_nifti_mask(found.mask, _volume_affine(case), nifti))
+    if "nifti" in formats:
+        paths["nifti"], paths["labels"] = (str(p) for p in write_label_map(case, objects, Path(f"{base}.nii.gz")))
+    if "dicom-seg" in formats and (case.format == "dicom" or (case.depth is not None and case.affine is not None)):
+        stacked = np.stack([o.mask for o in objects], axis=-1)
+        paths["dicom-seg"] = _write_seg_of(case, stacked, Path(f"{base}.seg.dcm"), deid, [o.spec for o in objects])
+    paths["objects"] = per_object
+    return paths
+
+
+def _volume_affine(case: Case) -> Sequence[Sequence[float]]:
+    if case.affine is None:
+        raise ExportError(f"case {case.pseudo_id}: a volume without a source affine")
+    return case.affine
+
+
+def write_label_map(case: Case, objects: Sequence[ExportObject], path: Path) -> tuple[Path, Path]:
+    """A multi-label NIfTI of the objects (uint8/uint16, 0 = none, n = the n-th object; a voxel in two objects keeps
+    the later one) and its label table ``<stem>.labels.json``: ``{"case", "labels": [{"value", "object", "label",
+    "category", "type", "modifier", "colour", "voxels"}]}`` (codes as ``{value, scheme, meaning}``). A volume in
+    its source voxel order with the source affine; a 2-D image as (columns, rows, 1) voxels with the pixel spacing
+    (when known) as the affine."""
+    dtype = np.uint8 if len(objects) < 256 else np.uint16
+    label_map = np.zeros(objects[0].mask.shape, dtype=dtype)
+    for value, found in enumerate(objects, start=1):
+        label_map[found.mask > 0] = value
+    entries = [{"value": value, "object": found.id, **found.spec.as_dict(), "label": found.name,
+                "voxels": int(np.count_nonzero(label_map == value))} for value, found in enumerate(objects, start=1)]
+    if case.depth is not None:
+        write_nifti_image(label_map, _volume_affine(case), path)
+    else:
+        write_nifti_image(label_map.T[:, :, None], _plane_affine(case), path)
+    table = path.with_name(path.name.replace(".nii.gz", "").replace(".nii", "") + ".labels.json")
+    table.write_text(json.dumps({"case": case.pseudo_id, "labels": entries}, indent=1))
+    return path, table
+
+
+def _plane_affine(case: Case) -> np.ndarray:
+    """A 2-D image's NIfTI affine: (column, row) steps of its pixel spacing in mm when known, else 1 mm."""
+    spacing = [float(v) for v in (case.spacing or [])[:2]] or [1.0, 1.0]
+    row_mm, col_mm = (spacing + spacing)[:2]
+    return np.diag([col_mm, row_mm, 1.0, 1.0])
+
+
+def _write_seg_of(case: Case, mask: np.ndarray, seg: Path, deid: Deidentifier | None,
+                  segments: Sequence[ObjectLabel] | None) -> str:
+    """The case's DICOM-SEG (a DICOM source: over its instances; a NIfTI volume: over planes derived from its
+    affine); ``segments``: one per label, ``mask`` with a trailing segment axis."""
+    if case.format == "dicom":
+        _require_source(case)
+        if case.depth is None:
+            return str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, seg, deid=deid, segments=segments))
+        if is_series_case(case):
+            return str(write_series_dicom_seg(mask, case.source_uri, case.series_uid, case.pseudo_id, seg,
+                                              affine=case.affine, deid=deid, segments=segments))
+        return str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg, deid=deid,
+                                              segments=segments))
+    return str(write_nifti_dicom_seg(mask, case.affine, case.pseudo_id, seg, modality=case.modality, deid=deid,
+                                     segments=segments))
+
+
+def _write_one_mask(case: Case, mask: np.ndarray, out: Path, formats: Sequence[str],
+                    deid: Deidentifier | None = None) -> dict[str, str]:
+    """The one mask of a single-object answer (the files every answer had before objects)."""
     paths: dict[str, str] = {}
     base = out / "masks" / case.pseudo_id
     if case.depth is None and "png" in formats:
@@ -712,38 +885,39 @@ def _write_case_masks(case: Case, mask: np.ndarray, out: Path, formats: Sequence
         if case.affine is None:
             raise ExportError(f"case {case.pseudo_id}: a volume without a source affine")
         paths["nifti"] = str(write_nifti_mask(mask, case.affine, Path(f"{base}.nii.gz")))
-    if "dicom-seg" in formats and case.format == "dicom":
-        seg = Path(f"{base}.seg.dcm")
-        _require_source(case)
-        if case.depth is None:
-            paths["dicom-seg"] = str(write_dicom_seg(mask, case.source_uri, case.pseudo_id, seg, deid=deid))
-        elif is_series_case(case):
-            paths["dicom-seg"] = str(write_series_dicom_seg(mask, case.source_uri, case.series_uid, case.pseudo_id,
-                                                            seg, affine=case.affine, deid=deid))
-        else:
-            paths["dicom-seg"] = str(write_multiframe_dicom_seg(mask, case.source_uri, case.pseudo_id, seg,
-                                                                deid=deid))
-    elif "dicom-seg" in formats and case.depth is not None and case.affine is not None:  # a NIfTI volume
-        paths["dicom-seg"] = str(write_nifti_dicom_seg(mask, case.affine, case.pseudo_id, Path(f"{base}.seg.dcm"),
-                                                       modality=case.modality, deid=deid))
+    if "dicom-seg" in formats and (case.format == "dicom" or (case.depth is not None and case.affine is not None)):
+        paths["dicom-seg"] = _write_seg_of(case, mask, Path(f"{base}.seg.dcm"), deid, None)  # a NIfTI: derived planes
     return paths
 
 
-def write_coco(items: Sequence[tuple[Case, Annotation]], path: Path) -> Path:
-    """COCO instances JSON: one image per case (pseudonymous file name), its final mask as compressed RLE."""
+def write_coco(items: Sequence[tuple[Case, Sequence[ExportObject]]], path: Path) -> Path:
+    """COCO instances JSON: one image per case (pseudonymous file name), one annotation per object of its final
+    answer (compressed RLE) in the category of its label: category 1 is ``annotation`` (the default object), the
+    labels follow in order of first use, each with its codes (``type``, ``modifier``) and ``supercategory``
+    (anatomy, finding or device)."""
     images, annotations = [], []
-    for image_id, (case, annotation) in enumerate(items, start=1):
+    categories: dict[str | None, dict[str, Any]] = {None: {"id": 1, "name": "annotation", "supercategory": "finding"}}
+    for image_id, (case, objects) in enumerate(items, start=1):
         images.append({"id": image_id, "file_name": f"{case.pseudo_id}{_image_suffix(case)}",
                        "height": case.height, "width": case.width})
-        mask_rle = annotation.mask_rle
-        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "iscrowd": 1,
-                            "segmentation": {"size": mask_rle["size"], "counts": mask_rle["counts"]},
-                            "area": rle.area(mask_rle), "bbox": rle.bbox(mask_rle)})
+        for found in objects:
+            category = categories.setdefault(found.label, _coco_category(len(categories) + 1, found.spec))
+            mask_rle = rle.encode(found.mask)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category["id"],
+                                "iscrowd": 1, "object": found.id,
+                                "segmentation": {"size": mask_rle["size"], "counts": mask_rle["counts"]},
+                                "area": rle.area(mask_rle), "bbox": rle.bbox(mask_rle)})
     document = {"info": {"description": "BiasCare reader final masks", "date_created": _iso(utcnow())},
-                "images": images, "annotations": annotations,
-                "categories": [{"id": 1, "name": "annotation", "supercategory": "finding"}]}
+                "images": images, "annotations": annotations, "categories": list(categories.values())}
     path.write_text(json.dumps(document))
     return path
+
+
+def _coco_category(category_id: int, spec: ObjectLabel) -> dict[str, Any]:
+    from core_model.objects import ANATOMY, PHYSICAL_OBJECT
+    supercategory = {ANATOMY: "anatomy", PHYSICAL_OBJECT: "device"}.get(spec.category, "finding")
+    return {"id": category_id, "name": spec.name, "supercategory": supercategory, "type": spec.type.as_dict(),
+            "modifier": None if spec.modifier is None else spec.modifier.as_dict()}
 
 
 # -- images, datalist, training manifest -----------------------------------------------------------------------------
@@ -823,13 +997,14 @@ def export_training(store_or_url: Store | str, out_dir: Path | str, *, images: s
         split = heldout_split(store)
         with store.read_session() as session:
             finals = final_annotations(session, selection)
-        chosen = [(c, a) for c, a in finals if split.contains(c.pseudo_id) == heldout]
-        masks = _export_final_masks(chosen, out, formats, deid)
+            chosen = [(c, a) for c, a in finals if split.contains(c.pseudo_id) == heldout]
+            masks = _export_final_masks(session, chosen, out, formats, deid)
         (out / "images").mkdir(parents=True, exist_ok=True)
         with store.read_session() as session:
             versions = {v.id: v.name for v in session.scalars(select(ModelVersion))}
-            items = [_manifest_item(session, case, annotation, masks.get(case.pseudo_id, {}), out, deid, versions,
-                                    selection, heldout) for case, annotation in chosen]
+            items = [item for case, annotation in chosen
+                     for item in _manifest_items(session, case, annotation, masks.get(case.pseudo_id, {}), out, deid,
+                                                 versions, selection, heldout)]
     finally:
         if owned:
             store.close()
@@ -853,19 +1028,20 @@ def write_label_table(items: Sequence[dict[str, Any]], classes: Sequence[str], p
     return path
 
 
-def _export_final_masks(finals: Sequence[tuple[Case, Annotation]], out: Path, formats: Sequence[str],
-                        deid: Deidentifier) -> dict[str, dict[str, str]]:
-    """The masks of ``finals`` in ``formats`` under ``out/masks`` (COCO of the 2-D ones); {case: {format: path}}."""
+def _export_final_masks(session: Any, finals: Sequence[tuple[Case, Annotation]], out: Path, formats: Sequence[str],
+                        deid: Deidentifier) -> dict[str, dict[str, Any]]:
+    """The masks of ``finals``' objects (:func:`objects_at_source`) in ``formats`` under ``out/masks`` (COCO of the
+    2-D ones); {case: {format: path, "objects": {id: {label, format: path}}}} (:func:`_write_case_masks`)."""
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    written: dict[str, dict[str, str]] = {}
+    written: dict[str, dict[str, Any]] = {}
     coco_items = []
     for case, annotation in finals:
-        mask = mask_at_source(case, annotation)
-        if mask is None:
+        objects = objects_at_source(session, case, annotation)
+        if not objects:
             continue
-        written[case.pseudo_id] = _write_case_masks(case, mask, out, formats, deid)
+        written[case.pseudo_id] = _write_case_masks(case, objects, out, formats, deid)
         if case.depth is None:
-            coco_items.append((case, annotation))
+            coco_items.append((case, objects))
     if "coco" in formats:
         write_coco(coco_items, out / "coco.json")
     return written
@@ -882,11 +1058,27 @@ def _label_set(items: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(used)
 
 
-def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict[str, str], out: Path,
-                   deid: Deidentifier, versions: dict[int, str], selection: Selection,
-                   heldout: bool) -> dict[str, Any]:
+def _manifest_items(session: Any, case: Case, annotation: Annotation, masks: dict[str, Any], out: Path,
+                    deid: Deidentifier, versions: dict[int, str], selection: Selection,
+                    heldout: bool) -> list[dict[str, Any]]:
+    """The manifest entries of one answer of record: one per object (its own binary mask, label and edits); an
+    answer without a mask one entry with ``mask`` null."""
     image = copy_image(case, out / "images", deid).relative_to(out).as_posix()
-    mask = masks.get("png") or masks.get("nifti")
+    events = _annotation_events(session, annotation)
+    objects = masks.get("objects") or {str(DEFAULT_OBJECT): {"label": None}}
+    items = []
+    for key, found in objects.items():
+        mask = found.get("png") or found.get("nifti")
+        item = _manifest_item(case, annotation, image, mask, out, versions, selection, heldout)
+        spec = _label_spec(case, AnswerObjectRecord(annotation.id, int(key), found.get("label"), {}, None, None))
+        items.append({**item, **_edit_fields(events, int(key)),
+                      "object": {"id": int(key), "label": found.get("label"), "type": spec.type.as_dict(),
+                                 "modifier": None if spec.modifier is None else spec.modifier.as_dict()}})
+    return items
+
+
+def _manifest_item(case: Case, annotation: Annotation, image: str, mask: str | None, out: Path,
+                   versions: dict[int, str], selection: Selection, heldout: bool) -> dict[str, Any]:
     try:
         split = manifest_contract.HELDOUT if heldout else manifest_contract.normalise_split(case.split)
     except manifest_contract.ManifestError as error:
@@ -896,20 +1088,19 @@ def _manifest_item(session: Any, case: Case, annotation: Annotation, masks: dict
                           "held-out split; re-import it with train, validation or test")
     return {"case_id": case.pseudo_id, "image": image,
             "mask": Path(mask).relative_to(out).as_posix() if mask else None,
-            **_edit_fields(_annotation_events(session, annotation)),
             "labels": selection.labels(annotation.labels),
             "model_version": versions.get(annotation.model_version_id), "accepted_as_is": annotation.accepted_as_is,
             "slice_index": annotation.slice_index, "modality": case.modality, "split": split,
             "source": "free" if annotation.assignment_id is None else "aided"}
 
 
-def _edit_fields(events: Sequence[EventRecord]) -> dict[str, Any]:
-    """What the reader did to the mask (:func:`annotations_db.events.slice_edits`, original pixel-index
+def _edit_fields(events: Sequence[EventRecord], object_id: int = DEFAULT_OBJECT) -> dict[str, Any]:
+    """What the reader did to an object's mask (:func:`annotations_db.events.slice_edits`, original pixel-index
     coordinates): the clicks, box, brush/eraser strokes and cleanup behind the slice shown at submit (a 2-D image's
     mask), and for a volume ``slices``: the same per slice the answer keeps a mask of (keys: slice index as text)."""
-    per_slice = slice_edits(events)
+    per_slice = slice_edits(events, object_id)
     shown = per_slice.get(replay(events).slice, {})
-    fields = {"clicks": effective_clicks(events), "box": shown.get("box"), "edits": shown.get("edits", []),
+    fields = {"clicks": effective_clicks(events, object_id), "box": shown.get("box"), "edits": shown.get("edits", []),
               "cleanup": shown.get("cleanup")}
     volume = {str(k): v for k, v in per_slice.items() if k is not None}
     return {**fields, "slices": volume} if volume else fields

@@ -21,7 +21,8 @@ Item (also one per line of ``manifest.jsonl``)::
      "cleanup": {"min_island_px", "fill_holes"} | null, "slices": {"k": SLICE_EDITS} (volumes only, optional),
      "labels": {class: 0 | 1}, "model_version": str | null,
      "accepted_as_is": bool, "slice_index": int | null, "modality": str | null,
-     "split": "train" | "validation" | "test" | null, "source": "free" | "aided"}
+     "split": "train" | "validation" | "test" | null, "source": "free" | "aided",
+     "object": {"id": int, "label": str | null, "type": CODE, "modifier": CODE | null}}   # CODE: {value, scheme, meaning}
 
 The mask is what the reader saved: the model's mask from ``box``/``clicks``, then ``edits`` applied in order (brush
 sets, eraser clears; original pixel-index coordinates, radius in original px), then ``cleanup`` (islands below
@@ -29,6 +30,13 @@ sets, eraser clears; original pixel-index coordinates, radius in original px), t
 corrections: a trainer that simulates clicks must not take a brushed region for the model's answer to the clicks.
 A volume's ``slices`` holds the same per slice that has a mask (``{clicks, box, edits, cleanup, carried_from,
 accepted}``). These fields came with version 2 and are optional; a reader ignores what it does not use.
+
+Objects: an answer may hold several labelled objects (:mod:`core_model.objects`); the manifest has **one item per
+object**, each with that object's own binary ``mask`` (a PNG for 2-D images, a NIfTI for volumes), its edits
+(``clicks``/``box``/``edits``/``cleanup``/``slices`` of that object only) and ``object``: its id within the answer (0:
+the default, unlabelled object, ``label`` null — every answer saved before objects), its label and the label's codes
+(SNOMED CT, or the local ``99BIASCARE`` scheme). Items of one case share ``case_id`` (one patient group). Optional
+within version 2: a reader that ignores ``object`` reads each object's mask as one sample.
 
 Next to it the export writes ``labels.csv`` (:data:`LABELS_CSV`): the same items' labels in the CXR-LT
 ``train_labeled.csv`` layout (``dicom_id`` = case id, ``fpath`` = image, one column per class of ``label_set``, blank =

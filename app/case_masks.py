@@ -51,6 +51,12 @@ class SliceImage:
     geometry: DisplayGeometry
     initial_prompt: dict[str, Any] | None
     ai_mask: Callable[[], np.ndarray | None] | None = None
+    object: int = 0  # the answer's object whose mask is composed (0: the default object, the AI's)
+
+    @property
+    def cache_key(self) -> tuple[int, int | None]:
+        """(object, slice): what the passes and stroke rasters are kept by."""
+        return self.object, self.key
 
 
 @dataclass
@@ -65,29 +71,34 @@ class Composed:
 Signature = tuple[Any, Any, tuple[Click, ...]]
 
 
+CacheKey = tuple[int, int | None]  # (object, slice)
+
+
 class CaseMasks:
-    """The masks of one open case (one per view). Not thread-safe: the service calls it under the session's lock."""
+    """The masks of one open case (one per view), each object's kept apart: a labelled object starts from no mask and
+    its passes never build on another object's (the AI's lungs). Not thread-safe: the service calls it under the
+    session's lock."""
 
     def __init__(self) -> None:
-        self._latest: dict[int | None, Prediction] = {}  # the last pass made for each slice
-        self._loaded: tuple[int, int | None, int] | None = None  # (predictor id, slice, id of its last pass)
+        self._latest: dict[CacheKey, Prediction] = {}  # the last pass made for each (object, slice)
+        self._loaded: tuple[int, CacheKey, int] | None = None  # (predictor id, (object, slice), id of its last pass)
         self.initial_prompts: dict[int | None, dict[str, Any] | None] = {}  # volume slices' AI prompts (service)
-        self._strokes: OrderedDict[tuple[int | None, str], tuple[list[dict], np.ndarray]] = OrderedDict()
+        self._strokes: OrderedDict[tuple[CacheKey, str], tuple[list[dict], np.ndarray]] = OrderedDict()
 
     # ------------------------------------------------------------------ the model part
     def prediction(self, predictor: Any, image: SliceImage, prompt: Prompt) -> Prediction | None:
         """The pass of ``prompt`` on the slice; None when the prompt is empty and the AI's mask is to be used as
         given (:attr:`SliceImage.ai_mask`) or the AI has no prompt for the slice."""
         base, target = self._base(image, prompt), _signature(image, prompt)
-        latest = self._latest.get(image.key)
+        latest = self._latest.get(image.cache_key)
         if latest is not None and _signature_of(latest) == target:
             return latest
-        if prompt.empty and (image.initial_prompt is None or not self._synced(predictor, image.key)
+        if prompt.empty and (image.initial_prompt is None or not self._synced(predictor, image.cache_key)
                              and image.ai_mask is not None):
             return None
         if base is None and not prompt.clicks:
             return None
-        history = predictor.history if self._synced(predictor, image.key) else []
+        history = predictor.history if self._synced(predictor, image.cache_key) else []
         start = _longest_prefix(history, base, prompt.clicks)
         if start is None:
             predictor.set_image(image.pixels)
@@ -99,21 +110,22 @@ class CaseMasks:
             current, done = history[start], len(history[start].clicks)
         for click in prompt.clicks[done:]:
             current = predictor.predict([Click(click.x, click.y, click.positive)])
-        self._latest[image.key] = current
-        self._loaded = (id(predictor), image.key, id(current))
+        self._latest[image.cache_key] = current
+        self._loaded = (id(predictor), image.cache_key, id(current))
         return current
 
-    def _synced(self, predictor: Any, key: int | None) -> bool:
-        """Does the predictor still hold this slice with the last pass made here on top?"""
+    def _synced(self, predictor: Any, key: CacheKey) -> bool:
+        """Does the predictor still hold this (object, slice) with the last pass made here on top?"""
         history = predictor.history
         return bool(self._loaded is not None and history and self._loaded[:2] == (id(predictor), key)
                     and id(history[-1]) == self._loaded[2])
 
     def adopt(self, predictor: Any, key: int | None) -> None:
-        """The service has just set the predictor on this slice and made its AI pass: build on it."""
+        """The service has just set the predictor on this slice and made its AI pass (the default object's): build
+        on it."""
         history = predictor.history
         if history:
-            self._loaded = (id(predictor), key, id(history[-1]))
+            self._loaded = (id(predictor), (0, key), id(history[-1]))
 
     @staticmethod
     def _base(image: SliceImage, prompt: Prompt) -> dict[str, Any] | None:
@@ -123,8 +135,9 @@ class CaseMasks:
         return image.initial_prompt
 
     def forget(self, key: int | None) -> None:
-        """Drop what is cached of a slice (its pixels changed, e.g. another model)."""
-        self._latest.pop(key, None)
+        """Drop what is cached of a slice, every object's (its pixels changed, e.g. another model)."""
+        for cached in [k for k in self._latest if k[1] == key]:
+            self._latest.pop(cached, None)
 
     # ------------------------------------------------------------------ composition
     def display_mask(self, predictor: Any, image: SliceImage, state: SliceState) -> Composed:
@@ -132,7 +145,7 @@ class CaseMasks:
         g = image.geometry
         shape = (g.disp_height, g.disp_width)
         model, prediction, model_ms = self._model_mask(predictor, image, state.prompt(), shape)
-        forced = self._forced(image.key, "display", state.strokes(), shape, g)
+        forced = self._forced(image.cache_key, "display", state.strokes(), shape, g)
         return Composed(_finish(model, forced, state.cleanup(), 1.0), prediction, model_ms)
 
     def original_mask(self, predictor: Any, image: SliceImage, state: SliceState) -> np.ndarray:
@@ -140,7 +153,7 @@ class CaseMasks:
         g = image.geometry
         shape = (g.height, g.width)
         model, _, _ = self._model_mask(predictor, image, state.prompt(), shape)
-        forced = self._forced(image.key, "original", state.strokes(), shape, None)
+        forced = self._forced(image.cache_key, "original", state.strokes(), shape, None)
         return _finish(model, forced, state.cleanup(), g.sx * g.sy)
 
     def _model_mask(self, predictor: Any, image: SliceImage, prompt: Prompt, shape: tuple[int, int]
@@ -161,10 +174,10 @@ class CaseMasks:
             ai = mask_to_display(ai, image.geometry)
         return ai, None, model_ms
 
-    def _forced(self, key: int | None, grid: str, strokes: list[dict[str, Any]], shape: tuple[int, int],
+    def _forced(self, key: CacheKey, grid: str, strokes: list[dict[str, Any]], shape: tuple[int, int],
                 geometry: DisplayGeometry | None) -> np.ndarray | None:
         """int8 raster of the strokes: -1 untouched, 1 painted (brush last), 0 erased (eraser last); None without
-        strokes. Kept per (slice, grid) and extended when strokes were only added."""
+        strokes. Kept per ((object, slice), grid) and extended when strokes were only added."""
         if not strokes:
             return None
         cached = self._strokes.get((key, grid))
@@ -239,8 +252,8 @@ def _longest_prefix(history: list[Prediction], base: dict[str, Any] | None, clic
     return None
 
 
-def prompts_payload(state: SliceState, geometry: DisplayGeometry) -> dict[str, Any]:
-    """``X-Prompts`` (app/VIEWER_API.md): the slice's clicks, box, stroke count, cleanup and source in display
+def prompts_payload(state: SliceState, geometry: DisplayGeometry, object_id: int = 0) -> dict[str, Any]:
+    """``X-Prompts`` (app/VIEWER_API.md): the slice's clicks, box, stroke count, cleanup, source and object in display
     coordinates (continuous, 0 … display size)."""
     prompt, cleanup = state.prompt(), state.cleanup()
 
@@ -254,4 +267,4 @@ def prompts_payload(state: SliceState, geometry: DisplayGeometry) -> dict[str, A
     return {"clicks": [point(c.x, c.y) + [1 if c.positive else 0] for c in prompt.clicks], "box": box,
             "edits": len(state.strokes()),
             "cleanup": None if cleanup is None else {"min_island_px": cleanup[0], "fill_holes": cleanup[1]},
-            "source": state.source}
+            "source": state.source, "object": object_id}

@@ -87,7 +87,7 @@ def _layer_response(result: LayerResult, request: Request) -> Response:
     headers = {"Cache-Control": "no-store", "Vary": "Accept", "X-Server-Ms": f"{result.total_ms:.2f}",
                "X-Model-Ms": f"{result.model_ms:.2f}", "X-Encode-Ms": f"{result.encode_ms:.2f}",
                "X-Server-Cpu-Ms": f"{result.cpu_ms:.2f}", "X-Clicks": str(result.clicks), "X-Area": str(result.area),
-               "X-Slice": "" if result.slice is None else str(result.slice)}
+               "X-Slice": "" if result.slice is None else str(result.slice), "X-Object": str(result.object)}
     if result.prompts is not None:
         headers["X-Prompts"] = json.dumps(result.prompts, separators=(",", ":"))
     return Response(body, media_type=media_type, headers=headers)
@@ -227,10 +227,12 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return Response(block.body, media_type="application/octet-stream", headers=headers)
 
     @router.get("/api/v1/view/{nonce}/layer.png")
-    def layer_png(nonce: str, request: Request, slice: str | None = None) -> Response:  # noqa: A002 (the contract)
+    def layer_png(nonce: str, request: Request, slice: str | None = None,  # noqa: A002 (the contract)
+                  object: str | None = None) -> Response:  # noqa: A002
         try:
             return _layer_response(service.current_layer(current(request), nonce,
-                                                         slice if slice not in (None, "") else None), request)
+                                                         slice if slice not in (None, "") else None,
+                                                         _object_query(object)), request)
         except AppError as error:
             return _error(error)
 
@@ -246,30 +248,31 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     async def click(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.click(
             session, body.get("nonce"), body.get("x"), body.get("y"), bool(body.get("positive", True)),
-            body.get("slice")))
+            body.get("slice"), body.get("object")))
 
     # the mask tools of app/VIEWER_API.md: each answers the slice's layer (``slice`` optional: the slice shown)
     @router.post("/api/v1/box")
     async def box(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.box(
             session, body.get("nonce"), body.get("x0"), body.get("y0"), body.get("x1"), body.get("y1"),
-            body.get("slice")))
+            body.get("slice"), body.get("object")))
 
     @router.post("/api/v1/stroke")
     async def stroke(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.stroke(
             session, body.get("nonce"), body.get("points"), body.get("radius"), body.get("erase", False),
-            body.get("slice")))
+            body.get("slice"), body.get("object")))
 
     @router.post("/api/v1/cleanup")
     async def cleanup(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.cleanup(
-            session, body.get("nonce"), body.get("min_island_px"), body.get("fill_holes"), body.get("slice")))
+            session, body.get("nonce"), body.get("min_island_px"), body.get("fill_holes"), body.get("slice"),
+            body.get("object")))
 
     @router.post("/api/v1/carry")
     async def carry(request: Request) -> Response:
         return await _layer_route(request, lambda session, body: service.carry(
-            session, body.get("nonce"), body.get("from"), body.get("to")))
+            session, body.get("nonce"), body.get("from"), body.get("to"), body.get("object")))
 
     @router.post("/api/v1/measure")
     async def measure(request: Request) -> Response:
@@ -284,10 +287,10 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return route
 
     def on_slice(method, respond):  # type: ignore[no-untyped-def]
-        """A route whose body is ``{nonce, slice?}``: ``method(session, nonce, slice)``."""
+        """A route whose body is ``{nonce, slice?, object?}``: ``method(session, nonce, slice, object)``."""
         async def route(request: Request) -> Response:
             return await respond(request, lambda session, body: method(session, body.get("nonce"),
-                                                                         body.get("slice")))
+                                                                         body.get("slice"), body.get("object")))
         return route
 
     for name, method, respond in (("undo", service.undo, _layer_route), ("reset", service.reset, _layer_route),
@@ -296,6 +299,12 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
     for name, method, respond in (("submit", service.submit_and_next, _json_route),  # then opens what comes next
                                   ("skip", service.skip, _json_route), ("pause", service.pause, _json_route)):
         router.add_api_route(f"/api/v1/{name}", on_view(method, respond), methods=["POST"], name=name)
+
+    @router.post("/api/v1/remove_object")
+    async def remove_object(request: Request) -> Response:
+        """``{nonce, object: {id}}`` deletes an object of the answer → the objects left."""
+        return await _json_route(request, lambda session, body: service.remove_object(
+            session, body.get("nonce"), body.get("object")))
 
     @router.post("/api/v1/slice")
     async def show_slice(request: Request) -> Response:
@@ -381,6 +390,16 @@ def build_router(service: AppService, *, secure_cookie: bool = False) -> APIRout
         return RedirectResponse(f"{UI_PATH}/?tab=admin", status_code=303)
 
     return router
+
+
+def _object_query(value: str | None) -> dict[str, int] | None:
+    """``?object=n`` of a layer request → ``{"id": n}`` (None: the default object); AppError for a non-integer."""
+    if value in (None, ""):
+        return None
+    try:
+        return {"id": int(value)}
+    except ValueError:
+        raise AppError(f"'object' must be an integer object id, not {value[:20]!r}") from None
 
 
 def _strings(value: Any) -> list[str]:

@@ -47,7 +47,7 @@ import numpy as np
 from annotations_db import events as event_log
 from annotations_db.errors import AccessDenied, AlreadySubmitted, InvalidEvent, NotFound
 from annotations_db.events import CaseState, SliceState
-from annotations_db.store import AssignmentView, CaseRef, ReaderRef, Store, rating_in_range
+from annotations_db.store import AssignmentView, CaseRef, ObjectMask, ReaderRef, Store, rating_in_range
 from app.background import lower_this_thread
 from app.case_masks import CaseMasks, SliceImage, prompts_payload
 from app.login_guard import LoginGuard
@@ -56,6 +56,7 @@ from app.render import (MASK_RUNS_TYPE, DisplayGeometry, display_image, encode_b
 from app.pixels import PixelBlock, image_block, volume_modality, volume_slice_block, volume_slice_values
 from app.slices import SliceMaskWorker, neighbours, slice_prompt
 from core_model.classes import CXR_LT_26, Checklist, checklist_for, label_rules
+from core_model.objects import DEFAULT_OBJECT, ObjectLabelSet, object_set_for_checklist
 from core_model.findings import FindingsCard, display_probability, supplier_card
 from core_model.io.volume import LoadedVolume, axial_axis
 from core_model.predictor import Prediction
@@ -156,6 +157,24 @@ class View:
     def clicks(self) -> int:
         return len(self.state.clicks)
 
+    @property
+    def object_labels(self) -> ObjectLabelSet:
+        """The labels the reader may give the answer's objects (:mod:`core_model.objects`), by the read's checklist."""
+        return object_set_for_checklist(view_checklist(self).name, self.image.slice_count is not None)
+
+
+def objects_payload(view: View) -> dict[str, Any]:
+    """The answer's objects for the page: the label set (label, codes, colour) and the objects there are now, each
+    ``{id, label, colour, slices}`` (the default object: id 0, label null; ``slices``: those an answer keeps)."""
+    labels = view.object_labels
+    objects = []
+    for object_id, found in sorted(view.state.objects.items()):
+        spec = labels.spec(found.label) if found.label is None or found.label in labels.names else None
+        objects.append({"id": object_id, "label": found.label,
+                        "colour": list(spec.colour) if spec is not None else None,
+                        "slices": [k for k in found.acted_slices() if k is not None]})
+    return {"object_set": labels.name, "object_labels": labels.as_list(), "objects": objects}
+
 
 def view_payload(view: View) -> dict[str, Any]:
     """The open case for API clients: nonce, sizes (original and display), for volumes the slice shown, the answer
@@ -164,7 +183,8 @@ def view_payload(view: View) -> dict[str, Any]:
     progress = view.progress
     return {"nonce": view.nonce, "case": view.case, "shows_ai": view.shows_ai, "width": g.width, "height": g.height,
             "display_width": g.disp_width, "display_height": g.disp_height, **view_slices(view),
-            **answer_payload(view), "study": None if progress is None else progress.__dict__,
+            **answer_payload(view), **objects_payload(view),
+            "study": None if progress is None else progress.__dict__,
             "ai_source": None if view.ai_source is None else {"name": view.ai_source.name, "kind": view.ai_source.kind}}
 
 
@@ -227,6 +247,7 @@ class LayerResult:
     cpu_ms: float = 0.0  # CPU time of the handler thread (with 1 torch thread: what the pass costs on an idle core)
     prompts: dict[str, Any] | None = None  # X-Prompts (app/VIEWER_API.md), display coordinates
     slice: int | None = None  # the slice the layer is of (None: a 2-D image)
+    object: int = DEFAULT_OBJECT  # the answer's object the layer is of
 
     def encoded(self, media_type: str = "image/png") -> bytes:
         """The layer as a palette PNG (``image/png``) or as row runs (:data:`app.render.MASK_RUNS_TYPE`)."""
@@ -825,18 +846,19 @@ class AppService:
         view.state.apply(kind, body)
 
     def click(self, session: Session, nonce: str | None, x: float, y: float, positive: bool,
-              slice_index: Any = None) -> LayerResult:
-        """A click at continuous display coordinates (x, y) on a slice (default: the one shown) → one refinement
-        pass (:mod:`app.case_masks`) → the slice's new mask layer."""
+              slice_index: Any = None, obj: Any = None) -> LayerResult:
+        """A click at continuous display coordinates (x, y) on a slice (default: the one shown) of an object (default:
+        the default object; a labelled object's first click starts its mask afresh) → one refinement pass
+        (:mod:`app.case_masks`) → the object's new mask layer of the slice."""
         started, cpu_started = time.perf_counter(), time.thread_time()
         x, y = _coordinate(x), _coordinate(y)
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            image = self._slice_image(view, key)
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            image = self._slice_image(view, key, obj=ref[0])
             geometry = image.geometry
             if not geometry.inside(x, y):
                 raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
-            prompt = view.state.slice_state(key).prompt()
+            prompt = view.state.slice_state(key, ref[0]).prompt()
             if len(prompt.clicks) >= MAX_CLICKS:
                 raise AppError(f"{MAX_CLICKS} clicks is the most one mask takes: undo, reset or submit")
             ox, oy = geometry.display_to_original(x, y)
@@ -845,20 +867,21 @@ class AppService:
             model_ms = (time.perf_counter() - started) * 1000
             self._record(session, view, "click", {"x": ox, "y": oy, "positive": bool(positive), "display_x": x,
                                                   "display_y": y, "iou": round(prediction.iou, 4),
-                                                  "model_ms": round(model_ms, 1), **_slice_field(key)})
+                                                  "model_ms": round(model_ms, 1), **_slice_field(key),
+                                                  **_object_field(ref)})
             result = self._compose(session, view, image, started, model_ms)  # overlaps the event write
             result.cpu_ms = (time.thread_time() - cpu_started) * 1000
         return result
 
     def box(self, session: Session, nonce: str | None, x0: Any, y0: Any, x1: Any, y1: Any,
-            slice_index: Any = None) -> LayerResult:
+            slice_index: Any = None, obj: Any = None) -> LayerResult:
         """A box prompt (continuous display corners, clipped to the image): the slice's prompt starts afresh from it
         (earlier box and clicks dropped, strokes kept); later clicks refine it."""
         started = time.perf_counter()
         corners = [_coordinate(v) for v in (x0, y0, x1, y1)]
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            image = self._slice_image(view, key)
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            image = self._slice_image(view, key, obj=ref[0])
             g = image.geometry
             (ax, bx), (ay, by) = (sorted(min(max(v, 0.0), float(g.disp_width)) for v in corners[0::2]),
                                   sorted(min(max(v, 0.0), float(g.disp_height)) for v in corners[1::2]))
@@ -868,11 +891,12 @@ class AppService:
             view.masks.prediction(session.predictor, image, event_log.Prompt((ox0, oy0, ox1, oy1)))
             model_ms = (time.perf_counter() - started) * 1000
             self._record(session, view, "box", {"x0": ox0, "y0": oy0, "x1": ox1, "y1": oy1,
-                                                "display": [ax, ay, bx, by], **_slice_field(key)})
+                                                "display": [ax, ay, bx, by], **_slice_field(key),
+                                                **_object_field(ref)})
             return self._compose(session, view, image, started, model_ms)
 
     def stroke(self, session: Session, nonce: str | None, points: Any, radius: Any, erase: Any,
-               slice_index: Any = None) -> LayerResult:
+               slice_index: Any = None, obj: Any = None) -> LayerResult:
         """A brush (``erase`` false) or eraser stroke: display-grid points (continuous) and radius (display px),
         logged on the original grid; applied over the model's mask and kept when later clicks re-run it."""
         started = time.perf_counter()
@@ -886,8 +910,8 @@ class AppService:
         shown = [(_coordinate(x), _coordinate(y)) for x, y in pairs]
         radius = _coordinate(radius)
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            image = self._slice_image(view, key)
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            image = self._slice_image(view, key, obj=ref[0])
             g = image.geometry
             original, scale = [list(g.display_to_original(x, y)) for x, y in shown], (g.sx + g.sy) / 2
             low, high = event_log.STROKE_RADIUS
@@ -895,23 +919,23 @@ class AppService:
                 raise AppError(f"the stroke radius must be {low / scale:.3g}..{high / scale:.3g} display px on this "
                                f"image, got {radius}")
             body = self._valid("stroke", {"points": original, "radius": radius * scale, "erase": erase,
-                                          "display_radius": radius, **_slice_field(key)})
+                                          "display_radius": radius, **_slice_field(key), **_object_field(ref)})
             self._record(session, view, "stroke", body)
             return self._compose(session, view, image, started, 0.0)
 
     def cleanup(self, session: Session, nonce: str | None, min_island_px: Any, fill_holes: Any,
-                slice_index: Any = None) -> LayerResult:
+                slice_index: Any = None, obj: Any = None) -> LayerResult:
         """The slice's display clean-up: islands below ``min_island_px`` display px dropped, holes filled (``0,
         false`` turns it off); shown and saved alike."""
         started = time.perf_counter()
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
             body = self._valid("cleanup", {"min_island_px": min_island_px, "fill_holes": fill_holes,
-                                           **_slice_field(key)})
+                                           **_slice_field(key), **_object_field(ref)})
             self._record(session, view, "cleanup", body)
-            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
 
-    def carry(self, session: Session, nonce: str | None, source: Any, target: Any) -> LayerResult:
+    def carry(self, session: Session, nonce: str | None, source: Any, target: Any, obj: Any = None) -> LayerResult:
         """Propagation aid: slice ``source``'s prompt (box and clicks) re-run on slice ``target`` as its starting
         point (undo takes it back); the answer is the layer of ``target``."""
         started = time.perf_counter()
@@ -919,11 +943,12 @@ class AppService:
             if view.image.slice_count is None:
                 raise AppError("this case is a 2-D image: it has no slices to carry a mask between")
             key_from, key_to = self._slice_key(view, source, "from"), self._slice_key(view, target, "to")
-            body = self._valid("carry", {"from": key_from, "to": key_to})
-            prompt = view.state.slice_state(key_from).prompt()
+            ref = self._object_ref(view, obj)
+            body = self._valid("carry", {"from": key_from, "to": key_to, **_object_field(ref)})
+            prompt = view.state.slice_state(key_from, ref[0]).prompt()
             if prompt.empty:
                 raise AppError(f"slice {key_from} has no box or click to carry: prompt it first")
-            image = self._slice_image(view, key_to)
+            image = self._slice_image(view, key_to, obj=ref[0])
             view.masks.prediction(session.predictor, image, replace(prompt, carried_from=key_from))
             model_ms = (time.perf_counter() - started) * 1000
             self._record(session, view, "carry", body)
@@ -953,23 +978,37 @@ class AppService:
         except (AppError, OSError, ValueError):
             return None
 
-    def undo(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
-        """Take back the slice's last action, whatever its kind (click, box, stroke, cleanup, carry)."""
+    def undo(self, session: Session, nonce: str | None, slice_index: Any = None, obj: Any = None) -> LayerResult:
+        """Take back the last action on the slice of an object (default: the default object), whatever its kind
+        (click, box, stroke, cleanup, carry); other objects keep theirs."""
         started = time.perf_counter()
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            standing = view.state.slice_state(key).actions[:-1]
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            standing = view.state.slice_state(key, ref[0]).actions[:-1]
             self._record(session, view, "undo", {"clicks": len(SliceState(standing).prompt().clicks),
-                                                 **_slice_field(key)})
-            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
+                                                 **_slice_field(key), **_object_field(ref)})
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
 
-    def reset(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
-        """The slice back to the AI's initial mask, every action on it dropped (what will be saved)."""
+    def reset(self, session: Session, nonce: str | None, slice_index: Any = None, obj: Any = None) -> LayerResult:
+        """The slice of an object back to where it started (the default object: the AI's initial mask; a labelled
+        one: no mask), every action of that object on it dropped (what will be saved)."""
         started = time.perf_counter()
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            self._record(session, view, "reset", {**_slice_field(key)})
-            return self._compose(session, view, self._slice_image(view, key), started, 0.0)
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            self._record(session, view, "reset", {**_slice_field(key), **_object_field(ref)})
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
+
+    def remove_object(self, session: Session, nonce: str | None, obj: Any) -> dict[str, Any]:
+        """Delete an object of the answer (every slice of it; the default object too: its AI mask is then not
+        saved); answers the objects left (:func:`objects_payload`)."""
+        with self._acting(session, nonce) as view:
+            object_id = obj.get("id") if isinstance(obj, dict) else None
+            if isinstance(object_id, bool) or not isinstance(object_id, int):
+                raise AppError("name the object to delete: 'object': {id}")
+            if object_id not in view.state.objects:
+                raise AppError(f"the answer has no object {object_id}")
+            self._record(session, view, "object_removed", {"object": {"id": object_id}})
+            return objects_payload(view)
 
     def show_slice(self, session: Session, nonce: str | None, index: Any) -> dict[str, Any]:
         """Show another axial slice of the open volume: records ``slice_shown`` and moves the background prefetch
@@ -1012,26 +1051,29 @@ class AppService:
     def _slice_tickets(self) -> dict[str, int]:
         return self.__dict__.setdefault("_slice_tickets", {})
 
-    def accept(self, session: Session, nonce: str | None, slice_index: Any = None) -> dict[str, Any]:
-        """The mask of the slice (default: the one shown) accepted as it is."""
+    def accept(self, session: Session, nonce: str | None, slice_index: Any = None, obj: Any = None) -> dict[str, Any]:
+        """The mask of the slice (default: the one shown) of an object (default: the default one) accepted as it
+        is."""
         with self._acting(session, nonce) as view:
-            key = self._slice_key(view, slice_index)
-            clicks = len(view.state.slice_state(key).prompt().clicks)
-            self._record(session, view, "accept", {"clicks": clicks, **_slice_field(key)})
-            return {"accepted": True, "clicks": clicks, "slice": key}
+            key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
+            clicks = len(view.state.slice_state(key, ref[0]).prompt().clicks)
+            self._record(session, view, "accept", {"clicks": clicks, **_slice_field(key), **_object_field(ref)})
+            return {"accepted": True, "clicks": clicks, "slice": key, "object": ref[0]}
 
-    def current_layer(self, session: Session, nonce: str | None, slice_index: Any = None) -> LayerResult:
-        """The slice's layer as it is now (page load, reload, another slice): the reader's mask where they acted,
-        else the AI's initial mask (a volume slice's is waited for outside the session's lock)."""
+    def current_layer(self, session: Session, nonce: str | None, slice_index: Any = None,
+                      obj: Any = None) -> LayerResult:
+        """The slice's layer of an object (default: the default object) as it is now (page load, reload, another
+        slice): the reader's mask where they acted, else the default object's AI initial mask (a volume slice's is
+        waited for outside the session's lock), a labelled object's nothing."""
         started = time.perf_counter()
         view = self._view(session, nonce)
-        key = self._slice_key(view, slice_index)
+        key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj, new=False)
         ai = None
-        if key is not None and view.state.slice_state(key).prompt().empty:
+        if key is not None and ref[0] == DEFAULT_OBJECT and view.state.slice_state(key).prompt().empty:
             ai = self.slice_ai_mask(view, key)  # computed in the background; /slice and /pixels stay free
         with session.lock:
             view = self._view(session, nonce)
-            image = self._slice_image(view, key)
+            image = self._slice_image(view, key, obj=ref[0])
             if ai is not None:
                 image.ai_mask = lambda: ai
             return self._compose(session, view, image, started, 0.0)
@@ -1049,18 +1091,54 @@ class AppService:
             return view.masks.original_mask(session.predictor, self._slice_image(view, key),
                                             view.state.slice_state(key))
 
-    def reader_masks(self, view: View) -> dict[int | None, np.ndarray]:
-        """The masks an answer saves, each on its slice's original grid: a 2-D image → ``{None: mask}`` (the mask
-        on screen); a volume → ``{slice: mask}`` for every slice the reader acted on (an action still standing, or
-        an accept; see :meth:`annotations_db.events.CaseState.acted_slices`). Empty without AI tools."""
+    def reader_masks(self, view: View, object_id: int = DEFAULT_OBJECT) -> dict[int | None, np.ndarray]:
+        """The masks an answer saves of one object (default: the default object), each on its slice's original
+        grid: a 2-D image → ``{None: mask}`` (the object's mask on screen); a volume → ``{slice: mask}`` for every
+        slice the reader acted on (an action still standing, or an accept; see
+        :meth:`annotations_db.events.CaseState.acted_slices`). Empty without AI tools."""
         session = next((s for s in list(self.sessions.values()) if s.view is view), None)
         if session is None or not view.shows_ai:
             return {}
         with session.lock:
             keys = [None] if view.image.slice_count is None else \
-                [k for k in view.state.acted_slices() if k is not None]
-            return {k: view.masks.original_mask(session.predictor, self._slice_image(view, k),
-                                                view.state.slice_state(k)) for k in keys}
+                [k for k in view.state.acted_slices(object_id) if k is not None]
+            return {k: view.masks.original_mask(session.predictor, self._slice_image(view, k, obj=object_id),
+                                                view.state.slice_state(k, object_id)) for k in keys}
+
+    def object_masks(self, view: View) -> dict[int, dict[int | None, np.ndarray]]:
+        """``{object id: reader_masks of it}`` for the objects a submit saves
+        (:meth:`annotations_db.events.CaseState.kept_objects`)."""
+        return {object_id: self.reader_masks(view, object_id) for object_id in view.state.kept_objects()}
+
+    def _object_ref(self, view: View, value: Any, new: bool = True) -> tuple[int, str | None]:
+        """(object id, label) an action names: None → the default object (0, None); ``{"id": n, "label": L}`` → a
+        labelled object, L from the view's object labels (:attr:`View.object_labels`), needed when object n is new
+        to the answer (``new``: may it be new) and equal to its label otherwise. AppError (400) naming the cause."""
+        if value is None:
+            return DEFAULT_OBJECT, None
+        if not isinstance(value, dict):
+            raise AppError("'object' must be {id, label} (or omitted: the default object)")
+        object_id, label = value.get("id"), value.get("label")
+        if isinstance(object_id, bool) or not isinstance(object_id, int) or object_id < 0:
+            raise AppError(f"an object id is an integer ≥ 0, got {object_id!r}")
+        if object_id == DEFAULT_OBJECT:
+            if label is not None:
+                raise AppError("object 0 is the default (unlabelled) object: a labelled object has an id ≥ 1")
+            return DEFAULT_OBJECT, None
+        known = view.state.object_label(object_id) if object_id in view.state.objects else None
+        if label is None:
+            if new and object_id not in view.state.objects:
+                raise AppError(f"object {object_id} is new to this answer: give its label")
+            return object_id, known  # a layer of an object not there (yet): an empty one
+        if not isinstance(label, str):
+            raise AppError("an object's label must be a text")
+        try:
+            view.object_labels.get(label)
+        except ValueError as error:
+            raise AppError(str(error)) from None
+        if known is not None and known != label:
+            raise AppError(f"object {object_id} is labelled {known!r}, not {label!r}: a new label is a new object")
+        return object_id, label
 
     # ------------------------------------------------------------------ mask composition helpers
     def _slice_key(self, view: View, value: Any, name: str = "slice") -> int | None:
@@ -1081,8 +1159,14 @@ class AppService:
             raise AppError(f"{name} {index} is out of range: this volume has slices 0..{count - 1}")
         return index
 
-    def _slice_image(self, view: View, key: int | None, with_ai: bool = True) -> SliceImage:
-        """What :class:`app.case_masks.CaseMasks` needs of slice ``key`` (None: the 2-D image)."""
+    def _slice_image(self, view: View, key: int | None, with_ai: bool = True, obj: int = DEFAULT_OBJECT
+                     ) -> SliceImage:
+        """What :class:`app.case_masks.CaseMasks` needs of slice ``key`` (None: the 2-D image) of object ``obj``: the
+        default object starts from the AI's prompt and mask, a labelled object from nothing."""
+        if obj != DEFAULT_OBJECT:
+            image = view.image if view.image.slice_count is None or key == view.image.slice_index \
+                else self.case_image(view.case_id, key)
+            return SliceImage(key, image.pixels, image.geometry, None, None, object=obj)
         if view.image.slice_count is None:
             return SliceImage(None, view.image.pixels, view.image.geometry, view.initial_prompt,
                               lambda: view.ai_mask)
@@ -1106,11 +1190,12 @@ class AppService:
     def _compose(self, session: Session, view: View, image: SliceImage, started: float,
                  model_ms: float) -> LayerResult:
         """The slice's layer now: its display mask composed (:meth:`CaseMasks.display_mask`), with its prompts."""
-        state = view.state.slice_state(image.key)
+        state = view.state.slice_state(image.key, image.object)
         composed = view.masks.display_mask(session.predictor, image, state)
         result = self._layer(composed.mask, image.geometry, started, model_ms or composed.model_ms,
                              len(state.prompt().clicks))
-        result.prompts, result.slice = prompts_payload(state, image.geometry), image.key
+        result.prompts, result.slice = prompts_payload(state, image.geometry, image.object), image.key
+        result.object = image.object
         return result
 
     @staticmethod
@@ -1184,12 +1269,11 @@ class AppService:
             self.events.flush(session.token)
             checklist = view_checklist(view)
             labels = {c: int(view.state.labels.get(c, 0)) for c in checklist.classes}
-            mask, slice_index, mask_slices = self._answer_mask(session, view)
+            objects = self._answer_objects(session, view)
             try:
                 annotation_id = self.store.save_annotation(
-                    view.target, session.reader, labels, mask=mask,
+                    view.target, session.reader, labels, objects=objects,
                     confidence=dict(view.state.ratings) if view.rating_max else None,
-                    slice_index=slice_index, mask_slices=mask_slices,
                     accepted_as_is=bool(view.state.accepted_as_is and view.shows_ai),  # no box/click/stroke
                     model_version=view.model_version if view.shows_ai else None, label_set=checklist.name)
             except AlreadySubmitted as error:
@@ -1201,14 +1285,25 @@ class AppService:
             session.view = None
             return annotation_id
 
-    def _answer_mask(self, session: Session, view: View) -> tuple[np.ndarray | None, int | None, list[int] | None]:
+    def _answer_objects(self, session: Session, view: View) -> list[ObjectMask]:
+        """What a submit saves: each kept object (:meth:`CaseState.kept_objects`) with its label and its mask
+        (:meth:`_answer_mask`); empty when no object has a mask (unaided arms)."""
+        out = []
+        for object_id in view.state.kept_objects():
+            mask, slice_index, mask_slices = self._answer_mask(session, view, object_id)
+            if mask is not None:
+                out.append(ObjectMask(object_id, view.state.object_label(object_id), mask, slice_index, mask_slices))
+        return out
+
+    def _answer_mask(self, session: Session, view: View, object_id: int = DEFAULT_OBJECT
+                     ) -> tuple[np.ndarray | None, int | None, list[int] | None]:
         """What a submit saves as the mask: (mask, slice_index, mask_slices). A 2-D image: its mask on the original
         grid. A volume: ONE 3-D mask in the volume's voxel grid (i, j, k) holding the reader's mask of every slice
         they acted on (``reader_masks``: {slice: 2-D mask on the displayed slice's original grid}; before per-slice
         state, the mask on screen on the slice shown), the sorted list of those slices, and ``slice_index`` = that
         slice when there is exactly one (as older 2-D-on-a-slice rows had); None when no slice has a mask."""
         reader_masks = getattr(self, "reader_masks", None)
-        masks = reader_masks(view) if reader_masks is not None else None
+        masks = reader_masks(view, object_id) if reader_masks is not None else None
         if masks is None:
             mask = self.current_mask(session)
             masks = {view.image.slice_index: mask} if mask is not None else {}
@@ -1446,6 +1541,15 @@ def _coordinate(value: Any) -> float:
 def _slice_field(key: int | None) -> dict[str, int]:
     """The ``slice`` of an action event: a volume's slice index, nothing for a 2-D image."""
     return {} if key is None else {"slice": key}
+
+
+def _object_field(ref: tuple[int, str | None]) -> dict[str, Any]:
+    """The ``object`` of a mask event: nothing for the default object (its events are as before objects), else
+    ``{"id", "label"}``."""
+    object_id, label = ref
+    if object_id == DEFAULT_OBJECT:
+        return {}
+    return {"object": {"id": object_id} if label is None else {"id": object_id, "label": label}}
 
 
 def _top(card: FindingsCard, probabilities: dict[str, float]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import inspect
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 from app import admin, loop_ui
 from app.panels import answer_panel, case_header
 from app.security import sign_out_token
-from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, view_payload
+from app.service import CLASSES, SESSION_COOKIE, AppError, AppService, Session, View, objects_payload, view_payload
 
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["case", "uncertainty", "status", "top AI finding"]
@@ -77,10 +78,14 @@ def viewer_html(view: View | None, idle_seconds: float) -> str:
     g = view.image.geometry
     slices = view.image.slice_count or 0
     marked = ",".join(str(k) for k in view.state.acted_slices() if k is not None) if slices else ""
+    objects = objects_payload(view)
+    labels = [{"label": item["label"], "colour": item["colour"]} for item in objects["object_labels"]]
     return (f'<div class="bc-slot" data-nonce="{html.escape(view.nonce)}" data-w="{g.disp_width}" '
             f'data-h="{g.disp_height}" data-ow="{g.width}" data-oh="{g.height}" '
             f'data-ai="{1 if view.shows_ai else 0}" data-idle="{idle_seconds:g}" '
-            f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}" data-marked="{marked}"></div>')
+            f'data-slices="{slices}" data-slice="{view.image.slice_index or 0}" data-marked="{marked}" '
+            f'data-object-labels="{html.escape(json.dumps(labels))}" '
+            f'data-objects="{html.escape(json.dumps(objects["objects"]))}"></div>')
 
 
 def build_ui(service: AppService, checkpoint: str | None = None) -> gr.Blocks:

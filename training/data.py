@@ -265,10 +265,19 @@ def manifest_samples(path: str | Path, skips: SkipLog | None = None, splits: Ite
             continue
         clicks = [c for c in item.get("clicks") or [] if isinstance(c, dict) and {"x", "y"} <= set(c)]
         labels = {str(k): int(v) for k, v in (item.get("labels") or {}).items() if v in (0, 1, True, False)}
-        samples.append(SegSample(key=f"{item.get('case_id', name)}", group=str(item.get("case_id", name)),
+        samples.append(SegSample(key=_manifest_key(item, name), group=str(item.get("case_id", name)),
                                  source=f"manifest:{path.name}", loader=_image_mask_loader(image_path, mask_path),
                                  clicks=clicks, labels=labels, split=split))
     return samples
+
+
+def _manifest_key(item: dict, name: str) -> str:
+    """A manifest item's sample key: its case id, with ``#object-N`` for a labelled object of an answer with several
+    (one entry per object, all of the case's patient group)."""
+    key = f"{item.get('case_id', name)}"
+    found = item.get("object")
+    object_id = found.get("id") if isinstance(found, dict) else None
+    return f"{key}#object-{object_id}" if isinstance(object_id, int) and object_id > 0 else key
 
 
 @lru_cache(maxsize=4)

@@ -1,6 +1,12 @@
 // BiasCare reading-room viewer (app/VIEWER_API.md is the contract with the server).
 // The Gradio HTML component renders <div class="bc-slot" data-nonce data-w data-h data-ow data-oh data-ai data-slices
-// data-slice>; this script (injected through the page head) builds the viewer inside it and talks to the lean routes.
+// data-slice data-object-labels data-objects>; this script (injected through the page head) builds the viewer inside
+// it and talks to the lean routes.
+//
+// Objects: an answer holds labelled objects, each its own mask (app/VIEWER_API.md). The object list beside the image
+// shows them (colour, label, select, reset, delete); "New object" with a label makes the next click or box start a
+// fresh mask for it. The selected ("active") object's layer is the one the tools act on (state.layer, state.layers);
+// the others' layers of the slice shown are drawn beneath it, each in its own colour.
 //
 // Coordinate frames
 //   display grid  continuous pixel coordinates of the image the server sends (x right, y down, 0..w / 0..h); every
@@ -120,6 +126,141 @@
     return [row1, row2];
   }
 
+  // ------------------------------------------------------------------ the answer's objects (list beside the image)
+  function parseJson(text, fallback) {
+    try { return text ? JSON.parse(text) : fallback; } catch (err) { return fallback; }
+  }
+
+  function initObjects(state, d) {
+    state.objectLabels = parseJson(d.objectLabels, []);
+    state.objects = new Map();
+    for (const o of parseJson(d.objects, [{id: 0, label: null, colour: MASK_RGB, slices: []}])) {
+      state.objects.set(o.id, {id: o.id, label: o.label, colour: o.colour || MASK_RGB, layer: null, server: true});
+    }
+    if (!state.objects.size) addObject(state, 0, null, MASK_RGB, false);
+    state.active = state.objects.has(0) ? 0 : Math.min(...state.objects.keys());
+  }
+
+  function addObject(state, id, label, colour, server) {
+    const o = {id, label, colour: colour || MASK_RGB, layer: null, server};
+    state.objects.set(id, o);
+    return o;
+  }
+
+  function activeObject(state) {
+    return state.objects.get(state.active) || {id: 0, label: null, colour: MASK_RGB};
+  }
+
+  function objectRef(state) {
+    // the "object" field of a mask action: none for the default object (its events are as before objects)
+    const o = activeObject(state);
+    return o.id === 0 ? {} : {object: {id: o.id, label: o.label}};
+  }
+
+  function rgb(colour) {
+    return `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
+  }
+
+  function buildObjectPanel(state) {
+    state.labelSelect = el("select", {id: "bc-object-label", title: "label of the next new object"},
+                           state.objectLabels.map((l) => el("option", {value: l.label, text: l.label})));
+    const create = button("bc-new-object", "New object",
+                          "the next click or box starts a fresh mask with this label (L)");
+    create.onclick = () => newObject(state);
+    state.objectList = el("ul", {class: "bc-object-list", id: "bc-object-list"});
+    state.objectPanel = el("div", {class: "bc-objects", id: "bc-objects"},
+                           [el("div", {class: "bc-objects-head", text: "Objects"}), state.labelSelect, create,
+                            state.objectList]);
+    renderObjects(state);
+    return state.objectPanel;
+  }
+
+  function renderObjects(state) {
+    if (!state.objectList) return;
+    state.objectList.innerHTML = "";
+    for (const o of [...state.objects.values()].sort((a, b) => a.id - b.id)) {
+      const name = o.label === null ? "annotation (AI)" : o.label;
+      const reset = el("button", {class: "bc-object-reset", title: "reset this object on this slice", text: "Reset"});
+      const remove = el("button", {class: "bc-object-delete", title: "delete this object", text: "Delete"});
+      const row = el("li", {class: "bc-object" + (o.id === state.active ? " bc-active" : ""), "data-object": o.id,
+                            "data-label": o.label === null ? "" : o.label, "data-area": o.id === state.active
+                              ? String(state.layer ? state.layer.area : 0) : String(o.layer ? o.layer.area : 0)},
+                     [el("span", {class: "bc-swatch", style: `background: ${rgb(o.colour)}`}),
+                      el("span", {class: "bc-object-name", text: name}), reset, remove]);
+      row.onclick = () => selectObject(state, o.id);
+      reset.onclick = (e) => { e.stopPropagation(); selectObject(state, o.id); act(state, "reset"); };
+      remove.onclick = (e) => { e.stopPropagation(); removeObject(state, o.id); };
+      state.objectList.appendChild(row);
+    }
+    state.objectPanel.dataset.active = String(state.active);
+    state.objectPanel.dataset.count = String(state.objects.size);
+  }
+
+  function newObject(state) {
+    if (!state.ai || !state.labelSelect) return;
+    const label = state.labelSelect.value, spec = state.objectLabels.find((l) => l.label === label);
+    if (!spec) return;
+    const id = Math.max(0, ...state.objects.keys()) + 1;
+    addObject(state, id, label, spec.colour, false);
+    selectObject(state, id);
+    state.status.textContent = `new object: ${label} — click or drag a box to start its mask`;
+  }
+
+  function selectObject(state, id) {
+    if (!state.objects.has(id) || id === state.active) { renderObjects(state); return; }
+    const before = activeObject(state);
+    before.layer = state.layer;  // kept as one of the others, drawn beneath in its colour
+    state.active = id;
+    state.version++;  // a layer still on its way belongs to the object it was asked for
+    state.layers = new Map();
+    state.localClicks = new Map();
+    const now = activeObject(state);
+    const here = now.layer && (state.slices < 2 || now.layer.slice === state.slice) ? now.layer : null;
+    now.layer = null;
+    if (here) applyLayer(state, here); else clearLayer(state);
+    if (!here && now.server) fetchLayer(state, state.slice, performance.now());
+    renderObjects(state);
+    updateStatus(state);
+  }
+
+  function removeObject(state, id) {
+    touch();
+    enqueue(state, async () => {
+      const r = await post("/api/v1/remove_object", {nonce: state.nonce, object: {id}});
+      if (!r.ok && state.objects.get(id) && state.objects.get(id).server) { await failed(state, r); return; }
+      state.objects.delete(id);
+      if (!state.objects.size) addObject(state, 0, null, MASK_RGB, true);
+      if (state.active === id) {
+        state.active = null;
+        state.layer = null;
+        selectObject(state, state.objects.has(0) ? 0 : Math.min(...state.objects.keys()));
+      }
+      redrawOverlay(state);
+      drawMarks(state);
+      renderObjects(state);
+    });
+  }
+
+  function fetchOtherLayers(state, k) {
+    // the layers of the slice shown for every object but the active one (drawn beneath it)
+    for (const o of state.objects.values()) {
+      if (o.id === state.active) continue;
+      if (o.layer && (state.slices < 2 || o.layer.slice === k)) continue;
+      o.layer = null;
+      if (!o.server) continue;
+      fetch(`/api/v1/view/${state.nonce}/layer.png${layerQuery(k, o.id)}`,
+            {credentials: "same-origin", headers: {"Accept": ACCEPT}})
+        .then((r) => (r.ok ? decodeLayer(state, r, k, o.colour) : null))
+        .then((layer) => {
+          if (!layer || state !== V || o.id === state.active) return;
+          if (state.slices > 1 && layer.slice !== state.slice) return;
+          o.layer = layer;
+          redrawOverlay(state);
+          drawMarks(state);
+        }).catch(() => {});
+    }
+  }
+
   function buildStage(state) {
     state.base = el("canvas", {id: "bc-base", width: state.w, height: state.h});
     state.overlay = el("canvas", {id: "bc-overlay-canvas", width: state.w, height: state.h});
@@ -143,13 +284,14 @@
       ["U, Ctrl+Z", "undo"], ["R", "reset to the AI mask"], ["A", "accept as is"],
       ["C", "clean-up of the shown mask (islands < 64 px dropped, holes filled)"],
       ["K", "carry the previous slice's prompts to this slice"],
+      ["L", "new object with the label chosen beside the image (its own mask; click a row to select an object)"],
       ["O / F", "overlay on/off, outline/fill"], ["right-drag", "window (horizontal) / level (vertical)"],
       ["1–9", presetList(state)], ["I", "invert"], ["Esc", "reset window, zoom and pan"],
       ["wheel", state.slices > 1 ? "slices (Ctrl+wheel: zoom at the cursor)" : "zoom at the cursor"],
       ["+ / − / 0 / Z", "zoom in / out / fit / 1:1"],
       ["↑ ↓ / PageUp PageDown", "slice ±1 / ±10 (hold to scroll)"], ["Ctrl+Enter", "submit & next"],
       ["J", "skip (outside studies)"], ["?", "this help"]];
-    const aiOnly = ["P / N / T", "B", "D / E", "U, Ctrl+Z", "R", "A", "C", "K", "O / F"];  // mask tools
+    const aiOnly = ["P / N / T", "B", "D / E", "U, Ctrl+Z", "R", "A", "C", "K", "L", "O / F"];  // mask tools
     const shown = keys.filter(([k]) => state.ai || !aiOnly.includes(k))
       .filter(([k]) => state.slices > 1 || !["K", "↑ ↓ / PageUp PageDown"].includes(k));
     const rows = shown.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join("");
@@ -173,9 +315,11 @@
       drawnMarkers: [], wheelAcc: 0, layerCtrl: null, layerTimer: 0, cleanupLocal: false, marked: new Set(), accepted: new Set(),
     };
     state.serverSlice = state.slice;
+    initObjects(state, d);
     slot.innerHTML = "";
     for (const row of buildToolbar(state)) slot.appendChild(row);
-    slot.appendChild(buildStage(state));
+    const stage = buildStage(state);
+    slot.appendChild(state.ai ? el("div", {class: "bc-main"}, [stage, buildObjectPanel(state)]) : stage);
     wire(state);
     updatePresets(state);
     setTool(state, state.tool);
@@ -185,7 +329,7 @@
     sizeStage(state);
     fit(state);
     firstPixels(state);
-    if (state.ai) fetchLayer(state, state.slice, performance.now());
+    if (state.ai) { fetchLayer(state, state.slice, performance.now()); fetchOtherLayers(state, state.slice); }
   }
 
   function wire(state) {
@@ -683,11 +827,21 @@
     }
   }
 
-  async function decodeLayer(state, resp, slice) {
+  function layerQuery(k, objectId) {
+    const q = new URLSearchParams();
+    if (k !== null && k !== undefined) q.set("slice", String(k));
+    if (objectId) q.set("object", String(objectId));
+    const text = q.toString();
+    return text ? "?" + text : "";
+  }
+
+  async function decodeLayer(state, resp, slice, rgbColour) {
     const runs = new Uint16Array(await resp.arrayBuffer());
     const w = runs[0], h = runs[1], n = (runs.length - 2) / 3, triples = runs.subarray(2);
     const image = new ImageData(w, h), px = new Uint32Array(image.data.buffer);
-    const colour = (255 << 24 | MASK_RGB[2] << 16 | MASK_RGB[1] << 8 | MASK_RGB[0]) >>> 0;  // RGBA bytes, little-endian
+    const objectId = parseInt(resp.headers.get("X-Object") || "0", 10) || 0;
+    const c = rgbColour || (state.objects.get(objectId) || {colour: MASK_RGB}).colour;
+    const colour = (255 << 24 | c[2] << 16 | c[1] << 8 | c[0]) >>> 0;  // RGBA bytes, little-endian
     let area = 0;
     for (let i = 0; i < n; i++) {
       const row = triples[3 * i] * w;
@@ -697,7 +851,11 @@
     const H = (n) => resp.headers.get(n);
     const headerSlice = H("X-Slice");
     const clicks = parseInt(H("X-Clicks") || "0", 10) || 0;
-    return {image, area, path: outlineFromRuns(triples, n, w, h), clicks,
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    return {image, canvas, area, path: outlineFromRuns(triples, n, w, h), clicks, object: objectId, colour: c,
             slice: headerSlice !== null && headerSlice !== "" ? parseInt(headerSlice, 10) : slice,
             prompts: parsePrompts(H("X-Prompts")), server: parseFloat(H("X-Server-Ms") || "0"),
             model: parseFloat(H("X-Model-Ms") || "0"), cpu: parseFloat(H("X-Server-Cpu-Ms") || "0")};
@@ -730,17 +888,31 @@
   function applyLayer(state, layer) {
     state.layer = layer;
     state.prompts = promptsOf(state, layer);
-    const ctx = state.overlay.getContext("2d");
-    ctx.putImageData(layer.image, 0, 0);
+    redrawOverlay(state);
     state.overlay.dataset.clicks = String(layer.clicks);
     drawMarks(state);
     updateStatus(state);
+    renderObjects(state);
+  }
+
+  function otherLayers(state) {
+    // the layers of the slice shown of every object but the active one
+    return [...state.objects.values()].filter((o) => o.id !== state.active && o.layer &&
+                                                     (state.slices < 2 || o.layer.slice === state.slice))
+      .map((o) => o.layer);
+  }
+
+  function redrawOverlay(state) {
+    // the fill of every object's mask, the active one's on top
+    const ctx = state.overlay.getContext("2d");
+    ctx.clearRect(0, 0, state.w, state.h);
+    for (const layer of [...otherLayers(state), state.layer].filter(Boolean)) ctx.drawImage(layer.canvas, 0, 0);
   }
 
   function clearLayer(state) {
     state.layer = null;
     state.prompts = null;
-    state.overlay.getContext("2d").clearRect(0, 0, state.w, state.h);
+    redrawOverlay(state);
     drawMarks(state);
   }
 
@@ -755,6 +927,7 @@
     if (!state.ai) return;
     clearTimeout(state.layerTimer);
     if (state.layerCtrl) { state.layerCtrl.abort(); state.layerCtrl = null; }
+    fetchOtherLayers(state, k);
     const cached = state.layers.get(k);
     if (cached) { applyLayer(state, cached); return; }
     clearLayer(state);
@@ -771,7 +944,7 @@
         await state.sliceSync;  // older servers answer the slice they show
         if (state.serverSlice !== k && state.noPixels) return;
       }
-      const r = await fetch(`/api/v1/view/${state.nonce}/layer.png${sliceQuery(k)}`,
+      const r = await fetch(`/api/v1/view/${state.nonce}/layer.png${layerQuery(k, state.active)}`,
                             {credentials: "same-origin", signal: ctrl.signal, headers: {"Accept": ACCEPT}});
       await paint(state, r, t0, "layer", {slice: k, version});
     } catch (err) {
@@ -784,6 +957,14 @@
     if (!resp.ok) { await failed(state, resp); return false; }
     const layer = await decodeLayer(state, resp, opts.slice === undefined ? state.slice : opts.slice);
     if (state !== V) return false; // the case changed meanwhile
+    const owner = state.objects.get(layer.object);
+    if (owner) owner.server = true;  // the server knows the object now (its first action was recorded)
+    if (layer.object !== state.active) {  // the reader picked another object meanwhile: it is one of the others now
+      if (owner && (state.slices < 2 || layer.slice === state.slice)) { owner.layer = layer; redrawOverlay(state); }
+      drawMarks(state);
+      renderObjects(state);
+      return true;
+    }
     const outdated = opts.version !== undefined && opts.version !== state.version; // an action came after it
     if (!outdated) rememberLayer(state, layer);
     const current = !outdated && (state.slices < 2 || layer.slice === state.slice);
@@ -820,6 +1001,8 @@
     const tool = state.tool === "point" ? (state.positive ? "positive" : "negative") + " mode"
       : `${TOOL_NAMES[state.tool]} tool` + (state.tool === "brush" || state.tool === "eraser" ? ` r=${state.radius}` : "");
     const parts = [tool];
+    const o = activeObject(state);
+    if (state.objects.size > 1 || o.id !== 0) parts.push(`object: ${o.label === null ? "annotation" : o.label}`);
     if (state.layer) parts.push(`${state.layer.clicks} click(s)`);
     if (ms !== undefined) parts.push(`${ms} ms`);
     const p = state.prompts;
@@ -844,11 +1027,13 @@
     const ctx = state.marks.getContext("2d"), dpr = window.devicePixelRatio || 1;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, state.marks.width, state.marks.height);
-    if (state.layer && state.overlayOn && !state.fill) {
+    if (state.overlayOn && !state.fill) {
       ctx.setTransform(dpr * state.zoom, 0, 0, dpr * state.zoom, dpr * state.tx, dpr * state.ty);
-      ctx.strokeStyle = OUTLINE;
-      ctx.lineWidth = 1.5 / state.zoom;
-      ctx.stroke(state.layer.path);
+      for (const layer of [...otherLayers(state), state.layer].filter(Boolean)) {
+        ctx.strokeStyle = layer === state.layer ? rgb(activeObject(state).colour) : rgb(layer.colour || MASK_RGB);
+        ctx.lineWidth = (layer === state.layer ? 1.5 : 1.2) / state.zoom;
+        ctx.stroke(layer.path);
+      }
     }
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     drawPrompts(state, ctx);
@@ -1061,7 +1246,8 @@
 
   // ------------------------------------------------------------------ server actions (one queue per view)
   function bodyFor(state, extra) {
-    return Object.assign({nonce: state.nonce}, state.slices > 1 ? {slice: state.slice} : {}, extra || {});
+    return Object.assign({nonce: state.nonce}, state.slices > 1 ? {slice: state.slice} : {}, objectRef(state),
+                         extra || {});
   }
 
   function enqueue(state, fn) {
@@ -1356,7 +1542,7 @@
       b: () => setTool(state, "box"), d: () => setTool(state, "brush"), e: () => setTool(state, "eraser"),
       m: () => setTool(state, "measure"), h: () => setTool(state, "pan"),
       u: () => act(state, "undo"), r: () => act(state, "reset"), a: () => doAccept(state),
-      c: () => toggleCleanup(state), k: () => carry(state),
+      c: () => toggleCleanup(state), k: () => carry(state), l: () => newObject(state),
       o: () => { state.overlayOn = !state.overlayOn; applyOverlayStyle(state); },
       f: () => { state.fill = !state.fill; applyOverlayStyle(state); },
       i: () => toggleInvert(state), escape: () => (state.help.classList.contains("bc-hidden") ? resetView(state)
@@ -1444,6 +1630,8 @@
             radius: V.radius, units: V.pixels ? V.pixels.units : null, full: V.pixels ? V.pixels.full : null,
             presets: (V.presetItems || []).map((p) => ({name: p.name, c: p.c, w: p.w})),
             prompts: V.prompts, area: V.layer ? V.layer.area : null, layerSlice: V.layer ? V.layer.slice : null,
+            object: V.active, objects: [...V.objects.values()].map((o) => ({id: o.id, label: o.label,
+              colour: o.colour, active: o.id === V.active, server: o.server})),
             measures: (V.measures.get(sliceKey(V)) || []).map((m) => ({...m}))};
   }
 
