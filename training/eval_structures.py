@@ -23,8 +23,9 @@ Manifest (JSON, or YAML for a ``.yaml``/``.yml`` file; relative paths are relati
 
 Per structure and model: the single-dataset evaluator's :func:`training.eval_clicks.evaluate` (NoC@85/90 and their
 failures, mIoU@1/3/5/10/20, box IoU, max_drop, the curve, every object's IoUs) and
-:func:`training.eval_clicks.bootstrap_replicates` over the structure's images (95 % percentile intervals; the same
-seed for both models, so the replicates are paired and the checkpoint − baseline differences get intervals too).
+:func:`training.eval_clicks.bootstrap_replicates` over the structure's images (95 % percentile intervals; structure
+number n of the run draws with seed ``--seed`` + n for both models, so the replicates are paired between the models
+— the checkpoint − baseline differences get intervals too — and independent between structures).
 Overall = the mean over structures (each structure weighs the same); its interval takes each replicate's per-structure
 figures and averages them (a bootstrap stratified by structure).
 """
@@ -214,8 +215,9 @@ class Protocol:
     seed: int = 0
 
 
-def evaluate_structure(predictor, structure: Structure, protocol: Protocol) -> tuple[dict, dict[str, list[float]]]:
-    """One model on one structure: (table row, bootstrap replicates)."""
+def evaluate_structure(predictor, structure: Structure, protocol: Protocol,
+                       seed: int | None = None) -> tuple[dict, dict[str, list[float]]]:
+    """One model on one structure: (table row, bootstrap replicates drawn with ``seed``, default the protocol's)."""
     result = evaluate(predictor, structure.pairs, protocol.max_clicks, protocol.refine_clicks, protocol.rule,
                       protocol.click_grid, protocol.min_object_fraction, structure.text, protocol.box,
                       mask_loader=lambda path, shape: load_label_mask(path, shape, structure.label))
@@ -230,7 +232,8 @@ def evaluate_structure(predictor, structure: Structure, protocol: Protocol) -> t
                 "curve": [round(v, 4) for v in result["curves"]["original"]],
                 "model_grid": {k: result["grids"]["model"].get(k) for k in ("noc@85", "noc@90", "miou@1", "miou@5",
                                                                            "miou@20", "box_iou")}})
-    replicates = bootstrap_replicates(result["objects"], protocol.bootstrap, protocol.seed, protocol.max_clicks) \
+    seed = protocol.seed if seed is None else seed
+    replicates = bootstrap_replicates(result["objects"], protocol.bootstrap, seed, protocol.max_clicks) \
         if protocol.bootstrap else {}
     row["intervals"] = percentile_intervals(replicates) if replicates else {}
     row["objects"] = [{k: o[k] for k in ("image", "component", "pixels", "ious", "box_iou")} for o in result["objects"]]
@@ -263,16 +266,17 @@ def same_objects(rows: list[dict]) -> bool:
 
 def evaluate_models(models: dict[str, object], structures: list[Structure], protocol: Protocol) -> dict:
     """Every model (label → predictor) on every structure; the JSON-ready result (module doc). The first model is
-    the baseline of the differences."""
+    the baseline of the differences. Structure ``n`` draws its resamples with seed ``protocol.seed + n`` for every
+    model: paired between models, independent between structures."""
     table, replicates = [], {label: [] for label in models}
-    for structure in structures:
+    for number, structure in enumerate(structures):
         entry = {"dataset": structure.dataset, "structure": structure.name, "label": structure.label,
                  "n_images": len(structure.pairs), "images": [image.name for image, _ in structure.pairs],
                  "images_without_mask": structure.without_mask,
                  "images_without_structure": structure.without_structure, "models": {}}
         for label, predictor in models.items():
             log.info("%s: %s (%d images)", label, structure.key, len(structure.pairs))
-            entry["models"][label], samples = evaluate_structure(predictor, structure, protocol)
+            entry["models"][label], samples = evaluate_structure(predictor, structure, protocol, protocol.seed + number)
             replicates[label].append(samples)
         entry["same_objects"] = same_objects(list(entry["models"].values()))
         entry["n_objects"] = entry["models"][next(iter(models))]["n_objects"]
@@ -301,7 +305,8 @@ def _summaries(table: list[dict], replicates: dict[str, list[dict[str, list[floa
         differences[f"{label} - {baseline}"] = {
             "per_structure": per_structure,
             "overall": {**overall_point, "intervals": percentile_intervals(paired) if paired else {}}}
-    return {"overall": {"what": "mean over structures (each structure weighs the same)", **overall},
+    return {"overall": {"what": "mean over structures (each structure weighs the same)", "n_structures": len(table),
+                        **overall},
             "differences": differences, "same_objects": all(entry["same_objects"] for entry in table)}
 
 
@@ -433,9 +438,10 @@ def _write(result: dict, args) -> None:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown_table(result) + "\n" + markdown_differences(result))
     for label, overall in result["overall"].items():
-        if isinstance(overall, dict):
-            print(f"eval-structures: {label}: mean over {len(result['structures'])} structures NoC@90 "
-                  f"{overall['noc@90']:.2f}, mIoU@5 {overall['miou@5']:.3f}, box {overall['box_iou']}", file=sys.stderr)
+        if label in {m["label"] for m in result["models"]}:
+            figures = ", ".join(f"{title} {_cell(overall, key, digits)}" for key, title, digits in TABLE_COLUMNS)
+            print(f"eval-structures: {label}: mean over {len(result['structures'])} structures: {figures}",
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":

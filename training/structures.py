@@ -215,13 +215,28 @@ def prepare(volume_path: Path, labels_path: Path, label_map_path: Path, out: Pat
     return summary
 
 
+def slice_ranges(indices: list[int]) -> str:
+    """[16, 17, 18, 48, 49] -> '16–18, 48–49'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 def _readme(summary: dict, groups: dict[str, list[SliceItem]]) -> str:
     counts = ", ".join(f"{g}: {len(rows)} items on {len({i.index for i in rows})} slices" for g, rows in groups.items())
+    split = summary["slice_split"]
+    heldout = [i for i in range(summary["n_slices"]) if SliceSplit(**split).is_heldout(i)]
     return (f"# Axial CT slices with per-slice label PNGs (written by `python launch.py prepare-ct-structures`)\n\n"
             f"Source: {summary['volume']} + {summary['labels']} ({summary['n_slices']} {summary['plane']} slices, "
             f"window {summary['window']}, radiological display orientation).\n"
-            f"Held-out structures: {', '.join(summary['heldout_structures'])}. Held-out slices: bands "
-            f"{summary['slice_split']}. {counts}.\n\n{ATTRIBUTION}\n")
+            f"Held-out structures: {', '.join(summary['heldout_structures'])}. Held-out slices: z "
+            f"{slice_ranges(heldout)} (bands of {split['band']} slices, every {split['every']}th band from band "
+            f"{split['offset']}). Items (structure on slice, ≥ {summary['min_voxels']} voxels): {counts}.\n\n"
+            f"{ATTRIBUTION}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
