@@ -748,7 +748,7 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
         with store.read_session() as session:
             finals = final_annotations(session)
             if require_any:
-                _require_writable_masks(finals, formats)
+                _require_writable_masks(finals, formats, _labelled_answers(session, finals))
             written = _export_final_masks(session, finals, out, formats, deid or Deidentifier())
     finally:
         if owned:
@@ -759,13 +759,20 @@ def export_masks(store_or_url: Store | str, out_dir: Path | str,
     return result
 
 
-def _require_writable_masks(finals: Sequence[tuple[Case, Annotation]], formats: Sequence[str]) -> None:
+def _labelled_answers(session: Any, finals: Sequence[tuple[Case, Annotation]]) -> set[int]:
+    """The ids of the cases among ``finals`` whose answer has labelled objects (a 2-D one gets a multi-label NIfTI)."""
+    return {case.id for case, annotation in finals
+            if any(o.label is not None for o in answer_objects(session, annotation.id))}
+
+
+def _require_writable_masks(finals: Sequence[tuple[Case, Annotation]], formats: Sequence[str],
+                            labelled: set[int] | frozenset[int] = frozenset()) -> None:
     """ExportError unless some final annotation has a mask that one of ``formats`` applies to."""
     masked = [case for case, annotation in finals if annotation.mask_rle is not None]
     if not masked:
         raise ExportError(f"no masks to export: none of the {len(finals)} final annotations has a mask")
     applies = {"png": lambda c: c.depth is None, "coco": lambda c: c.depth is None,
-               "nifti": lambda c: c.depth is not None,
+               "nifti": lambda c: c.depth is not None or c.id in labelled,
                "dicom-seg": lambda c: c.format == "dicom" or c.depth is not None}
     if not any(applies.get(fmt, lambda c: False)(case) for case in masked for fmt in formats):
         raise ExportError(f"no masks to export as {', '.join(formats)}: the {len(masked)} masks are of other kinds "

@@ -256,7 +256,8 @@ def _right_lung_point(ai_mask: np.ndarray) -> tuple[int, int]:
 
 
 @pytest.mark.browser
-def test_viewer_objects_two_labelled_objects_drawn_saved_and_exported_as_two_segments(server, browser, tmp_path):
+def test_viewer_objects_two_labelled_objects_drawn_saved_and_exported_as_two_segments(server, browser, tmp_path,
+                                                                                      artifacts_dir):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -301,6 +302,7 @@ def test_viewer_objects_two_labelled_objects_drawn_saved_and_exported_as_two_seg
     assert heart.sum() > 3_000 and rows.min() >= box[1] - 1 and rows.max() <= box[3] + 1
     assert cols.min() >= box[0] - 1 and cols.max() <= box[2] + 1
     assert np.array_equal(_server_layer(page, server.url, 1), right), "the box started the heart, not the lung"
+    page.screenshot(path=str(artifacts_dir / "viewer-objects-right-lung-and-heart.png"))
 
     # per-object undo: the right lung's click taken back, the heart untouched; the same click brings it back
     page.locator(".bc-object[data-object='1']").click()
@@ -314,6 +316,16 @@ def test_viewer_objects_two_labelled_objects_drawn_saved_and_exported_as_two_seg
     page.mouse.click(*_client(page, px + 0.5, py + 0.5))
     wait_stats(page, "click", 2)
     assert np.array_equal(_server_layer(page, server.url, 1), right)
+
+    nonce, api = page.get_attribute(".bc-answer[data-nonce]", "data-nonce"), f"{server.url}/api/v1"
+    for route, body, cause in [  # bad objects are refused with 400 and the cause, before any model pass
+            ("click", {"x": 9, "y": 9, "positive": True, "object": {"id": 3, "label": "Spleen"}}, "unknown object"),
+            ("click", {"x": 9, "y": 9, "positive": True, "object": {"id": 0, "label": "Left lung"}}, "default"),
+            ("click", {"x": 9, "y": 9, "positive": True, "object": {"id": 1, "label": "Left lung"}}, "new label"),
+            ("box", {"x0": 9, "y0": 9, "x1": 90, "y1": 90, "object": {"id": 7}}, "give its label"),
+            ("remove_object", {"object": {"id": 9}}, "no object 9")]:
+        refused = page.request.post(f"{api}/{route}", data={"nonce": nonce, **body})
+        assert refused.status == 400 and cause in refused.json()["error"], (route, refused.text())
 
     page.reload()  # the objects come back from the events: the list and each object's mask
     wait_case_open(page)
@@ -331,7 +343,8 @@ def test_viewer_objects_two_labelled_objects_drawn_saved_and_exported_as_two_seg
     ox, oy = (round(v) for v in g.display_to_original(px + 0.5, py + 0.5))
     assert saved["Right lung"][oy, ox]
 
-    files = export.export_masks(store, tmp_path / "export", formats=("dicom-seg", "nifti", "png", "coco"))
+    files = export.export_masks(store, tmp_path / "export", formats=("dicom-seg", "nifti", "png", "coco"),
+                                require_any=True)
     written = files["masks"][case.pseudo_id]
     seg = hd.seg.segread(written["dicom-seg"])
     segments = {d.segment_number: d for d in seg.SegmentSequence}
