@@ -186,3 +186,17 @@ def test_a_mask_of_another_size_is_refused_with_its_file(ct_slices, shared_data,
     cxr_mask = shared_data / "cxr_lungs" / "masks" / f"{Path(HELDOUT_CXR[0]).stem}_lung.png"
     with pytest.raises(MaskShapeError, match="does not match image shape"):
         load_label_mask(cxr_mask, (7, 7), None)
+
+
+def test_limits_pick_images_spread_over_the_structure(ct_slices):
+    from training.eval_structures import ManifestError, parse_limits, spread
+
+    _, summary = ct_slices
+    slices = sorted(i["image"] for i in summary["items"]["heldout"] if i["structure"] == "iliopsoas_left")
+    picked = spread(slices, 3)  # the structure is on all 24 held-out slices: one pick in each held-out band
+    assert picked[0] == slices[0] and picked[-1] == slices[-1]
+    assert len({int(name[-7:-4]) // summary["slice_split"]["band"] for name in picked}) == 3
+    assert spread(slices, 3) == picked and spread(slices, None) == slices
+    assert parse_limits(["4", "ct_heldout=3"]) == {"": 4, "ct_heldout": 3}
+    with pytest.raises(ManifestError, match="--limit 'ct=0'"):
+        parse_limits(["ct=0"])

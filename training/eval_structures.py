@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="stock", help="'stock' (LiteMedSAM), a checkpoint path, or 'none'")
     p.add_argument("--json", required=True, help="output JSON path ('-' = stdout)")
     p.add_argument("--markdown", default=None, help="also write the Markdown tables here")
-    p.add_argument("--limit", type=int, default=None,
-                   help="at most N images per structure, spread evenly over its sorted images")
+    p.add_argument("--limit", action="append", default=[], metavar="[DATASET=]N",
+                   help="at most N images per structure (of that dataset's structures only, with DATASET=), spread "
+                        "evenly over its sorted images; repeatable")
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--refine-clicks", type=int, default=3, help="corrective clicks after the box prompt")
     p.add_argument("--rule", default="depth", choices=("depth", "area"))
@@ -380,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_limits(values: list[str]) -> dict[str, int]:
+    """['3', 'ct=2'] -> {'': 3, 'ct': 2} ('' = every dataset without its own limit)."""
+    limits = {}
+    for value in values:
+        dataset, _, number = value.rpartition("=")
+        if not number.isdigit() or int(number) < 1:
+            raise ManifestError(f"--limit {value!r}: expected N or DATASET=N with N ≥ 1")
+        limits[dataset] = int(number)
+    return limits
+
+
 def _load_models(args) -> dict[str, object]:
     models = {}
     if args.baseline != "none":
@@ -391,8 +403,12 @@ def _load_models(args) -> dict[str, object]:
 
 def _model_info(label: str, predictor, checkpoint) -> dict:
     model = predictor.model
-    return {"label": label, "checkpoint": "stock" if checkpoint is None or not Path(checkpoint).is_file()
-            else str(checkpoint), "model_version": model.info.version, "encoder_version": model.encoder_version}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        path = Path(checkpoint).resolve()
+        shown = str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+    else:
+        shown = "stock"
+    return {"label": label, "checkpoint": shown, "model_version": model.info.version, "encoder_version": model.encoder_version}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ManifestError(f"{', '.join(args.manifest)}: structures listed twice: {duplicates}")
+        limits = parse_limits(args.limit)
         for structure in structures:
-            structure.pairs = spread(structure.pairs, args.limit)
+            structure.pairs = spread(structure.pairs, limits.get(structure.dataset, limits.get("")))
         loaded = _load_models(args)
     except (DataError, ImageReadError, CheckpointError) as exc:  # each names the file and the cause
         print(f"eval-structures: {exc}", file=sys.stderr)
@@ -421,14 +438,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval-structures: {exc}", file=sys.stderr)
         return 2
     result = {"models": [_model_info(label, p, c) for label, (p, c) in loaded.items()],
-              "manifests": args.manifest, "protocol": {**protocol.__dict__, "limit_per_structure": args.limit,
+              "manifests": args.manifest, "protocol": {**protocol.__dict__, "limit_per_structure": parse_limits(args.limit),
                                                        "bootstrap_unit": "image", "level": 0.95}, **result}
     _write(result, args)
     return 0
 
 
+def compact_json(result: dict) -> str:
+    """Indented JSON with every list of numbers on one line (the per-object IoU curves stay short)."""
+    import re
+
+    def inline(match: re.Match) -> str:
+        return "[" + ", ".join(x.strip() for x in match.group(1).split(",")) + "]"
+
+    return re.sub(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]", inline, json.dumps(result, indent=1))
+
+
 def _write(result: dict, args) -> None:
-    text = json.dumps(result, indent=1)
+    text = compact_json(result)
     if args.json == "-":
         print(text)
     else:
