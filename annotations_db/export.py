@@ -608,8 +608,10 @@ def write_nifti_dicom_seg(mask: np.ndarray, affine: Sequence[Sequence[float]], p
 
     A SEG must reference source images and a NIfTI has none, so one header-only image per k-plane is derived from the
     affine (:func:`nifti_plane_headers`: same voxel grid, positions and orientation; pseudonymous patient, new study,
-    series and frame of reference); the SEG's frame k is ``mask[:, :, k].T`` (Rows = J, Columns = I) over plane k,
-    every frame kept (empty ones included), so frame k is k-plane k of the NIfTI mask."""
+    series and frame of reference); each frame is a plane's ``mask[:, :, k].T`` (Rows = J, Columns = I), every
+    plane kept (empty ones included). highdicom orders the frames by position, not by k (on the shipped RAS CT:
+    decreasing z, frame f = plane K-1-f): map frames to planes by their Image Position (Patient) or their
+    referenced plane, never by frame index."""
     headers = nifti_plane_headers(np.shape(mask)[:3], affine, pseudo_id, modality)
     return _write_seg(headers, _frames(mask), pseudo_id, path, label, deid, segments)
 
