@@ -12,6 +12,7 @@ State
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from core_model.geometry import ResizePad
 from core_model.model import BiasCareModel
 from core_model.preprocess import content_key, to_model_input
 from core_model.uncertainty import SegmentationUncertainty, mask_disagreement, ranking_score, semantic_uncertainty
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class InteractivePredictor:
         self.device = torch.device(device)
         self.decoder_dtype = decoder_dtype
         self.decoder_backend = self._choose_backend(decoder_backend)
+        self._encoder_requested = encoder_backend or decoder_backend
         self.encoder_backend = (self.decoder_backend if encoder_backend is None
                                 else self._choose_backend(encoder_backend, "encoder_backend"))
         self._onnx = None
@@ -178,7 +182,14 @@ class InteractivePredictor:
         if self._onnx_encoder is None:
             from core_model.onnx_runtime import OnnxImageEncoder
 
-            self._onnx_encoder = OnnxImageEncoder(self.model.image_encoder)
+            try:
+                self._onnx_encoder = OnnxImageEncoder(self.model.image_encoder)
+            except Exception as error:  # e.g. no writable cache folder: PyTorch gives the same numbers, slower
+                if self._encoder_requested == "onnx":
+                    raise
+                log.warning("ONNX Runtime image encoder unavailable (%s); embedding with PyTorch", error)
+                self.encoder_backend = "torch"
+                return self.model.encode_image(images)
         return self._onnx_encoder(images)
 
     # ------------------------------------------------------------------ embeddings

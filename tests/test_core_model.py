@@ -277,6 +277,19 @@ def test_predictor_embeds_with_the_onnx_encoder_as_pytorch_does(stock_model, cxr
         InteractivePredictor(stock_model, encoder_backend="tpu")
 
 
+def test_predictor_embeds_with_pytorch_when_the_onnx_cache_is_unusable(stock_model, cxr, tmp_path, monkeypatch):
+    """No writable folder for the exported graph: the default predictor still embeds (PyTorch), an explicit
+    ONNX request says why it cannot."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    predictor = InteractivePredictor(stock_model, decoder_backend="torch", encoder_backend="auto")
+    predictor.set_image(cxr[0])
+    assert predictor.encoder_backend == "torch" and predictor.predict(box=_box(cxr[1])).mask.any()
+    with pytest.raises(OSError):
+        InteractivePredictor(stock_model, encoder_backend="onnx").set_image(cxr[0])
+
+
 def test_triage_with_the_onnx_encoder_equals_pytorch(stock_model, cxr, shared_data, tmp_path):
     """Batched triage: ONNX Runtime encoder and PyTorch give the same masks, IoU and ranking on real CXRs."""
     from core_model.triage import Triage
