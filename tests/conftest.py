@@ -24,6 +24,17 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+@pytest.fixture(scope="session")
+def ct_slices(shared_data, artifacts_dir) -> tuple[Path, dict]:
+    """The real CT of ct_nifti/ as ``prepare-ct-structures`` writes it (slices, label PNGs, split): (folder, split)."""
+    from training.structures import prepare
+
+    ct = shared_data / "ct_nifti"
+    out = artifacts_dir / "ct-structures"
+    return out, prepare(ct / "example_ct.nii.gz", ct / "example_ct_totalseg104_multilabel.nii.gz",
+                        ct / "label_map_totalseg_v1.json", out)
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Debian Chromium (Playwright) for one test module."""

@@ -16,20 +16,6 @@ HELDOUT_CXR = [line.strip() for line in (REPO_ROOT / "assets" / "model" / "heldo
                if line.strip() and not line.startswith("#")]
 
 
-def _prepare(shared_data: Path, out: Path) -> dict:
-    from training.structures import prepare
-
-    ct = shared_data / CT
-    return prepare(ct / "example_ct.nii.gz", ct / "example_ct_totalseg104_multilabel.nii.gz",
-                   ct / "label_map_totalseg_v1.json", out)
-
-
-@pytest.fixture(scope="session")
-def ct_slices(shared_data, artifacts_dir) -> tuple[Path, dict]:
-    out = artifacts_dir / "ct-structures"
-    return out, _prepare(shared_data, out)
-
-
 @pytest.fixture(scope="session")
 def ct_volume(shared_data):
     from training.structures import load_ct_and_labels
@@ -76,7 +62,11 @@ def test_split_is_deterministic_and_disjoint(shared_data, ct_slices, tmp_path):
     from training.structures import HELD_OUT_STRUCTURES
 
     out, summary = ct_slices
-    again = _prepare(shared_data, tmp_path / "again")
+    from training.structures import prepare
+
+    ct = shared_data / CT
+    again = prepare(ct / "example_ct.nii.gz", ct / "example_ct_totalseg104_multilabel.nii.gz",
+                    ct / "label_map_totalseg_v1.json", tmp_path / "again")
     assert again == summary
     assert json.loads((tmp_path / "again" / "manifest_heldout.json").read_text()) == \
         json.loads((out / "manifest_heldout.json").read_text())

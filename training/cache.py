@@ -112,7 +112,7 @@ class TargetObject:
     mask: torch.Tensor  # (256, 256) bool
     box: tuple[float, float, float, float]  # model-grid pixel-index box (x0, y0, x1, y1)
     phrases: tuple[str, ...]
-    kind: str  # "component" | "whole"
+    kind: str  # "component" | "whole" | "pseudo" (a data-engine target: clicks and boxes, no text)
 
 
 @dataclass
@@ -171,6 +171,35 @@ def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: flo
     return objects
 
 
+def structure_phrases(name: str) -> tuple[str, ...]:
+    """A structure's text prompts: ``kidney_left`` → ("left kidney", "the left kidney"). The side is the patient's
+    (radiological display: patient's left on the image right), as in the structure's name."""
+    words = name.replace("_", " ").split()
+    if words and words[-1] in ("left", "right"):
+        words = [words[-1], *words[:-1]]
+    readable = " ".join(words)
+    return readable, f"the {readable}"
+
+
+def structure_objects(labels: np.ndarray, structures: dict[int, str], geometry: ResizePad,
+                      min_object_fraction: float = 0.0005) -> list[TargetObject]:
+    """The connected components of every structure of an original-grid label image (each ≥
+    ``min_object_fraction`` of the image) as model-grid click targets, phrased by the structure's name."""
+    height, width = labels.shape
+    min_pixels = max(1, int(min_object_fraction * height * width))
+    objects = []
+    for value, name in sorted(structures.items()):
+        components, count = ndimage.label(labels == value)
+        sizes = ndimage.sum_labels(components > 0, components, index=np.arange(1, count + 1)) if count else []
+        for index, size in enumerate(sizes, start=1):
+            if size < min_pixels:
+                continue
+            grid = model_grid_mask(components == index, geometry)
+            if int(grid.sum()) >= 4:
+                objects.append(TargetObject(grid, _box(grid.numpy()), structure_phrases(name), "component"))
+    return objects
+
+
 def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: bool, augment: int,
               augment_seed: int) -> list[tuple[np.ndarray, np.ndarray, bool, str]]:
     """(image, mask, flipped, key suffix): the sample, its h-flip, and ``augment`` random variants of each."""
@@ -189,11 +218,13 @@ def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: boo
 def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips: SkipLog, flip: bool = True,
                    device: str | torch.device = "cpu", keep_images: bool = False,
                    min_object_fraction: float = 0.002, progress: bool = False, augment: int = 0,
-                   augment_seed: int = 0, split: SplitCache | None = None) -> list[PreparedImage]:
+                   augment_seed: int = 0, split: SplitCache | None = None,
+                   extra_objects: dict[str, list[TargetObject]] | None = None) -> list[PreparedImage]:
     """Load, check, embed (cached) and convert every sample (its h-flip, and ``augment`` random variants of each:
     :mod:`training.augment`) to :class:`PreparedImage`. Recorded clicks are kept on the unaugmented images only.
     ``keep_images`` keeps each image's encoder input: the model input, or with ``split`` the frozen trunk's output
-    (and embeddings not cached yet are then computed by the head from the cached trunk output)."""
+    (and embeddings not cached yet are then computed by the head from the cached trunk output). ``extra_objects``:
+    more targets per sample key (the data engine's), added to the unaugmented image only."""
     prepared: list[PreparedImage] = []
     iterator = samples
     if progress:
@@ -205,7 +236,11 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
         if loaded is None:
             continue
         pixels, mask = loaded
-        variants = _variants(sample, pixels, mask, flip, augment, augment_seed)
+        if sample.structures or sample.unlabelled:  # a flip would swap the patient's sides; the label image is
+            # not resampled; an unlabelled image's (engine) targets are on the unaugmented image only
+            variants = [(pixels, mask, False, "")]
+        else:
+            variants = _variants(sample, pixels, mask, flip, augment, augment_seed)
         pixels_list = [v[0] for v in variants]
         embeddings = cache.embeddings(model, pixels_list, device=device, split=split)
         inputs: list[torch.Tensor | None] = [None] * len(variants)
@@ -215,7 +250,10 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
             inputs = [to_model_input(image)[0][0].to(torch.float16) for image in pixels_list]
         for (image, target, flipped, suffix), embedding, encoder_input in zip(variants, embeddings, inputs):
             geometry = ResizePad(*image.shape)
-            objects = mask_objects(target, geometry, min_object_fraction)
+            objects = (structure_objects(target, sample.structures, geometry) if sample.structures
+                       else [] if sample.unlabelled else mask_objects(target, geometry, min_object_fraction))
+            if not suffix:
+                objects = objects + list((extra_objects or {}).get(sample.key, ()))
             if not objects:
                 skips.skip("mask has no object large enough", sample.key)
                 break

@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--manifest", action="append", default=[], help="exported training manifest JSON/JSONL (repeatable)")
     d.add_argument("--manifest-split", default="train",
                    help="train on manifest items of this split (and without a split; names as in annotations_db.manifest: Train/training = train); validation items validate, test items are left out, heldout is refused")
+    d.add_argument("--structures", action="append", default=[],
+                   help="prepare-ct-structures folder: its train structures on its train slices (repeatable)")
+    d.add_argument("--unlabelled", action="append", default=[],
+                   help="folder of images without masks: data-engine targets only (repeatable; needs --data-engine)")
+    d.add_argument("--unlabelled-only", default=None,
+                   help="use only these --unlabelled images: a text file of stems, or FILE.json:KEY (a list in it)")
+    d.add_argument("--data-engine", type=int, default=0, metavar="N",
+                   help="≤ N stock-model box predictions on random boxes per image as click/box targets (0 = off)")
+    d.add_argument("--engine-boxes", type=int, default=16, help="random boxes tried per image by the data engine")
     d.add_argument("--nifti", action="append", default=[], help="VOLUME:MASK NIfTI pair → 2-D slices (repeatable)")
     d.add_argument("--nifti-labels", default=None, help="comma list of label values of a multilabel NIfTI mask")
     d.add_argument("--nifti-axis", type=int, default=2)
@@ -239,6 +248,37 @@ def _manifest_split(manifest: str, args, skips: SkipLog, counts: Counter) -> tup
     return train, val
 
 
+def _stems(spec: str) -> list[str]:
+    """``--unlabelled-only``: a text file of image stems (one a line), or ``FILE.json:KEY`` (the list under KEY)."""
+    path, _, key = spec.partition(".json:")
+    try:
+        if key:
+            values = json.loads(Path(path + ".json").read_text())[key]
+            if not isinstance(values, list):
+                raise TypeError(f"{key!r} is not a list")
+            return [str(v) for v in values]
+        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"--unlabelled-only {spec}: {exc}") from None
+
+
+def _engine(args, samples: list, skips: SkipLog, progress: bool) -> tuple[dict, dict]:
+    """The data engine's targets (training.data_engine) from the stock model, on its own embedding cache."""
+    from core_model.model import build_model
+    from training.cache import EmbeddingCache
+    from training.data_engine import EngineConfig, engine_targets
+
+    stock = build_model(None, device="cpu")
+    cfg = EngineConfig(boxes=args.engine_boxes, keep=args.data_engine, seed=args.seed)
+    cache = EmbeddingCache(args.cache_dir, tag=stock.encoder_version)
+    t0 = time.perf_counter()
+    targets, info = engine_targets(samples, stock, cache, cfg, skips, progress)
+    info["seconds"] = time.perf_counter() - t0
+    log.info("data engine: %d targets on %d images in %.0fs (%s)", info["counts"].get("kept", 0), info["images"],
+             info["seconds"], info["counts"])
+    return targets, info
+
+
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
     root = logging.getLogger("training")
     root.setLevel(logging.INFO)
@@ -276,7 +316,8 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
 
     from core_model.model import build_model, encoder_version
     from training.cache import EmbeddingCache, prepare_images
-    from training.data import cxrlt_samples, folder_samples, nifti_samples, split_by_group
+    from training.data import (cxrlt_samples, folder_samples, nifti_samples, split_by_group, structure_samples,
+                               unlabelled_samples)
     from training.distributed import barrier, cleanup, init_distributed
 
     cfg = _config(args)
@@ -320,28 +361,39 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             held += val
         if args.manifest:
             seg_info["manifest_splits"] = dict(manifest_splits)
+        for folder in args.structures:
+            samples += structure_samples(folder, skips)
         labels = tuple(int(x) for x in args.nifti_labels.split(",")) if args.nifti_labels else None
         for pair in args.nifti:
             if ":" not in pair:
                 raise DataError(f"--nifti expects VOLUME:MASK, got {pair!r}")
             volume, mask = pair.split(":", 1)
             samples += nifti_samples(volume, mask, args.nifti_axis, args.nifti_min_pixels, labels, skips=skips)
+        if args.unlabelled and not args.data_engine:
+            raise DataError("--unlabelled images need --data-engine N (they have no mask of their own)")
+        only = _stems(args.unlabelled_only) if args.unlabelled_only else None
+        for folder in args.unlabelled:
+            samples += unlabelled_samples(folder, only)
         if args.max_images:
             samples = samples[: args.max_images]
         if not samples:
-            raise DataError("no segmentation data: give --folder, --manifest or --nifti")
+            raise DataError("no segmentation data: give --folder, --manifest, --structures or --nifti")
         split = {"train": [s.key for s in samples], "heldout": [s.key for s in held]}
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "split.json").write_text(json.dumps(split, indent=1))
         t0 = time.perf_counter()
+        extra_objects = None
+        if args.data_engine:
+            extra_objects, seg_info["data_engine"] = _engine(args, samples, skips, cfg.progress and dist_info.is_main)
         # rank 0 fills the cache first; the others then read it
         prepared = val_prepared = []
         for turn in ((0,) if not dist_info.enabled else (0, 1)):
             if (turn == 0) == dist_info.is_main:
                 prepared = prepare_images(samples, model, cache, skips, flip=not args.no_flip, keep_images=cfg.lora,
                                           augment=args.augment, augment_seed=args.augment_seed,
-                                          progress=cfg.progress and dist_info.is_main, split=encoder_split)
+                                          progress=cfg.progress and dist_info.is_main, split=encoder_split,
+                                          extra_objects=extra_objects)
                 val_prepared = prepare_images(held, model, cache, SkipLog(), flip=False, keep_images=cfg.lora,
                                               split=encoder_split)
             barrier(dist_info)
@@ -397,7 +449,7 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
                                          "origin": f"{card['origin']} — heads carried over unchanged from {start.version}"}
                                   for name, card in start.extra["findings"].items()}
         extra = {"trained_classes": trained_classes,
-                 "data": args.folder + args.manifest + args.nifti + ([args.cls_csv] if args.cls_csv else []),
+                 "data": args.folder + args.manifest + args.structures + args.nifti + ([args.cls_csv] if args.cls_csv else []),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": sorted(tasks),
                  "config": cfg.as_dict()}
         if findings_cards:

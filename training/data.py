@@ -9,6 +9,9 @@ Sources
       split}``; relative paths are relative to the manifest's folder. Read as a file, never the live database; its
       version, item fields and split names follow the contract of :mod:`annotations_db.manifest` (the one module
       both sides import: pure Python, no database).
+    * ``structure_samples(root)``: a ``prepare-ct-structures`` folder's *train* structures on its *train* slices, one
+      sample per slice whose mask is the slice's label image (``SegSample.structures``: label value → name); the
+      held-out structures and slices of its ``split.json`` are never read.
     * ``nifti_samples(volume, mask)``: 2-D slices (default axial, radiological display, lung window) where the mask is
       present (at least ``min_pixels``).
     * ``cxrlt_samples(csv, image_root)``: the CXR-LT 2024 ``train_labeled.csv`` layout; a blank cell = not assessed →
@@ -75,7 +78,8 @@ class SkipLog:
 
 @dataclass
 class SegSample:
-    """One 2-D image with a binary mask. ``load()`` → (pixels float32 (H, W) in [0, 1], mask bool (H, W))."""
+    """One 2-D image with a binary mask. ``load()`` → (pixels float32 (H, W) in [0, 1], mask bool (H, W)); with
+    ``structures`` the mask is an integer label image (H, W) holding those label values (0 = none)."""
 
     key: str
     group: str
@@ -84,6 +88,9 @@ class SegSample:
     clicks: list[dict] = field(default_factory=list)  # recorded clicks (original pixel-index coords), if any
     labels: dict[str, int] = field(default_factory=dict)
     split: str | None = None
+    structures: dict[int, str] = field(default_factory=dict)  # non-empty: the mask is a label image and these of
+    # its values (value → name) are the targets; its other labels are no target (held out, or too small there)
+    unlabelled: bool = False  # no mask at all: targets only from the data engine (training.data_engine)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         return self.loader()
@@ -144,8 +151,8 @@ def check_sample(sample: SegSample, skips: SkipLog, min_pixels: int = 1) -> tupl
     if not np.isfinite(pixels).all():
         skips.skip("image has NaN/Inf pixels", sample.key)
         return None
-    if int(mask.sum()) < min_pixels:
-        skips.skip("empty mask", sample.key, f"{int(mask.sum())} foreground pixels")
+    if not sample.unlabelled and np.count_nonzero(mask) < min_pixels:
+        skips.skip("empty mask", sample.key, f"{np.count_nonzero(mask)} foreground pixels")
         return None
     return pixels, mask
 
@@ -191,6 +198,89 @@ def folder_samples(root: str | Path, mask_suffix: str = DEFAULT_MASK_SUFFIX, ski
     if not samples:
         raise DataError(f"{root}: no image has a mask (suffix {mask_suffix!r})")
     return samples
+
+
+def structure_samples(root: str | Path, skips: SkipLog | None = None) -> list[SegSample]:
+    """The train structures on the train slices of a ``prepare-ct-structures`` folder (its ``split.json``), one sample
+    per slice: the mask is the slice's label PNG as it is, ``structures`` the train structures with at least the
+    split's ``min_voxels`` there (the other labels — held-out structures among them — are never targets). All slices
+    of one volume are one group (one patient)."""
+    from collections import defaultdict
+
+    root = Path(root)
+    try:
+        split = json.loads((root / "split.json").read_text())
+        items = split["items"]["train"]
+        volume = Path(split["volume"]).name
+    except FileNotFoundError:
+        raise DataError(f"{root}: no split.json (write the folder with `launch.py prepare-ct-structures`)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{root / 'split.json'}: not a prepare-ct-structures split ({exc})") from None
+    by_image: dict[str, dict[int, str]] = defaultdict(dict)
+    for item in items:
+        by_image[item["image"]][int(item["label"])] = str(item["structure"])
+    skips = skips if skips is not None else SkipLog()
+    samples = []
+    for image, structures in sorted(by_image.items()):
+        image_path = root / "images" / image
+        labels_path = root / "labels" / f"{Path(image).stem}_labels.png"
+        if not (image_path.is_file() and labels_path.is_file()):
+            skips.skip("structure slice file missing", str(image_path), str(labels_path))
+            continue
+        samples.append(SegSample(key=str(image_path), group=volume, source=f"structures:{root.name}",
+                                 loader=_label_image_loader(image_path, labels_path), structures=structures))
+    if not samples:
+        raise DataError(f"{root}: split.json lists no train structure on a train slice")
+    return samples
+
+
+def _label_image_loader(image_path: Path, labels_path: Path) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        pixels = load_pixels(image_path)
+        return pixels, read_label_image(labels_path, pixels.shape).astype(np.int32)
+
+    return load
+
+
+def unlabelled_samples(images_dir: str | Path, only: Iterable[str] | None = None) -> list[SegSample]:
+    """Images without masks (``unlabelled``: their targets come from the data engine); ``only``: image stems to use
+    (e.g. the training split of a dataset — never its demo or validation images)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found")
+    keep = set(only) if only is not None else None
+    samples = []
+    for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if keep is None or path.stem in keep:
+            samples.append(SegSample(key=str(path), group=path.stem, source=f"unlabelled:{images_dir.parent.name}",
+                                     loader=_unlabelled_loader(path), unlabelled=True))
+    if not samples:
+        raise DataError(f"{images_dir}: no image to use")
+    return samples
+
+
+def _unlabelled_loader(path: Path) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        pixels = load_pixels(path)
+        return pixels, np.zeros(pixels.shape, dtype=bool)
+
+    return load
+
+
+def read_label_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """An integer label image (PNG: each pixel a label value, 0 = none) → (H, W) integer array. DataError when it is
+    not a single-channel integer image; MaskShapeError when its size differs from the image's ``shape``."""
+    from core_model.errors import MaskShapeError
+    from core_model.io import detect_format, read_raster_array
+    from core_model.io.types import DEFAULT_MAX_PIXELS
+
+    array, _, _ = read_raster_array(path, detect_format(path), DEFAULT_MAX_PIXELS)
+    if array.ndim != 2 or array.dtype.kind not in "iu":
+        raise DataError(f"{path}: a label mask must be a single-channel integer image, got {array.dtype} "
+                        f"{array.shape}")
+    if tuple(array.shape) != tuple(shape):
+        raise MaskShapeError(path, f"mask shape {tuple(array.shape)} does not match image shape {tuple(shape)}")
+    return array
 
 
 def read_manifest(path: str | Path) -> list[dict]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError
+from training.data import DataError, read_label_image
 from training.eval_clicks import (
     _read_only,
     bootstrap_replicates,
@@ -86,16 +86,7 @@ class Structure:
 def load_label_mask(path: Path, shape: tuple[int, int], label: int | None) -> np.ndarray:
     """Bool (H, W) mask of ``label`` in an integer label image (PNG); ``label`` None = every pixel > 0. Raises
     MaskShapeError when the mask's size differs from the image's."""
-    from core_model.errors import MaskShapeError
-    from core_model.io import detect_format, read_raster_array
-    from core_model.io.types import DEFAULT_MAX_PIXELS
-
-    array, _, _ = read_raster_array(path, detect_format(path), DEFAULT_MAX_PIXELS)
-    if array.ndim != 2 or array.dtype.kind not in "iu":
-        raise ManifestError(f"{path}: a label mask must be a single-channel integer image, got {array.dtype} "
-                            f"{array.shape}")
-    if tuple(array.shape) != tuple(shape):
-        raise MaskShapeError(path, f"mask shape {tuple(array.shape)} does not match image shape {tuple(shape)}")
+    array = read_label_image(path, shape)
     return array > 0 if label is None else array == label
 
 

@@ -177,9 +177,9 @@ class SegTrainer:
         self.rng = np.random.default_rng(cfg.seed + 1000 * self.dist.rank)
         self.objects = [(i, j) for i, image in enumerate(train_images) for j in range(len(image.objects))]
         self.eligible = {
-            "click": [o for o in self.objects if train_images[o[0]].objects[o[1]].kind == "component"],
+            "click": [o for o in self.objects if train_images[o[0]].objects[o[1]].kind in ("component", "pseudo")],
             "box": list(self.objects),
-            "text": list(self.objects),
+            "text": [o for o in self.objects if train_images[o[0]].objects[o[1]].kind != "pseudo"],  # no name
         }
         if not self.eligible["click"]:
             self.eligible["click"] = list(self.objects)

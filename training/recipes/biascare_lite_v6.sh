@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The stage that made assets/model/biascare_lite.safetensors v6 (issue 16: clicks on any structure), from the
+# repository root, on a 2-core CPU: v5 (v4's segmentation + the v5 findings heads; commit 6df680b) with its encoder
+# frozen (embeddings cached once, so the findings heads stay valid), the mask decoder, prompt encoder and language
+# pathway trained on many structures at once:
+#   - the 31 *train* structures of the TotalSegmentator CT on its *train* slices (prepare-ct-structures: the 10
+#     held-out structures and the held-out slice bands z 16-23, 48-55, 80-87 are never read);
+#   - the lungs of the 49 training CXRs (v4's split: the 12 of heldout_images.txt are never read) + flips + 1
+#     augmented variant each, and v4's CT lung slices (replay: lungs stay as good as v4);
+#   - the data engine (training/data_engine.py): the stock model's box predictions on random boxes of those images
+#     and of 60 NIH training-split CXRs (never the demo or validation images) as click/box targets, none covering a
+#     held-out structure;
+# clicks, boxes and text (the structure's name) as prompts, RITM-style click sequences.
+# Usage: bash training/recipes/biascare_lite_v6.sh [prepare|train|eval CKPT OUT|adopt|all]
+# (adopt: the trained checkpoint becomes the shipped default — only after its evaluation met the lungs' bar)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source training/recipes/settings.sh
+V5=${V5:-runs/biascare_lite_v5.safetensors}
+[ -f "$V5" ] || { mkdir -p runs; git show 6df680b:assets/model/biascare_lite.safetensors > "$V5"; }
+NIH_TRAIN=runs/nih_engine_train.txt
+
+prepare() {  # the CT slices + labels + split; the 60 NIH images of the engine (first 60 train-split stems)
+  python launch.py prepare-ct-structures --out data/ct_structures
+  python - "$NIH_TRAIN" <<'EOF'
+import json, sys
+stems = json.load(open("assets/model/findings_split.json"))["train"]
+open(sys.argv[1], "w").write("\n".join(sorted(stems)[:60]) + "\n")
+EOF
+}
+
+train() {
+  python launch.py train --name biascare_multi --task seg --init "$V5" \
+    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
+    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
+    --structures data/ct_structures \
+    --unlabelled ../shared/data/nih_cxr14_train256/images --unlabelled-only "$NIH_TRAIN" --data-engine 4 \
+    --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 1 \
+    --hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
+    --modes click,box,text --mode-probs 0.55,0.3,0.15 --sequence-max 10 --sequence-zero-prob 0.4 \
+    --lr-vision 1e-4 --lr-language 5e-4 --warmup-steps 20 --epochs 1 --steps-per-epoch "${STEPS:-1500}" \
+    --val-clicks 5 --save-every 50 --threads "$THREADS" --no-progress --resume
+}
+
+evaluate() {  # evaluate CHECKPOINT OUT.json: held-out CT structures on held-out slices + the 12 held-out CXRs
+  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json \
+    --manifest training/recipes/structures_cxr_heldout.json --limit ct_heldout=3 --max-clicks 20 --refine-clicks 3 \
+    --bootstrap 2000 --seed 0 --checkpoint "$1" --json "$2" --markdown "${2%.json}.md"
+}
+
+case "${1:-all}" in
+  prepare) prepare ;;
+  train) train ;;
+  eval) evaluate "$2" "$3" ;;
+  adopt) cp runs/biascare_multi/checkpoint.safetensors assets/model/biascare_lite.safetensors ;;
+  all) prepare; train; evaluate runs/biascare_multi/checkpoint.safetensors assets/model/eval_structures_v6.json ;;
+  *) echo "usage: $0 [prepare|train|eval CKPT OUT|adopt|all]" >&2; exit 2 ;;
+esac
