@@ -836,29 +836,38 @@
   }
 
   async function decodeLayer(state, resp, slice, rgbColour) {
+    // the runs, area and outline now; the fill canvas only when first drawn (layerCanvas)
     const runs = new Uint16Array(await resp.arrayBuffer());
     const w = runs[0], h = runs[1], n = (runs.length - 2) / 3, triples = runs.subarray(2);
-    const image = new ImageData(w, h), px = new Uint32Array(image.data.buffer);
     const objectId = parseInt(resp.headers.get("X-Object") || "0", 10) || 0;
     const c = rgbColour || (state.objects.get(objectId) || {colour: MASK_RGB}).colour;
-    const colour = (255 << 24 | c[2] << 16 | c[1] << 8 | c[0]) >>> 0;  // RGBA bytes, little-endian
     let area = 0;
-    for (let i = 0; i < n; i++) {
-      const row = triples[3 * i] * w;
-      px.fill(colour, row + triples[3 * i + 1], row + triples[3 * i + 2]);
-      area += triples[3 * i + 2] - triples[3 * i + 1];
-    }
+    for (let i = 0; i < n; i++) area += triples[3 * i + 2] - triples[3 * i + 1];
     const H = (n) => resp.headers.get(n);
     const headerSlice = H("X-Slice");
     const clicks = parseInt(H("X-Clicks") || "0", 10) || 0;
-    const canvas = document.createElement("canvas");
-    canvas.width = w;
-    canvas.height = h;
-    canvas.getContext("2d").putImageData(image, 0, 0);
-    return {image, canvas, area, path: outlineFromRuns(triples, n, w, h), clicks, object: objectId, colour: c,
+    return {runs: triples, w, h, canvas: null, area, path: outlineFromRuns(triples, n, w, h), clicks,
+            object: objectId, colour: c,
             slice: headerSlice !== null && headerSlice !== "" ? parseInt(headerSlice, 10) : slice,
             prompts: parsePrompts(H("X-Prompts")), server: parseFloat(H("X-Server-Ms") || "0"),
             model: parseFloat(H("X-Model-Ms") || "0"), cpu: parseFloat(H("X-Server-Cpu-Ms") || "0")};
+  }
+
+  function layerCanvas(layer) {
+    // the mask's fill in its colour, built once from the runs
+    if (layer.canvas) return layer.canvas;
+    const {w, h, runs} = layer, n = runs.length / 3, c = layer.colour;
+    const image = new ImageData(w, h), px = new Uint32Array(image.data.buffer);
+    const colour = (255 << 24 | c[2] << 16 | c[1] << 8 | c[0]) >>> 0;  // RGBA bytes, little-endian
+    for (let i = 0; i < n; i++) {
+      const row = runs[3 * i] * w;
+      px.fill(colour, row + runs[3 * i + 1], row + runs[3 * i + 2]);
+    }
+    layer.canvas = document.createElement("canvas");
+    layer.canvas.width = w;
+    layer.canvas.height = h;
+    layer.canvas.getContext("2d").putImageData(image, 0, 0);
+    return layer.canvas;
   }
 
   function promptsOf(state, layer) {
@@ -903,10 +912,26 @@
   }
 
   function redrawOverlay(state) {
-    // the fill of every object's mask, the active one's on top
+    // the fill of every object's mask, the active one's on top. In outline mode the fill is not seen (opacity 0):
+    // a fill not built yet is drawn after the frame that paints the outline, off the click's critical path
+    const layers = [...otherLayers(state), state.layer].filter(Boolean);
+    if (state.fill || layers.every((layer) => layer.canvas)) { drawFills(state, layers); return; }
+    if (state.fillPending) return;
+    state.fillPending = true;
+    requestAnimationFrame(() => setTimeout(() => flushFill(state), 0));
+  }
+
+  function flushFill(state) {
+    if (!state.fillPending) return;
+    state.fillPending = false;
+    drawFills(state, [...otherLayers(state), state.layer].filter(Boolean));
+  }
+
+  function drawFills(state, layers) {
+    state.fillPending = false;
     const ctx = state.overlay.getContext("2d");
     ctx.clearRect(0, 0, state.w, state.h);
-    for (const layer of [...otherLayers(state), state.layer].filter(Boolean)) ctx.drawImage(layer.canvas, 0, 0);
+    for (const layer of layers) ctx.drawImage(layerCanvas(layer), 0, 0);
   }
 
   function clearLayer(state) {
@@ -978,8 +1003,11 @@
       stats.push({kind, t0, slice: layer.slice, response_ms: tResp - t0, drawn_ms: tDrawn - t0,
                   painted_ms: tPaint - t0, server_ms: layer.server, model_ms: layer.model, server_cpu_ms: layer.cpu,
                   clicks: layer.clicks, markers: current ? state.drawnMarkers.length : null, shown: current});
-      state.overlay.dataset.painted = String(stats.length);
       if (current) updateStatus(state, Math.round(tPaint - t0));
+      setTimeout(() => {  // after this frame: the (unseen) fill too, then the mark that all of it is drawn
+        flushFill(state);
+        state.overlay.dataset.painted = String(stats.length);
+      }, 0);
     });
     return true;
   }
@@ -1014,6 +1042,7 @@
 
   function applyOverlayStyle(state) {
     const b = state.buttons;
+    if (state.fill) flushFill(state);
     state.overlay.style.opacity = state.overlayOn && state.fill ? String(state.opa.value / 100) : "0";
     b.fill.textContent = state.fill ? "Fill" : "Outline";
     b.fill.classList.toggle("bc-active", state.fill);
