@@ -11,7 +11,7 @@
 #     and of 60 NIH training-split CXRs (never the demo or validation images) as click/box targets, none covering a
 #     held-out structure;
 # clicks, boxes and text (the structure's name) as prompts, RITM-style click sequences.
-# Usage: bash training/recipes/biascare_lite_v6.sh [prepare|train|eval CKPT OUT|adopt|all]
+# Usage: bash training/recipes/biascare_lite_v6.sh [prepare|train|replay|text|eval CKPT OUT|adopt|all]
 # (adopt: the trained checkpoint becomes the shipped default — only after its evaluation met the lungs' bar)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,7 +30,7 @@ EOF
 }
 
 train() {
-  python launch.py train --name biascare_multi --task seg --init "$V5" \
+  python launch.py train --name biascare_lite_v6 --task seg --init "$V5" \
     --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
     --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
     --structures data/ct_structures \
@@ -40,6 +40,26 @@ train() {
     --modes click,box,text --mode-probs 0.55,0.3,0.15 --sequence-max 10 --sequence-zero-prob 0.4 \
     --lr-vision 1e-4 --lr-language 5e-4 --warmup-steps 20 --epochs 1 --steps-per-epoch "${STEPS:-1500}" \
     --val-clicks 5 --save-every 50 --threads "$THREADS" --no-progress --resume
+}
+
+replay() {  # stage 2: clicks and boxes only, lower lr, ground truth only (no engine targets): the lungs back
+  python launch.py train --name biascare_lite_v6_replay --task seg --init runs/biascare_lite_v6/checkpoint.safetensors \
+    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
+    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
+    --structures data/ct_structures \
+    --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 1 \
+    --hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
+    --modes click,box --mode-probs 0.6,0.4 --sequence-max 10 --sequence-zero-prob 0.4 \
+    --lr-vision 3e-5 --warmup-steps 10 --epochs 1 --steps-per-epoch "${REPLAY_STEPS:-500}" \
+    --val-clicks 5 --save-every 50 --threads "$THREADS" --no-progress --resume
+}
+
+text() {  # stage 3: the language pathway alone (decoder, prompt encoder, encoder frozen): lungs and structure names
+  python launch.py train --name biascare_lite_v6 --runs-dir runs/final --task seg \
+    --init runs/biascare_lite_v6_replay/checkpoint.safetensors \
+    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
+    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
+    --structures data/ct_structures --augment 1 --align-weight 0.1 $TEXT --no-progress --resume
 }
 
 evaluate() {  # evaluate CHECKPOINT OUT.json: held-out CT structures on held-out slices + the 12 held-out CXRs
@@ -52,7 +72,10 @@ case "${1:-all}" in
   prepare) prepare ;;
   train) train ;;
   eval) evaluate "$2" "$3" ;;
-  adopt) cp runs/biascare_multi/checkpoint.safetensors assets/model/biascare_lite.safetensors ;;
-  all) prepare; train; evaluate runs/biascare_multi/checkpoint.safetensors assets/model/eval_structures_v6.json ;;
-  *) echo "usage: $0 [prepare|train|eval CKPT OUT|adopt|all]" >&2; exit 2 ;;
+  replay) replay ;;
+  text) text ;;
+  adopt) cp runs/final/biascare_lite_v6/checkpoint.safetensors assets/model/biascare_lite.safetensors ;;
+  all) prepare; train; replay; text
+       evaluate runs/final/biascare_lite_v6/checkpoint.safetensors assets/model/eval_structures_v6.json ;;
+  *) echo "usage: $0 [prepare|train|replay|text|eval CKPT OUT|adopt|all]" >&2; exit 2 ;;
 esac
