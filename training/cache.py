@@ -145,22 +145,29 @@ def model_grid_mask(mask: np.ndarray, geometry: ResizePad) -> torch.Tensor:
     return geometry.mask_to_model(torch.from_numpy(np.ascontiguousarray(mask))[None, None])[0, 0] > 0.5
 
 
-def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: float = 0.002,
-                 whole: bool = True) -> list[TargetObject]:
-    """Connected components of an original-grid mask (each ≥ ``min_object_fraction`` of the image) as model-grid
-    targets with side phrases (centroid on the image right = patient's left), plus the whole mask ("lungs")."""
+def _components(mask: np.ndarray, geometry: ResizePad, min_object_fraction: float):
+    """(original-grid component, model-grid mask) of every connected component of a bool mask that is ≥
+    ``min_object_fraction`` of the image and keeps ≥ 4 model-grid pixels."""
     labels, count = ndimage.label(mask)
     height, width = mask.shape
     min_pixels = max(1, int(min_object_fraction * height * width))
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1)) if count else []
-    objects = []
     for index, size in enumerate(sizes, start=1):
         if size < min_pixels:
             continue
         component = labels == index
         grid = model_grid_mask(component, geometry)
-        if int(grid.sum()) < 4:
-            continue
+        if int(grid.sum()) >= 4:
+            yield component, grid
+
+
+def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: float = 0.002,
+                 whole: bool = True) -> list[TargetObject]:
+    """Connected components of an original-grid mask (each ≥ ``min_object_fraction`` of the image) as model-grid
+    targets with side phrases (centroid on the image right = patient's left), plus the whole mask ("lungs")."""
+    width = mask.shape[1]
+    objects = []
+    for component, grid in _components(mask, geometry, min_object_fraction):
         cx = float(np.nonzero(component)[1].mean()) + 0.5
         side = "left" if cx > width / 2 else "right"
         objects.append(TargetObject(grid, _box(grid.numpy()), SIDE_PHRASES[side], "component"))
@@ -185,19 +192,9 @@ def structure_objects(labels: np.ndarray, structures: dict[int, str], geometry: 
                       min_object_fraction: float = 0.0005) -> list[TargetObject]:
     """The connected components of every structure of an original-grid label image (each ≥
     ``min_object_fraction`` of the image) as model-grid click targets, phrased by the structure's name."""
-    height, width = labels.shape
-    min_pixels = max(1, int(min_object_fraction * height * width))
-    objects = []
-    for value, name in sorted(structures.items()):
-        components, count = ndimage.label(labels == value)
-        sizes = ndimage.sum_labels(components > 0, components, index=np.arange(1, count + 1)) if count else []
-        for index, size in enumerate(sizes, start=1):
-            if size < min_pixels:
-                continue
-            grid = model_grid_mask(components == index, geometry)
-            if int(grid.sum()) >= 4:
-                objects.append(TargetObject(grid, _box(grid.numpy()), structure_phrases(name), "component"))
-    return objects
+    return [TargetObject(grid, _box(grid.numpy()), structure_phrases(name), "component")
+            for value, name in sorted(structures.items())
+            for _, grid in _components(labels == value, geometry, min_object_fraction)]
 
 
 def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: bool, augment: int,

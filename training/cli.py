@@ -448,8 +448,8 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
                 findings_cards = {name: {**card, "name": cfg.name,
                                          "origin": f"{card['origin']} — heads carried over unchanged from {start.version}"}
                                   for name, card in start.extra["findings"].items()}
-        extra = {"trained_classes": trained_classes,
-                 "data": args.folder + args.manifest + args.structures + args.nifti + ([args.cls_csv] if args.cls_csv else []),
+        data = args.folder + args.manifest + args.structures + args.nifti + ([args.cls_csv] if args.cls_csv else [])
+        extra = {"trained_classes": trained_classes, "data": data,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": sorted(tasks),
                  "config": cfg.as_dict()}
         if findings_cards:
