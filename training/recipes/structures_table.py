@@ -28,7 +28,7 @@ def check_same_stock(old: dict, new: dict) -> None:
             raise SystemExit(f"not the same objects: {a['dataset']}/{a['structure']} vs {b['dataset']}/{b['structure']}")
         for key in METRICS:
             x, y = a["models"]["stock"][key], b["models"]["stock"][key]
-            if (x is None) != (y is None) or (x is not None and abs(x - y) > 1e-9):
+            if (x is None) != (y is None) or (x is not None and abs(x - y) > 1e-6):
                 raise SystemExit(f"stock differs on {a['structure']} {key}: {x} vs {y}")
 
 
