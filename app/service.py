@@ -368,12 +368,12 @@ class AppService:
         are recomputed with it in the background; a view already open keeps the model it was opened with until it
         closes, and a study keeps the AI source it was created with."""
         with self._sessions_lock:
+            if self.background:  # queued before the new version shows: whoever sees it and waits, waits for this too
+                self.background.retriage()
             self.model = model
             self.model_version = str(getattr(model.info, "version", "unknown"))
             self.embedding_dir = self._embedding_dir(model)
             self.builtin_card = self._register_builtin()
-        if self.background:
-            self.background.retriage()
 
     def _current_predictor(self, session: Session, model: Any) -> None:
         """Give the session a predictor of ``model`` (the one in use, or a pinned study's) when it has another."""
@@ -1395,14 +1395,17 @@ class BackgroundWorker:
         self._queue: queue.Queue = queue.Queue()
         self._seen: set[int] = set()
         self._lock = threading.Lock()
-        self.idle = threading.Event()
+        self.idle = threading.Event()  # set exactly when no job is queued or running
         self.idle.set()
+        self._pending = 0
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="biascare-background", daemon=True)
         self._thread.start()
 
     def _submit(self, job: Callable[[], None]) -> None:
-        self.idle.clear()
+        with self._lock:
+            self._pending += 1
+            self.idle.clear()
         self._queue.put(job)
 
     def prefetch(self, case_ids: Sequence[int]) -> None:
@@ -1420,8 +1423,9 @@ class BackgroundWorker:
         (the worklist ranks by the version in use; earlier versions' predictions stay, a pinned study shows them)."""
         def renew() -> None:
             service = self.service
-            self._predictor = service._predictor_cls(service.model, service.device, cache_size=2,
-                                                     disk_cache=service.embedding_dir)
+            with service._sessions_lock:  # runs once switch_model has put the new model in place
+                model, embedding_dir = service.model, service.embedding_dir
+            self._predictor = service._predictor_cls(model, service.device, cache_size=2, disk_cache=embedding_dir)
             with self._lock:
                 self._seen.clear()
         self._submit(renew)
@@ -1450,8 +1454,14 @@ class BackgroundWorker:
             except Exception:
                 log.exception("background job failed")
             finally:
-                if self._queue.empty():
-                    self.idle.set()
+                self._finished()
+
+    def _finished(self) -> None:
+        # counted under the lock: a job queued while the last one ends keeps ``idle`` clear
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self.idle.set()
 
     def _embed(self, case_id: int) -> None:
         image = self.service.case_image(case_id)
