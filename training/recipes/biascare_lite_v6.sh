@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 source training/recipes/settings.sh
 V5=${V5:-runs/biascare_lite_v5.safetensors}
 [ -f "$V5" ] || { mkdir -p runs; git show 6df680b:assets/model/biascare_lite.safetensors > "$V5"; }
-NIH_TRAIN=runs/nih_engine_train.txt
+NIH_TRAIN=runs/nih_engine_train.txt  # $ENGINE reads it
 
 prepare() {  # the CT slices + labels + split; the 60 NIH images of the engine (first 60 train-split stems)
   python launch.py prepare-ct-structures --out data/ct_structures
@@ -30,36 +30,21 @@ EOF
 }
 
 train() {
-  python launch.py train --name biascare_lite_v6 --task seg --init "$V5" \
-    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
-    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
-    --structures data/ct_structures \
-    --unlabelled ../shared/data/nih_cxr14_train256/images --unlabelled-only "$NIH_TRAIN" --data-engine 4 \
-    --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 1 \
-    --hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
-    --modes click,box,text --mode-probs 0.55,0.3,0.15 --sequence-max 10 --sequence-zero-prob 0.4 \
-    --lr-vision 1e-4 --lr-language 5e-4 --warmup-steps 20 --epochs 1 --steps-per-epoch "${STEPS:-1500}" \
-    --val-clicks 5 --save-every 50 --threads "$THREADS" --no-progress --resume
+  python launch.py train --name biascare_lite_v6 --task seg --init "$V5" $STRUCTURE_DATA $ENGINE $STRUCTURE_SEQ \
+    --modes click,box,text --mode-probs 0.55,0.3,0.15 \
+    --lr-vision 1e-4 --lr-language 5e-4 --warmup-steps 20 --epochs 1 --steps-per-epoch "${STEPS:-1500}"
 }
 
 replay() {  # stage 2: clicks and boxes only, lower lr, ground truth only (no engine targets): the lungs back
   python launch.py train --name biascare_lite_v6_replay --task seg --init runs/biascare_lite_v6/checkpoint.safetensors \
-    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
-    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
-    --structures data/ct_structures \
-    --bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 1 \
-    --hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
-    --modes click,box --mode-probs 0.6,0.4 --sequence-max 10 --sequence-zero-prob 0.4 \
-    --lr-vision 3e-5 --warmup-steps 10 --epochs 1 --steps-per-epoch "${REPLAY_STEPS:-500}" \
-    --val-clicks 5 --save-every 50 --threads "$THREADS" --no-progress --resume
+    $STRUCTURE_DATA $STRUCTURE_SEQ --modes click,box --mode-probs 0.6,0.4 \
+    --lr-vision 3e-5 --warmup-steps 10 --epochs 1 --steps-per-epoch "${REPLAY_STEPS:-500}"
 }
 
 text() {  # stage 3: the language pathway alone (decoder, prompt encoder, encoder frozen): lungs and structure names
   python launch.py train --name biascare_lite_v6 --runs-dir runs/final --task seg \
     --init runs/biascare_lite_v6_replay/checkpoint.safetensors \
-    --folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
-    --nifti ../shared/data/ct_nifti/example_ct.nii.gz:../shared/data/ct_nifti/example_ct_lung_mask.nii.gz \
-    --structures data/ct_structures --augment 1 --align-weight 0.1 $TEXT --no-progress --resume
+    $STRUCTURE_DATA --augment 1 --align-weight 0.1 $TEXT --no-progress --resume
 }
 
 evaluate() {  # evaluate CHECKPOINT OUT.json: held-out CT structures on held-out slices + the 12 held-out CXRs

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Experiments after v6 (issue 16: box prompts on structures never trained on fall below the stock model's on the
+# kidneys and the liver), from v6 with the encoder frozen, on v6's training data only (no held-out structure, slice
+# or CXR is read). Each is measured with `eval CKPT OUT` (all 102 held-out CT items, stock in the same run); see
+# bench/RESULTS.md, "Box experiments after v6". Neither became the default.
+#   polish: boxes as often as clicks, ground truth + the data engine's targets (the stock model's box answers on
+#           random boxes: distillation of its box behaviour on arbitrary regions), lr 3e-5, 400 steps.
+#   boxes:  ground truth only (no engine), boxes 60 % of the prompt starts, lr 2e-5, 400 steps.
+# Usage: bash training/recipes/experiment_v6_box_polish.sh [polish|boxes|eval CKPT OUT]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source training/recipes/settings.sh
+V6=${V6:-runs/biascare_lite_v6.safetensors}
+[ -f "$V6" ] || { mkdir -p runs; git show 045dba4:assets/model/biascare_lite.safetensors > "$V6"; }
+[ -f runs/nih_engine_train.txt ] || bash training/recipes/biascare_lite_v6.sh prepare
+
+polish() {
+  python launch.py train --name biascare_lite_v7_polish --task seg --init "$V6" $STRUCTURE_DATA $ENGINE $STRUCTURE_SEQ \
+    --modes click,box --mode-probs 0.5,0.5 --lr-vision 3e-5 --warmup-steps 10 --epochs 1 --steps-per-epoch 400
+}
+
+boxes() {
+  python launch.py train --name biascare_lite_v7_boxes --task seg --init "$V6" $STRUCTURE_DATA $STRUCTURE_SEQ \
+    --modes click,box --mode-probs 0.4,0.6 --lr-vision 2e-5 --warmup-steps 10 --epochs 1 --steps-per-epoch 400
+}
+
+evaluate() {  # all held-out CT items (the recipes' own evaluation takes 3 per structure), stock in the same run
+  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json --max-clicks 20 \
+    --refine-clicks 3 --bootstrap 1000 --seed 0 --checkpoint "$1" --json "$2" --markdown "${2%.json}.md"
+}
+
+case "${1:-}" in
+  polish) polish ;;
+  boxes) boxes ;;
+  eval) evaluate "$2" "$3" ;;
+  *) echo "usage: $0 [polish|boxes|eval CKPT OUT]" >&2; exit 2 ;;
+esac
