@@ -2,11 +2,12 @@
 # Experiments after v6 (issue 16: box prompts on structures never trained on fall below the stock model's on the
 # kidneys and the liver), from v6 with the encoder frozen, on v6's training data only (no held-out structure, slice
 # or CXR is read). Each is measured with `eval CKPT OUT` (all 102 held-out CT items, stock in the same run); see
-# bench/RESULTS.md, "Box experiments after v6". Neither became the default.
+# bench/RESULTS.md, "Box experiments after v6". None became the default.
 #   polish: boxes as often as clicks, ground truth + the data engine's targets (the stock model's box answers on
 #           random boxes: distillation of its box behaviour on arbitrary regions), lr 3e-5, 400 steps.
 #   boxes:  ground truth only (no engine), boxes 60 % of the prompt starts, lr 2e-5, 400 steps.
-# Usage: bash training/recipes/experiment_v6_box_polish.sh [polish|boxes|eval CKPT OUT]
+#   wise A: no training: v6's prompt encoder + decoder interpolated toward the stock model's (WiSE-FT), weight A on v6.
+# Usage: bash training/recipes/experiment_v6_box_polish.sh [polish|boxes|wise A|eval CKPT OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source training/recipes/settings.sh
@@ -32,6 +33,7 @@ evaluate() {  # all held-out CT items (the recipes' own evaluation takes 3 per s
 case "${1:-}" in
   polish) polish ;;
   boxes) boxes ;;
+  wise) python training/recipes/interpolate_decoder.py "$2" "$V6" "runs/v6_wise$2.safetensors" ;;
   eval) evaluate "$2" "$3" ;;
-  *) echo "usage: $0 [polish|boxes|eval CKPT OUT]" >&2; exit 2 ;;
+  *) echo "usage: $0 [polish|boxes|wise A|eval CKPT OUT]" >&2; exit 2 ;;
 esac
