@@ -18,7 +18,6 @@ cd "$(dirname "$0")/../.."
 source training/recipes/settings.sh
 V5=${V5:-runs/biascare_lite_v5.safetensors}
 [ -f "$V5" ] || { mkdir -p runs; git show 6df680b:assets/model/biascare_lite.safetensors > "$V5"; }
-NIH_TRAIN=runs/nih_engine_train.txt  # $ENGINE reads it
 
 prepare() {  # the CT slices + labels + split; the 60 NIH images of the engine (first 60 train-split stems)
   python launch.py prepare-ct-structures --out data/ct_structures

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source training/recipes/settings.sh
 V6=${V6:-runs/biascare_lite_v6.safetensors}
 [ -f "$V6" ] || { mkdir -p runs; git show 045dba4:assets/model/biascare_lite.safetensors > "$V6"; }
-[ -f runs/nih_engine_train.txt ] || bash training/recipes/biascare_lite_v6.sh prepare
+[ -f "$NIH_TRAIN" ] || bash training/recipes/biascare_lite_v6.sh prepare
 
 polish() {
   python launch.py train --name biascare_lite_v7_polish --task seg --init "$V6" $STRUCTURE_DATA $ENGINE $STRUCTURE_SEQ \

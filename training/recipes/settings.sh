@@ -15,9 +15,10 @@ STRUCTURE_DATA="--folder ../shared/data/cxr_lungs --holdout 0.2 --split-seed 0 \
 STRUCTURE_SEQ="--bce-weight 1 --iou-weight 1 --align-weight 0.1 --max-clicks 24 --augment 1 \
   --hitl-fraction 0.25 --hitl-rounds 1 --click-sampling mixed --deepest-prob 0.8 $BF16 --batch-size 8 \
   --sequence-max 10 --sequence-zero-prob 0.4 --val-clicks 5 --save-every 50 --threads $THREADS --no-progress --resume"
-# the data engine's images: 60 NIH training-split CXRs (never the demo or validation images); the list is written by
-# biascare_lite_v6.sh prepare
-ENGINE="--unlabelled ../shared/data/nih_cxr14_train256/images --unlabelled-only runs/nih_engine_train.txt --data-engine 4"
+# the data engine's images: 60 NIH training-split CXRs (never the demo or validation images), listed in $NIH_TRAIN
+# by biascare_lite_v6.sh prepare
+NIH_TRAIN=runs/nih_engine_train.txt
+ENGINE="--unlabelled ../shared/data/nih_cxr14_train256/images --unlabelled-only $NIH_TRAIN --data-engine 4"
 # language pathway alone (decoder, prompt encoder and image encoder frozen: clicks and boxes stay exactly as they are)
 TEXT="--no-hitl --modes text --mode-probs 1 --freeze-vision --epochs 2 --steps-per-epoch 150 --batch-size 8 \
   --lr-language 2e-3 --warmup-steps 5 --initial-prob 1 --val-clicks 1 --threads $THREADS"
