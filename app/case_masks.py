@@ -52,6 +52,7 @@ class SliceImage:
     initial_prompt: dict[str, Any] | None
     ai_mask: Callable[[], np.ndarray | None] | None = None
     object: int = 0  # the answer's object whose mask is composed (0: the default object, the AI's)
+    label: str | None = None  # that object's label (None: the default object): which decoder answers its box
 
     @property
     def cache_key(self) -> tuple[int, int | None]:
@@ -129,9 +130,10 @@ class CaseMasks:
 
     @staticmethod
     def _base(image: SliceImage, prompt: Prompt) -> dict[str, Any] | None:
-        """The keywords of the base pass: the reader's box, else the AI's initial prompt (None: clicks alone)."""
+        """The keywords of the base pass: the reader's box (with the object's label), else the AI's initial prompt
+        (None: clicks alone)."""
         if prompt.box is not None:
-            return {"box": prompt.box}
+            return {"box": prompt.box, "label": image.label}
         return image.initial_prompt
 
     def forget(self, key: int | None) -> None:

@@ -854,7 +854,7 @@ class AppService:
         x, y = _coordinate(x), _coordinate(y)
         with self._acting(session, nonce) as view:
             key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
-            image = self._slice_image(view, key, obj=ref[0])
+            image = self._slice_image(view, key, obj=ref[0], label=ref[1])
             geometry = image.geometry
             if not geometry.inside(x, y):
                 raise AppError(f"click ({x}, {y}) is outside the image ({geometry.disp_width}×{geometry.disp_height})")
@@ -881,7 +881,7 @@ class AppService:
         corners = [_coordinate(v) for v in (x0, y0, x1, y1)]
         with self._acting(session, nonce) as view:
             key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
-            image = self._slice_image(view, key, obj=ref[0])
+            image = self._slice_image(view, key, obj=ref[0], label=ref[1])
             g = image.geometry
             (ax, bx), (ay, by) = (sorted(min(max(v, 0.0), float(g.disp_width)) for v in corners[0::2]),
                                   sorted(min(max(v, 0.0), float(g.disp_height)) for v in corners[1::2]))
@@ -911,7 +911,7 @@ class AppService:
         radius = _coordinate(radius)
         with self._acting(session, nonce) as view:
             key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
-            image = self._slice_image(view, key, obj=ref[0])
+            image = self._slice_image(view, key, obj=ref[0], label=ref[1])
             g = image.geometry
             original, scale = [list(g.display_to_original(x, y)) for x, y in shown], (g.sx + g.sy) / 2
             low, high = event_log.STROKE_RADIUS
@@ -933,7 +933,7 @@ class AppService:
             body = self._valid("cleanup", {"min_island_px": min_island_px, "fill_holes": fill_holes,
                                            **_slice_field(key), **_object_field(ref)})
             self._record(session, view, "cleanup", body)
-            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0], label=ref[1]), started, 0.0)
 
     def carry(self, session: Session, nonce: str | None, source: Any, target: Any, obj: Any = None) -> LayerResult:
         """Propagation aid: slice ``source``'s prompt (box and clicks) re-run on slice ``target`` as its starting
@@ -948,7 +948,7 @@ class AppService:
             prompt = view.state.slice_state(key_from, ref[0]).prompt()
             if prompt.empty:
                 raise AppError(f"slice {key_from} has no box or click to carry: prompt it first")
-            image = self._slice_image(view, key_to, obj=ref[0])
+            image = self._slice_image(view, key_to, obj=ref[0], label=ref[1])
             view.masks.prediction(session.predictor, image, replace(prompt, carried_from=key_from))
             model_ms = (time.perf_counter() - started) * 1000
             self._record(session, view, "carry", body)
@@ -987,7 +987,7 @@ class AppService:
             standing = view.state.slice_state(key, ref[0]).actions[:-1]
             self._record(session, view, "undo", {"clicks": len(SliceState(standing).prompt().clicks),
                                                  **_slice_field(key), **_object_field(ref)})
-            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0], label=ref[1]), started, 0.0)
 
     def reset(self, session: Session, nonce: str | None, slice_index: Any = None, obj: Any = None) -> LayerResult:
         """The slice of an object back to where it started (the default object: the AI's initial mask; a labelled
@@ -996,7 +996,7 @@ class AppService:
         with self._acting(session, nonce) as view:
             key, ref = self._slice_key(view, slice_index), self._object_ref(view, obj)
             self._record(session, view, "reset", {**_slice_field(key), **_object_field(ref)})
-            return self._compose(session, view, self._slice_image(view, key, obj=ref[0]), started, 0.0)
+            return self._compose(session, view, self._slice_image(view, key, obj=ref[0], label=ref[1]), started, 0.0)
 
     def remove_object(self, session: Session, nonce: str | None, obj: Any) -> dict[str, Any]:
         """Delete an object of the answer (every slice of it; the default object too: its AI mask is then not
@@ -1073,7 +1073,7 @@ class AppService:
             ai = self.slice_ai_mask(view, key)  # computed in the background; /slice and /pixels stay free
         with session.lock:
             view = self._view(session, nonce)
-            image = self._slice_image(view, key, obj=ref[0])
+            image = self._slice_image(view, key, obj=ref[0], label=ref[1])
             if ai is not None:
                 image.ai_mask = lambda: ai
             return self._compose(session, view, image, started, 0.0)
@@ -1102,7 +1102,9 @@ class AppService:
         with session.lock:
             keys = [None] if view.image.slice_count is None else \
                 [k for k in view.state.acted_slices(object_id) if k is not None]
-            return {k: view.masks.original_mask(session.predictor, self._slice_image(view, k, obj=object_id),
+            label = view.state.object_label(object_id)
+            return {k: view.masks.original_mask(session.predictor, self._slice_image(view, k, obj=object_id,
+                                                                                     label=label),
                                                 view.state.slice_state(k, object_id)) for k in keys}
 
     def object_masks(self, view: View) -> dict[int, dict[int | None, np.ndarray]]:
@@ -1159,14 +1161,15 @@ class AppService:
             raise AppError(f"{name} {index} is out of range: this volume has slices 0..{count - 1}")
         return index
 
-    def _slice_image(self, view: View, key: int | None, with_ai: bool = True, obj: int = DEFAULT_OBJECT
-                     ) -> SliceImage:
-        """What :class:`app.case_masks.CaseMasks` needs of slice ``key`` (None: the 2-D image) of object ``obj``: the
-        default object starts from the AI's prompt and mask, a labelled object from nothing."""
+    def _slice_image(self, view: View, key: int | None, with_ai: bool = True, obj: int = DEFAULT_OBJECT,
+                     label: str | None = None) -> SliceImage:
+        """What :class:`app.case_masks.CaseMasks` needs of slice ``key`` (None: the 2-D image) of object ``obj``
+        labelled ``label``: the default object starts from the AI's prompt and mask, a labelled object from nothing
+        (its label decides the decoder that answers its box)."""
         if obj != DEFAULT_OBJECT:
             image = view.image if view.image.slice_count is None or key == view.image.slice_index \
                 else self.case_image(view.case_id, key)
-            return SliceImage(key, image.pixels, image.geometry, None, None, object=obj)
+            return SliceImage(key, image.pixels, image.geometry, None, None, object=obj, label=label)
         if view.image.slice_count is None:
             return SliceImage(None, view.image.pixels, view.image.geometry, view.initial_prompt,
                               lambda: view.ai_mask)

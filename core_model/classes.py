@@ -93,6 +93,29 @@ CT_STRUCTURES: tuple[str, ...] = (
     'Lesion',
 )
 
+# TotalSegmentator v1 label name (prefix) -> its CT_STRUCTURES group; the first matching prefix wins
+_CT_GROUP_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("lung_", "Lung"), ("trachea", "Trachea"), ("heart_", "Heart"), ("pulmonary_artery", "Pulmonary artery"),
+    ("aorta", "Aorta"), ("inferior_vena_cava", "Inferior vena cava"), ("portal_vein", "Portal/splenic vein"),
+    ("iliac_", "Iliac vessels"), ("esophagus", "Esophagus"), ("stomach", "Stomach"), ("duodenum", "Duodenum"),
+    ("small_bowel", "Small bowel"), ("colon", "Colon"), ("liver", "Liver"), ("gallbladder", "Gallbladder"),
+    ("spleen", "Spleen"), ("pancreas", "Pancreas"), ("kidney_", "Kidney"), ("adrenal_gland", "Adrenal gland"),
+    ("urinary_bladder", "Urinary bladder"), ("vertebrae_", "Vertebra"), ("rib_", "Rib"),
+    ("humerus", "Other bone"), ("scapula", "Other bone"), ("clavicula", "Other bone"), ("femur", "Other bone"),
+    ("hip_", "Other bone"), ("sacrum", "Other bone"), ("gluteus_", "Muscle"), ("autochthon", "Muscle"),
+    ("iliopsoas", "Muscle"), ("brain", "Brain"),
+)
+
+
+def ct_structure_group(totalsegmentator_name: str) -> str | None:
+    """The :data:`CT_STRUCTURES` group of a TotalSegmentator v1 label ("kidney_left" -> "Kidney"); None for a label
+    that belongs to no group ("face")."""
+    for prefix, group in _CT_GROUP_PREFIXES:
+        if totalsegmentator_name.startswith(prefix):
+            return group
+    return None
+
+
 LABEL_SETS: dict[str, tuple[str, ...]] = {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40,
                                           "ct-structures": CT_STRUCTURES}
 

@@ -99,6 +99,13 @@ class FindingsCard:
                    dict(data.get("validation") or {}))
 
 
+def carried_over(cards: dict[str, dict], name: str, previous: str) -> dict[str, dict]:
+    """Stored cards (``{label set: FindingsCard dict}``) of heads a new checkpoint ``name`` keeps unchanged from
+    checkpoint ``previous`` (with the image embedding they read): the evidence holds, under the new name."""
+    return {label_set: {**card, "name": name, "origin": f"{card['origin']} — heads carried over unchanged from {previous}"}
+            for label_set, card in cards.items()}
+
+
 def display_probability(p: float) -> str:
     """Two decimals, but never "0.00"/"1.00": a probability is shown as "<0.01" or ">0.99" at the extremes."""
     if p < 0.005:

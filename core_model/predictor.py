@@ -276,7 +276,8 @@ class InteractivePredictor:
         return self._session
 
     def predict(self, clicks: Sequence[Click | Sequence] = (), box: Sequence[float] | None = None,
-                text: str | None = None, with_tta: bool = False, multimask: bool = False) -> Prediction:
+                text: str | None = None, with_tta: bool = False, multimask: bool = False,
+                label: str | None = None) -> Prediction:
         """Add ``clicks`` to the session and run one refinement pass.
 
         Args:
@@ -286,6 +287,9 @@ class InteractivePredictor:
                 language pathway is trained (otherwise the stock model is unchanged and the text is just recorded).
             with_tta: also compute the test-time-augmentation disagreement (one extra batched decoder pass).
             multimask: let SAM choose the best of its 3 masks (useful for a lone first click of the stock model).
+            label: the object's label (e.g. "Kidney"). A pass from a box alone (no click, no text) of a label the
+                checkpoint was not trained on (:meth:`BiasCareModel.answers_boxes_for`) is answered by the foundation
+                decoder, the stock LiteMedSAM's; clicks always go through the checkpoint's decoder.
         Returns:
             the new :class:`Prediction`; the session now ends with it.
         """
@@ -297,8 +301,10 @@ class InteractivePredictor:
         if not all_clicks and box_t is None and not text:
             raise ValueError("predict() needs at least one click, a box or a text prompt")
         prev_logits = previous.low_res_logits if previous else None
+        foundation = box_t is not None and not all_clicks and not text and not self.model.answers_boxes_for(label)
         with self._lock, torch.inference_mode():
-            prediction = self._run(session.entry, all_clicks, box_t, text, prev_logits, with_tta, multimask)
+            prediction = self._run(session.entry, all_clicks, box_t, text, prev_logits, with_tta, multimask,
+                                   foundation)
         if previous is not None:  # older steps keep their low-res logits (for undo), not their full-size masks
             previous.__dict__.pop("mask", None)
         session.history.append(prediction)
@@ -333,9 +339,10 @@ class InteractivePredictor:
         return points, boxes, tokens
 
     def _run(self, entry: _ImageEntry, clicks: tuple[Click, ...], box: tuple | None, text: str | None,
-             prev_logits: torch.Tensor | None, with_tta: bool, multimask: bool) -> Prediction:
+             prev_logits: torch.Tensor | None, with_tta: bool, multimask: bool, foundation: bool = False
+             ) -> Prediction:
         points, boxes, tokens = self._prompts(entry.geometry, clicks, box, text)
-        click = self._click_decoder()
+        click = None if foundation else self._click_decoder()
         resize = None
         if click is not None and self.device.type == "cpu":
             # the same pass as model.decode on ONNX Runtime with the image's constants, no PyTorch operator
@@ -350,10 +357,11 @@ class InteractivePredictor:
             with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
                                 enabled=self.decoder_dtype is not None):
                 logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens,
-                                                multimask=multimask, predict_masks=self._predict_masks())
+                                                multimask=multimask, predict_masks=self._predict_masks(),
+                                                foundation=foundation)
             best = int(iou[0].argmax())
             logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
-        tta = self._tta(entry, points, boxes, tokens, prev_logits, logits) if with_tta else 0.0
+        tta = self._tta(entry, points, boxes, tokens, prev_logits, logits, foundation) if with_tta else 0.0
         semantic = None
         if tokens is not None:
             embedding, concept = entry.embedding, tokens.mean(dim=1)
@@ -365,7 +373,8 @@ class InteractivePredictor:
         return Prediction(low_res_logits=logits, iou=iou_value, geometry=entry.geometry, clicks=clicks, box=box,
                           text=text, resize=resize, tta=tta, semantic=semantic)
 
-    def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor) -> float:
+    def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor,
+             foundation: bool = False) -> float:
         """Disagreement of K decoder passes with jittered prompts (±2 model pixels) and the mask prompt dropped."""
         k = self.tta_samples
         generator = torch.Generator().manual_seed(0)
@@ -381,5 +390,5 @@ class InteractivePredictor:
         if masks is not None:
             masks[k // 2:] = 0  # half the samples without the fed-back mask
         logits, _ = self.model.decode(entry.embedding.expand(k, -1, -1, -1), batched_points, batched_boxes, masks,
-                                      batched_tokens, predict_masks=self._predict_masks())
+                                      batched_tokens, predict_masks=self._predict_masks(), foundation=foundation)
         return mask_disagreement(reference, logits)

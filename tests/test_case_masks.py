@@ -234,6 +234,31 @@ def test_tools_compose_undo_and_replay_after_a_restart(world):
         restarted.close()
 
 
+def test_a_labelled_objects_box_is_answered_by_the_decoder_its_label_calls_for(world):
+    """A box for the heart (a label the checkpoint never trained on) is the foundation decoder's answer, the same box
+    for the right lung the checkpoint's; after a restart the replay (labels from the events) gives the same masks."""
+    service = world["service"]
+    session = service.login("ada", PASSWORD)
+    view = service.open_case(session, world["case"])
+    box = (380, 420, 640, 760)  # display px of the 1024² grid: mid-chest
+    heart = _layer(service.box(session, view.nonce, *box, obj={"id": 1, "label": "Heart / cardiomediastinum"}))
+    lung = _layer(service.box(session, view.nonce, *box, obj={"id": 2, "label": "Right lung"}))
+    assert heart.sum() > 1000 and lung.sum() > 1000 and not np.array_equal(heart, lung)
+    before = service.object_masks(view)
+    assert {1, 2} <= set(before)
+    restarted = world["new_service"]()
+    try:
+        again = restarted.login("ada", PASSWORD)
+        restored = restarted.resume(again)
+        after = restarted.object_masks(restored)
+        for object_id in (1, 2):
+            assert np.array_equal(after[object_id][None], before[object_id][None]), object_id
+    finally:
+        restarted.close()
+    for object_id in (2, 1):
+        service.remove_object(session, view.nonce, {"id": object_id})
+
+
 def test_bad_tool_requests_are_refused_with_the_cause(world):
     from app.service import AppError
 

@@ -445,9 +445,9 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
             trained_classes = dict((start.extra or {}).get("trained_classes", {}))
             if model.encoder_version == start_encoder_version and (start.extra or {}).get("findings"):
                 # the heads and the image embedding they read are the starting checkpoint's: its evidence still holds
-                findings_cards = {name: {**card, "name": cfg.name,
-                                         "origin": f"{card['origin']} — heads carried over unchanged from {start.version}"}
-                                  for name, card in start.extra["findings"].items()}
+                from core_model.findings import carried_over
+
+                findings_cards = carried_over(start.extra["findings"], cfg.name, start.version)
         data = args.folder + args.manifest + args.structures + args.nifti + ([args.cls_csv] if args.cls_csv else [])
         extra = {"trained_classes": trained_classes, "data": data,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": sorted(tasks),

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="lungs", help="text prompt for the whole mask")
     p.add_argument("--no-text", action="store_true")
     p.add_argument("--no-box", action="store_true")
+    p.add_argument("--label", default=None, help="the objects' label, given with the box prompt (e.g. 'lungs'); a "
+                                                 "label the checkpoint was not trained on gets the foundation decoder's "
+                                                 "box answer")
     p.add_argument("--cache-dir", default=".cache/embeddings", help="embedding cache (shared with training)")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--bootstrap", type=int, default=5000, help="image resamples for the 95 %% intervals (0: none)")
@@ -139,14 +142,16 @@ class ObjectEvaluator:
         click = deepest_error_click(pred, gt, rule=self.rule)
         return None if click is None else Click(float(click[0]), float(click[1]), bool(click[2]))
 
-    def run(self, gt: np.ndarray, max_clicks: int, box=None, text: str | None = None) -> list[dict]:
-        """Scores after the start prompt (box/text, if any) and after each click."""
+    def run(self, gt: np.ndarray, max_clicks: int, box=None, text: str | None = None,
+            label: str | None = None) -> list[dict]:
+        """Scores after the start prompt (box/text, if any; ``label``: the object's, as the predictor takes it) and
+        after each click."""
         gt_model = self.model_mask(gt)
         self.predictor.reset()
         steps = []
         prediction = None
         if box is not None or text:
-            prediction = self.predictor.predict(box=box, text=text)
+            prediction = self.predictor.predict(box=box, text=text, label=label)
             steps.append(self.score(prediction, gt, gt_model))
         for _ in range(max_clicks):
             click = self.next_click(prediction, gt, gt_model)
@@ -226,9 +231,11 @@ def bootstrap_intervals(objects: list[dict], n_boot: int = 5000, seed: int = 0,
 def evaluate(predictor, pairs: list[tuple[Path, Path]], max_clicks: int = 20, refine_clicks: int = 5,
              rule: str = "depth", click_grid: str = "original", min_object_fraction: float = 0.002,
              text: str | None = "lungs", box: bool = True,
-             mask_loader: Callable[[Path, tuple[int, int]], np.ndarray] | None = None) -> dict:
+             mask_loader: Callable[[Path, tuple[int, int]], np.ndarray] | None = None,
+             label: str | None = None) -> dict:
     """The protocol over (image, mask) pairs; returns the JSON-ready result. ``mask_loader(mask_path, image_shape)``
-    gives the bool mask (default: any value > 0, :func:`training.data.load_binary_mask`)."""
+    gives the bool mask (default: any value > 0, :func:`training.data.load_binary_mask`); ``label``: the objects'
+    label, given with the box prompt (which decoder answers a box: ``BiasCareModel.answers_boxes_for``)."""
     from scipy import ndimage
 
     from training.cache import SIDE_PHRASES
@@ -253,7 +260,7 @@ def evaluate(predictor, pairs: list[tuple[Path, Path]], max_clicks: int = 20, re
             record = {"image": image_path.name, "component": index, "pixels": int(component.sum()),
                       "clicks": runner.run(component, max_clicks)}
             if box:
-                record["box"] = runner.run(component, refine_clicks,
+                record["box"] = runner.run(component, refine_clicks, label=label,
                                            box=(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
             if use_text:
                 side = "left" if xs.mean() + 0.5 > mask.shape[1] / 2 else "right"
@@ -368,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = predictor.model
     result = evaluate(predictor, pairs, args.max_clicks, args.refine_clicks, args.rule, args.click_grid,
-                      args.min_object_fraction, None if args.no_text else args.text, not args.no_box)
+                      args.min_object_fraction, None if args.no_text else args.text, not args.no_box,
+                      label=args.label)
     result["checkpoint"] = "stock" if checkpoint is None or not Path(checkpoint).is_file() else str(checkpoint)
     result["model_version"] = model.info.version
     result["images_without_mask"] = missing

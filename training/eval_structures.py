@@ -18,7 +18,9 @@ Manifest (JSON, or YAML for a ``.yaml``/``.yml`` file; relative paths are relati
 * structure: ``name`` (unique within its dataset), optional ``label`` (an integer: the structure is the pixels of
   that value in a multilabel mask; without it, every pixel > 0), ``mask_suffix``, ``only`` (held-out image file names:
   a list, or a file as ``eval-clicks --only`` reads it: one name per line or a split.json with ``heldout``), ``text``
-  (a text prompt for the whole mask, used where the model's language pathway is trained; default none);
+  (a text prompt for the whole mask, used where the model's language pathway is trained; default none),
+  ``object_label`` (the objects' label as the app gives it with a box prompt, which decides the decoder that answers
+  the box — ``BiasCareModel.answers_boxes_for``; default the structure's ``name``);
 * images whose mask has no pixel of the structure's label are left out (counted); a label that no mask has is an error.
 
 Per structure and model: the single-dataset evaluator's :func:`training.eval_clicks.evaluate` (NoC@85/90 and their
@@ -73,6 +75,7 @@ class Structure:
     label: int | None = None
     only: set[str] | None = None
     text: str | None = None
+    object_label: str | None = None  # the objects' label given with the box prompt (default: the structure's name)
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     without_mask: list[str] = field(default_factory=list)
     without_structure: list[str] = field(default_factory=list)
@@ -142,7 +145,8 @@ def _structure(entry: dict, dataset: dict, base: Path, where: str) -> Structure:
     return Structure(dataset=str(dataset["name"]), name=str(entry["name"]), images=base / dataset["images"],
                      masks=base / dataset["masks"], mask_suffix=str(suffix), label=label,
                      only=_only(entry.get("only", dataset.get("only")), base, where),
-                     text=entry.get("text", dataset.get("text")))
+                     text=entry.get("text", dataset.get("text")),
+                     object_label=str(entry.get("object_label", entry["name"])))
 
 
 def load_manifest(path: Path) -> list[Structure]:
@@ -211,7 +215,8 @@ def evaluate_structure(predictor, structure: Structure, protocol: Protocol,
     """One model on one structure: (table row, bootstrap replicates drawn with ``seed``, default the protocol's)."""
     result = evaluate(predictor, structure.pairs, protocol.max_clicks, protocol.refine_clicks, protocol.rule,
                       protocol.click_grid, protocol.min_object_fraction, structure.text, protocol.box,
-                      mask_loader=lambda path, shape: load_label_mask(path, shape, structure.label))
+                      mask_loader=lambda path, shape: load_label_mask(path, shape, structure.label),
+                      label=structure.object_label)
     row = {key: result.get(key) for key in HEADLINE}
     row.update({"noc@85_failed": result["grids"]["original"]["noc@85_failed"],
                 "noc@90_failed": result["grids"]["original"]["noc@90_failed"],

@@ -12,7 +12,9 @@
 #     held-out structure;
 # clicks, boxes and text (the structure's name) as prompts, RITM-style click sequences.
 # Usage: bash training/recipes/biascare_lite_v6.sh [prepare|train|replay|text|eval CKPT OUT|adopt|all]
-# (adopt: the trained checkpoint becomes the shipped default — only after its evaluation met the lungs' bar)
+# (adopt: the trained checkpoint becomes the shipped default — only after its evaluation met the lungs' bar — with
+# the labels it was trained on in its header, as biascare_lite_v6_1: a box of any other label is answered by the
+# stock LiteMedSAM decoder, training/recipes/box_labels.py; the tensors are v6's)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source training/recipes/settings.sh
@@ -58,7 +60,8 @@ case "${1:-all}" in
   eval) evaluate "$2" "$3" ;;
   replay) replay ;;
   text) text ;;
-  adopt) cp runs/final/biascare_lite_v6/checkpoint.safetensors assets/model/biascare_lite.safetensors ;;
+  adopt) python training/recipes/box_labels.py runs/final/biascare_lite_v6/checkpoint.safetensors \
+           data/ct_structures/split.json biascare_lite_v6_1 assets/model/biascare_lite.safetensors ;;
   all) prepare; train; replay; text
        evaluate runs/final/biascare_lite_v6/checkpoint.safetensors assets/model/eval_structures_v6.json ;;
   *) echo "usage: $0 [prepare|train|replay|text|eval CKPT OUT|adopt|all]" >&2; exit 2 ;;
