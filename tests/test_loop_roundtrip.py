@@ -73,6 +73,9 @@ def test_loop_roundtrip_answers_export_train_load_predict(backend, model, tmp_pa
     start, carried = build_model(DEFAULT_CHECKPOINT).findings_card(), trained.findings_card()
     assert carried.name == "roundtrip" and f"carried over unchanged from {start.name}" in carried.origin
     assert carried.evidence == start.evidence and any(e.operating_point for e in carried.evidence.values())
+    # and what its decoder answers boxes for: the starting checkpoint's labels (the exported masks are lungs')
+    assert build_model(DEFAULT_CHECKPOINT).box_labels <= trained.box_labels
+    assert not trained.answers_boxes_for("Heart / cardiomediastinum")
     fresh = app_service(store, trained, tmp_path / "data2", shared_embedding_dir())
     ben = login(fresh, "ben")
     view = fresh.open_case(ben, cases[1].pseudo_id)

@@ -172,6 +172,18 @@ def test_train_cli_runs_on_structures_and_data_engine_targets(ct_slices, shared_
     assert any(k.endswith(f"{NIH_TRAIN_STEM}.png") for k in split["train"])
     assert not any(k.endswith("00000028_000.png") for k in split["train"])
     assert metrics["segmentation"]["train_images"] >= 1
+    # the checkpoint names what its decoder trained on: the slice's structures and their groups, nothing of the
+    # engine's unnamed targets; a box of anything else (a held-out structure) goes to the foundation decoder
+    from core_model.model import build_model
+    from training.cache import box_labels
+
+    split_file = json.loads((folder / "split.json").read_text())
+    on_slice = sorted({i["structure"] for i in split_file["items"]["train"]})
+    trained = build_model(tmp_path / "runs" / "multi" / "checkpoint.safetensors")
+    assert trained.box_labels and trained.box_labels <= set(box_labels(on_slice))
+    assert not trained.box_labels & {"object", "region"}
+    for name in split_file["heldout_structures"]:
+        assert not trained.answers_boxes_for(name), name
 
 
 def test_unlabelled_images_without_the_data_engine_are_refused(shared_data, tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from training.data import SegSample, SkipLog, check_sample
 log = logging.getLogger("training.cache")
 
 WHOLE_PHRASES = ("lungs", "lung", "both lungs", "lung fields")
+LUNG_LABELS = {"left": "left lung", "right": "right lung", "whole": "lungs"}  # the object labels of a lung mask
 SIDE_PHRASES = {  # patient's left is on the image right on a PA / AP film and on a radiological CT slice
     "left": ("left lung", "the left lung", "left lung field"),
     "right": ("right lung", "the right lung", "right lung field"),
@@ -113,6 +115,7 @@ class TargetObject:
     box: tuple[float, float, float, float]  # model-grid pixel-index box (x0, y0, x1, y1)
     phrases: tuple[str, ...]
     kind: str  # "component" | "whole" | "pseudo" (a data-engine target: clicks and boxes, no text)
+    label: str | None = None  # what the object is, as an object label ("left lung", "kidney_left"); None: unnamed
 
 
 @dataclass
@@ -170,11 +173,12 @@ def mask_objects(mask: np.ndarray, geometry: ResizePad, min_object_fraction: flo
     for component, grid in _components(mask, geometry, min_object_fraction):
         cx = float(np.nonzero(component)[1].mean()) + 0.5
         side = "left" if cx > width / 2 else "right"
-        objects.append(TargetObject(grid, _box(grid.numpy()), SIDE_PHRASES[side], "component"))
+        objects.append(TargetObject(grid, _box(grid.numpy()), SIDE_PHRASES[side], "component",
+                                    LUNG_LABELS[side]))
     if whole:
         grid = model_grid_mask(mask, geometry)
         if int(grid.sum()) >= 4:
-            objects.append(TargetObject(grid, _box(grid.numpy()), WHOLE_PHRASES, "whole"))
+            objects.append(TargetObject(grid, _box(grid.numpy()), WHOLE_PHRASES, "whole", LUNG_LABELS["whole"]))
     return objects
 
 
@@ -192,9 +196,25 @@ def structure_objects(labels: np.ndarray, structures: dict[int, str], geometry: 
                       min_object_fraction: float = 0.0005) -> list[TargetObject]:
     """The connected components of every structure of an original-grid label image (each ≥
     ``min_object_fraction`` of the image) as model-grid click targets, phrased by the structure's name."""
-    return [TargetObject(grid, _box(grid.numpy()), structure_phrases(name), "component")
+    return [TargetObject(grid, _box(grid.numpy()), structure_phrases(name), "component", name)
             for value, name in sorted(structures.items())
             for _, grid in _components(labels == value, geometry, min_object_fraction)]
+
+
+def box_labels(names: Iterable[str]) -> list[str]:
+    """A checkpoint's ``box_labels`` (``BiasCareModel.answers_boxes_for``) for objects trained under ``names``: each
+    name and, for a TotalSegmentator structure, its app group ("vertebrae_L1" → "Vertebra"), normalised, sorted."""
+    from core_model.classes import ct_structure_group
+    from core_model.model import normalise_label
+
+    names = list(names)
+    groups = {ct_structure_group(name) for name in names} - {None}
+    return sorted({normalise_label(label) for label in (*names, *groups)})
+
+
+def trained_labels(prepared: Iterable[PreparedImage]) -> set[str]:
+    """The labels of the named objects a run trains on (data-engine targets name nothing)."""
+    return {o.label for image in prepared for o in image.objects if o.label is not None}
 
 
 def _variants(sample: SegSample, pixels: np.ndarray, mask: np.ndarray, flip: bool, augment: int,

@@ -193,6 +193,18 @@ def _init_encoder_stages(init: str | None) -> int | None:
     return NUM_STAGES - min(int(k.split(".")[2]) for k in keys)
 
 
+def _box_labels(model, init: str | None, trained: set[str]) -> list[str]:
+    """The new checkpoint's ``box_labels``: the starting checkpoint's (its decoder still answers them) and this run's
+    named objects; none — every label the checkpoint's own decoder's — when it starts from a checkpoint without the
+    list (older checkpoints behave as before)."""
+    from training.cache import box_labels
+
+    start = list((model.info.extra or {}).get("box_labels", [])) if init else []
+    if init and not start:
+        return []
+    return box_labels([*start, *trained])
+
+
 def _stored_encoder(cfg: TrainConfig, init_stages: int | None) -> bool | tuple[str, ...]:
     """The encoder weights the run's checkpoint stores: those its LoRA trained and those its start changed."""
     from training.lora import NUM_STAGES
@@ -454,6 +466,11 @@ def _run(args, tasks: set[str]) -> int:  # noqa: C901 (the whole run, top to bot
                  "config": cfg.as_dict()}
         if findings_cards:
             extra["findings"] = findings_cards
+        from training.cache import trained_labels
+
+        labels = _box_labels(model, args.init, trained_labels(prepared) if "seg" in tasks else set())
+        if labels:
+            extra["box_labels"] = labels
         if "seg" not in tasks:
             cfg.modes = ()  # a classification-only run does not claim a trained language pathway
         info = finished_info(cfg, extra, classifier_trained)

@@ -2,9 +2,9 @@
 read by ``BiasCareModel.answers_boxes_for``); every other label's box goes to the foundation (stock) decoder.
 
 The labels: what the checkpoint's decoder was trained on — the lungs (the chest radiograph lung masks: "lungs",
-"left lung", "right lung", "lung") and the CT structures of the structure dataset's train split (``split.json``'s
-``train_structures``, TotalSegmentator names), each also as its app group (``core_model.classes.ct_structure_group``:
-"vertebrae_L1" → "Vertebra"). Tensors are copied unchanged; the header's version becomes VERSION (the findings
+"left lung", "right lung"; the CT lung lobes add the group "Lung") and the CT structures of the structure dataset's train split (``split.json``'s
+``train_structures``, TotalSegmentator names), each also as its app group (``training.cache.box_labels``:
+"vertebrae_L1" → "Vertebra"); what ``launch.py train`` writes by itself for a new checkpoint. Tensors are copied unchanged; the header's version becomes VERSION (the findings
 cards follow it: their heads are unchanged).
 
     python training/recipes/box_labels.py CHECKPOINT SPLIT_JSON VERSION OUT.safetensors
@@ -19,20 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from core_model.classes import ct_structure_group  # noqa: E402
 from core_model.findings import carried_over  # noqa: E402
-from core_model.model import normalise_label  # noqa: E402
-
-LUNG_LABELS = ("lungs", "lung", "left lung", "right lung")
-
-
-def box_labels(train_structures: list[str]) -> list[str]:
-    groups = {ct_structure_group(name) for name in train_structures} - {None}
-    return sorted({normalise_label(label) for label in (*LUNG_LABELS, *train_structures, *groups)})
+from training.cache import LUNG_LABELS, box_labels  # noqa: E402
 
 
 def write(checkpoint: Path, split: Path, version: str, out: Path) -> list[str]:
-    labels = box_labels(json.loads(split.read_text())["train_structures"])
+    labels = box_labels([*LUNG_LABELS.values(), *json.loads(split.read_text())["train_structures"]])
     with safe_open(str(checkpoint), "pt") as f:
         metadata = f.metadata()
         tensors = {key: f.get_tensor(key) for key in f.keys()}
