@@ -142,6 +142,25 @@ def test_manifest_evaluator_compares_stock_and_checkpoint_on_the_same_objects(ct
         assert table.count(line) == 2, line
 
 
+def test_names_as_text_prompts_are_evaluated_where_the_language_pathway_is_trained(ct_slices, shared_data,
+                                                                                   artifacts_dir, tmp_path):
+    from training.eval_structures import main
+
+    out, summary = ct_slices
+    kidney = [i["image"] for i in summary["items"]["heldout"] if i["structure"] == "kidney_left"][:1]
+    manifest = _manifest(tmp_path, out, shared_data, kidney)
+    result_path = tmp_path / "text.json"
+    assert main(["--manifest", str(manifest), "--json", str(result_path), "--max-clicks", "1", "--refine-clicks", "0",
+                 "--no-box", "--bootstrap", "0", "--name-as-text",
+                 "--cache-dir", str(artifacts_dir / "training-embedding-cache")]) == 0
+    result = json.loads(result_path.read_text())
+    for entry in result["structures"]:  # the shipped checkpoint's language pathway is trained, the stock one's not
+        assert 0.0 <= entry["models"]["checkpoint"]["text_whole_iou"] <= 1.0, entry["structure"]
+        assert entry["models"]["stock"]["text_whole_iou"] is None
+    lungs = next(e for e in result["structures"] if e["structure"] == "lungs")
+    assert lungs["models"]["checkpoint"]["text_whole_iou"] > 0.8  # "lungs" names what the pathway learned
+
+
 def test_bad_manifests_name_the_file_and_the_cause(ct_slices, shared_data, tmp_path):
     from training.eval_structures import ManifestError, load_manifest
 

@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--click-grid", default="original", choices=("original", "model"))
     p.add_argument("--min-object-fraction", type=float, default=0.002)
     p.add_argument("--no-box", action="store_true")
+    p.add_argument("--name-as-text", action="store_true",
+                   help="a structure without a 'text' gets its name as the text prompt ('kidney_left' → 'left kidney', "
+                        "the phrase training uses)")
     p.add_argument("--bootstrap", type=int, default=1000, help="image resamples per structure (0: no intervals)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=".cache/embeddings")
@@ -422,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         limits = parse_limits(args.limit)
         for structure in structures:
             structure.pairs = spread(structure.pairs, limits.get(structure.dataset, limits.get("")))
+            if args.name_as_text and not structure.text:
+                from training.cache import structure_phrases
+
+                structure.text = structure_phrases(structure.name)[0]
         loaded = _load_models(args)
     except (DataError, ImageReadError, CheckpointError) as exc:  # each names the file and the cause
         print(f"eval-structures: {exc}", file=sys.stderr)
