@@ -38,6 +38,8 @@ def predict_main(argv: list[str]) -> int:
     parser.add_argument("--click", type=_click, action="append", default=[], help="X,Y,+ or X,Y,- ; repeatable")
     parser.add_argument("--box", type=_box, help="X0,Y0,X1,Y1 in original pixels")
     parser.add_argument("--text", help="text prompt, e.g. 'left lung' (needs a trained language pathway)")
+    parser.add_argument("--label", help="the object's label, e.g. 'Kidney': a box alone of a label the checkpoint was "
+                                        "not trained on is answered by the stock decoder")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--out", type=Path, help="write the mask as a PNG (original geometry)")
     args = parser.parse_args(argv)
@@ -57,11 +59,13 @@ def predict_main(argv: list[str]) -> int:
     predictor.set_image(image.pixels)
     if not (args.click or args.box or args.text):
         parser.error("give at least one --click, --box or --text")
-    prediction = predictor.predict(args.click, box=args.box, text=args.text, with_tta=True)
+    prediction = predictor.predict(args.click, box=args.box, text=args.text, with_tta=True, label=args.label)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(args.out)
-    print(json.dumps({"model_version": predictor.model.info.version, "mask_pixels": int(prediction.mask.sum()),
+    print(json.dumps({"model_version": predictor.model.info.version,
+                      "decoder": "foundation" if prediction.foundation else "checkpoint",
+                      "mask_pixels": int(prediction.mask.sum()),
                       "predicted_iou": prediction.iou, "uncertainty": prediction.uncertainty.as_dict(),
                       "mask": str(args.out) if args.out else None}))
     return 0

@@ -59,6 +59,7 @@ class Prediction:
     resize: object | None = None  # (logits (1, 1, h, w) ndarray, (H, W)) → bool mask; None: PyTorch's interpolate
     tta: float = 0.0
     semantic: Callable[[], float] | None = None  # u_sl of the text prompt, on demand; None without a text token
+    foundation: bool = False  # answered by the foundation (stock) decoder: a box of a label the checkpoint never trained on
 
     @cached_property
     def uncertainty(self) -> SegmentationUncertainty:
@@ -371,7 +372,7 @@ class InteractivePredictor:
                     return float(semantic_uncertainty(embedding, logits, concept)[0])
 
         return Prediction(low_res_logits=logits, iou=iou_value, geometry=entry.geometry, clicks=clicks, box=box,
-                          text=text, resize=resize, tta=tta, semantic=semantic)
+                          text=text, resize=resize, tta=tta, semantic=semantic, foundation=foundation)
 
     def _tta(self, entry: _ImageEntry, points, boxes, tokens, prev_logits, reference: torch.Tensor,
              foundation: bool = False) -> float:

@@ -73,10 +73,10 @@ def test_a_box_of_a_structure_never_trained_on_is_the_foundation_decoders_answer
         ours.reset()
         answer = ours.predict(box=box, label=label)
         assert torch.equal(answer.low_res_logits, expected.low_res_logits), label
-        assert answer.iou == pytest.approx(expected.iou)
+        assert answer.iou == pytest.approx(expected.iou) and answer.foundation
     ours.reset()
     own = ours.predict(box=box)  # unlabelled: the checkpoint's decoder
-    assert not torch.allclose(own.low_res_logits, expected.low_res_logits, atol=1e-3)
+    assert not own.foundation and not torch.allclose(own.low_res_logits, expected.low_res_logits, atol=1e-3)
     ours.reset()
     trained = ours.predict(box=box, label="Vertebra")  # a trained label: the checkpoint's decoder, whatever the box
     assert torch.equal(trained.low_res_logits, own.low_res_logits)
@@ -91,6 +91,7 @@ def test_clicks_after_a_foundation_box_go_through_the_checkpoints_decoder(
     key = ours.set_image(pixels)
     boxed = ours.predict(box=box, label="Kidney")
     refined = ours.predict(clicks=[click])
+    assert boxed.foundation and not refined.foundation
     assert refined.box == box and refined.clicks == (click,)
     # the same prompts and fed-back logits through the checkpoint's decoder, by the model's own API
     embedding, geometry = ours.embedding(key)

@@ -241,6 +241,12 @@ def test_predict_command_on_a_real_dicom(shared_data, tmp_path):
     mask = np.asarray(Image.open(out)) > 0
     assert summary["mask_pixels"] == int(mask.sum()) > 0
     assert 0.0 <= summary["uncertainty"]["ranking"] <= 1.0
+    assert summary["decoder"] == "checkpoint"
+    result = subprocess.run([sys.executable, str(REPO / "launch.py"), "predict", str(dicom), "--box", "300,350,650,800",
+                             "--label", "Heart / cardiomediastinum"], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["decoder"] == "foundation"
 
 
 def test_onnx_runtime_decoder_equals_the_pytorch_decoder(stock_model, cxr, tmp_path):
