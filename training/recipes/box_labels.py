@@ -2,10 +2,11 @@
 read by ``BiasCareModel.answers_boxes_for``); every other label's box goes to the foundation (stock) decoder.
 
 The labels: what the checkpoint's decoder was trained on — the lungs (the chest radiograph lung masks: "lungs",
-"left lung", "right lung"; the CT lung lobes add the group "Lung") and the CT structures of the structure dataset's train split (``split.json``'s
-``train_structures``, TotalSegmentator names), each also as its app group (``training.cache.box_labels``:
-"vertebrae_L1" → "Vertebra"); what ``launch.py train`` writes by itself for a new checkpoint. Tensors are copied unchanged; the header's version becomes VERSION (the findings
-cards follow it: their heads are unchanged).
+"left lung", "right lung"; the CT lung lobes add the group "Lung") and the CT structures of the structure dataset's
+train split (``split.json``'s ``train_structures``, TotalSegmentator names), each also as its app group
+(``training.cache.box_labels``: "vertebrae_L1" → "Vertebra") — what ``launch.py train`` now writes by itself for a
+new checkpoint. Tensors are copied unchanged; the header's version becomes VERSION (the findings cards follow it:
+their heads are unchanged).
 
     python training/recipes/box_labels.py CHECKPOINT SPLIT_JSON VERSION OUT.safetensors
 """
