@@ -75,6 +75,41 @@ def test_manifest_with_bad_items(shared_data, tmp_path):
         read_manifest(tmp_path / "broken.json")
 
 
+def test_a_labelled_object_of_an_exported_answer_trains_under_its_own_label(shared_data, tmp_path):
+    """An answer's labelled objects (manifest ``object``) are named and phrased by their label — the heart never as
+    "left lung" — and not flipped; an unlabelled mask stays the lungs' (sides by centroid, flipped)."""
+    from core_model.model import build_model
+    from training.cache import SIDE_PHRASES, EmbeddingCache, prepare_images, trained_labels
+
+    image, mask = _small_images(shared_data, 1)[0]
+    for path in (image, mask):
+        shutil.copy(path, tmp_path / path.name)
+    items = [{"image": image.name, "mask": mask.name, "case_id": "c1", "split": "train"},
+             {"image": image.name, "mask": mask.name, "case_id": "c1", "split": "train",
+              "object": {"id": 1, "label": "Heart / cardiomediastinum"}},
+             {"image": image.name, "mask": mask.name, "case_id": "c1", "split": "train",
+              "object": {"id": 2, "label": "Left lung"}}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"items": items}))
+    samples = manifest_samples(tmp_path / "manifest.json")
+    assert [(s.key, s.object_label) for s in samples] == [
+        ("c1", None), ("c1#object-1", "Heart / cardiomediastinum"), ("c1#object-2", "Left lung")]
+    model = build_model(None)
+    prepared = prepare_images(samples, model, EmbeddingCache(tmp_path / "cache", model.encoder_version), SkipLog(),
+                              flip=True)
+    by_key = {}
+    for item in prepared:
+        by_key.setdefault(item.key.split("#flip")[0], []).append(item)
+    assert len(by_key["c1"]) == 2, "the unlabelled lungs are flipped as before"
+    assert {o.label for o in by_key["c1"][0].objects} == {"left lung", "right lung", "lungs"}
+    for key, label, phrases in (("c1#object-1", "Heart / cardiomediastinum",
+                                 ("heart / cardiomediastinum", "the heart / cardiomediastinum")),
+                                ("c1#object-2", "Left lung", SIDE_PHRASES["left"])):
+        (only,) = by_key[key]  # no flipped copy: it would turn a left lung into a right one
+        assert only.objects and all(o.label == label and o.phrases == phrases and o.kind == "component"
+                                    for o in only.objects)
+    assert {"Heart / cardiomediastinum", "Left lung"} <= trained_labels(prepared)
+
+
 def test_folder_counts_images_without_masks(shared_data, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

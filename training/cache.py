@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 
 from core_model.geometry import ResizePad
+from core_model.model import normalise_label
 from core_model.preprocess import content_key, to_model_input
 from training.data import SegSample, SkipLog, check_sample
 
@@ -201,11 +202,23 @@ def structure_objects(labels: np.ndarray, structures: dict[int, str], geometry: 
             for _, grid in _components(labels == value, geometry, min_object_fraction)]
 
 
+def labelled_objects(mask: np.ndarray, label: str, geometry: ResizePad,
+                     min_object_fraction: float = 0.0005) -> list[TargetObject]:
+    """A labelled object of an answer (the app's "Heart / cardiomediastinum", "Left lung", "Liver") as click targets:
+    its connected components, named and phrased by the label (a lung's side phrases for the lungs' labels), never
+    the lungs' phrases of an unlabelled mask."""
+    name = normalise_label(label)
+    sides = {v: k for k, v in LUNG_LABELS.items() if k != "whole"}
+    phrases = SIDE_PHRASES[sides[name]] if name in sides else WHOLE_PHRASES if name == LUNG_LABELS["whole"] \
+        else (name, f"the {name}")
+    return [TargetObject(grid, _box(grid.numpy()), phrases, "component", label)
+            for _, grid in _components(mask, geometry, min_object_fraction)]
+
+
 def box_labels(names: Iterable[str]) -> list[str]:
     """A checkpoint's ``box_labels`` (``BiasCareModel.answers_boxes_for``) for objects trained under ``names``: each
     name and, for a TotalSegmentator structure, its app group ("vertebrae_L1" → "Vertebra"), normalised, sorted."""
     from core_model.classes import ct_structure_group
-    from core_model.model import normalise_label
 
     names = list(names)
     groups = {ct_structure_group(name) for name in names} - {None}
@@ -253,7 +266,8 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
         if loaded is None:
             continue
         pixels, mask = loaded
-        if sample.structures or sample.unlabelled:  # a flip would swap the patient's sides; the label image is
+        if sample.structures or sample.unlabelled or sample.object_label:  # a flip would swap the patient's sides
+            # (a structure's, a labelled object's: "Left lung" stays left); the label image is
             # not resampled; an unlabelled image's (engine) targets are on the unaugmented image only
             variants = [(pixels, mask, False, "")]
         else:
@@ -268,7 +282,9 @@ def prepare_images(samples: list[SegSample], model, cache: EmbeddingCache, skips
         for (image, target, flipped, suffix), embedding, encoder_input in zip(variants, embeddings, inputs):
             geometry = ResizePad(*image.shape)
             objects = (structure_objects(target, sample.structures, geometry) if sample.structures
-                       else [] if sample.unlabelled else mask_objects(target, geometry, min_object_fraction))
+                       else [] if sample.unlabelled
+                       else labelled_objects(target, sample.object_label, geometry) if sample.object_label
+                       else mask_objects(target, geometry, min_object_fraction))
             if not suffix:
                 objects = objects + list((extra_objects or {}).get(sample.key, ()))
             if not objects:

@@ -91,6 +91,7 @@ class SegSample:
     structures: dict[int, str] = field(default_factory=dict)  # non-empty: the mask is a label image and these of
     # its values (value → name) are the targets; its other labels are no target (held out, or too small there)
     unlabelled: bool = False  # no mask at all: targets only from the data engine (training.data_engine)
+    object_label: str | None = None  # the mask is one labelled object of an answer (a manifest's "object" label)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         return self.loader()
@@ -357,8 +358,15 @@ def manifest_samples(path: str | Path, skips: SkipLog | None = None, splits: Ite
         labels = {str(k): int(v) for k, v in (item.get("labels") or {}).items() if v in (0, 1, True, False)}
         samples.append(SegSample(key=_manifest_key(item, name), group=str(item.get("case_id", name)),
                                  source=f"manifest:{path.name}", loader=_image_mask_loader(image_path, mask_path),
-                                 clicks=clicks, labels=labels, split=split))
+                                 clicks=clicks, labels=labels, split=split, object_label=_object_label(item)))
     return samples
+
+
+def _object_label(item: dict) -> str | None:
+    """The label of a manifest item's labelled object (None: the default object, an unlabelled mask)."""
+    found = item.get("object")
+    label = found.get("label") if isinstance(found, dict) else None
+    return label if isinstance(label, str) and label.strip() else None
 
 
 def _manifest_key(item: dict, name: str) -> str:
