@@ -153,9 +153,10 @@ class InteractivePredictor:
             return "onnx" if cpu_fp32 and onnxruntime_available() else "torch"
         return requested
 
-    def _predict_masks(self):
-        """The decoder implementation for this predictor (the ONNX session is built on first use)."""
-        if self.decoder_backend == "torch":
+    def _predict_masks(self, foundation: bool = False):
+        """The decoder implementation for this predictor (the ONNX session is built on first use); None for PyTorch,
+        and for a foundation pass (the stock decoder, always PyTorch: no session of this checkpoint's is built)."""
+        if self.decoder_backend == "torch" or foundation:
             return None
         if self._onnx is None:
             from core_model.onnx_runtime import OnnxMaskDecoder
@@ -358,7 +359,7 @@ class InteractivePredictor:
             with torch.autocast(self.device.type, dtype=self.decoder_dtype or torch.float32,
                                 enabled=self.decoder_dtype is not None):
                 logits, iou = self.model.decode(entry.embedding, points, boxes, prev_logits, tokens,
-                                                multimask=multimask, predict_masks=self._predict_masks(),
+                                                multimask=multimask, predict_masks=self._predict_masks(foundation),
                                                 foundation=foundation)
             best = int(iou[0].argmax())
             logits, iou_value = logits[:, best:best + 1].float().clone(), float(iou[0, best])
@@ -391,5 +392,6 @@ class InteractivePredictor:
         if masks is not None:
             masks[k // 2:] = 0  # half the samples without the fed-back mask
         logits, _ = self.model.decode(entry.embedding.expand(k, -1, -1, -1), batched_points, batched_boxes, masks,
-                                      batched_tokens, predict_masks=self._predict_masks(), foundation=foundation)
+                                      batched_tokens, predict_masks=self._predict_masks(foundation),
+                                      foundation=foundation)
         return mask_disagreement(reference, logits)
