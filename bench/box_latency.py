@@ -21,20 +21,9 @@ from app.render import DisplayGeometry
 from bench.common import cxr_images, device_description, emit, parser, percentiles_ms, time_calls
 from core_model.model import build_model
 from core_model.predictor import InteractivePredictor
+from training.data_engine import EngineConfig, random_boxes
 
 FOUNDATION_LABEL = "Heart / cardiomediastinum"
-
-
-def random_boxes(shape: tuple[int, int], count: int, seed: int) -> list[tuple[float, float, float, float]]:
-    """Boxes of 10–60 % of each side, anywhere on the image (original pixel-index coordinates)."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    boxes = []
-    for _ in range(count):
-        bw, bh = rng.uniform(0.1, 0.6) * w, rng.uniform(0.1, 0.6) * h
-        x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-        boxes.append((float(x0), float(y0), float(x0 + bw), float(y0 + bh)))
-    return boxes
 
 
 def box_fn(predictor: InteractivePredictor, boxes: list, label: str | None, mask_shape: tuple[int, int]):
@@ -65,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for index, (_, image) in enumerate(cxr_images(args.images, min_side=2000)):
         g = DisplayGeometry.for_shape(*image.shape[:2])
         shape = (g.disp_height, g.disp_width)
-        boxes = random_boxes(image.shape[:2], args.boxes, seed=index)
+        boxes = [tuple(map(float, b)) for b in  # the data engine's random boxes, on the original grid
+                 random_boxes(image.shape[:2], EngineConfig(boxes=args.boxes), np.random.default_rng(index))]
         ours.set_image(image)
         stock.set_image(image)
         times["checkpoint"] += time_calls(box_fn(ours, boxes, None, shape), args.boxes)
