@@ -197,3 +197,46 @@ def test_unlabelled_images_without_the_data_engine_are_refused(shared_data, tmp_
                      "--unlabelled-only", str(tmp_path / "missing.json") + ":train"])
     assert rc == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_reformats_cut_only_train_slabs_and_name_only_train_structures(shared_data, artifacts_dir):
+    """Coronal / sagittal training cuts of the real CT: each lies inside one run of train slices (never a held-out
+    band), its label PNG is the mask's own cut (checked against nibabel's array of the RAS file), and its targets are
+    train structures only — what ``structure_samples`` then reads."""
+    import nibabel as nib
+    from PIL import Image
+
+    from training.data import structure_samples
+    from training.structures import SliceSplit, prepare_reformats, train_slabs
+
+    ct = shared_data / "ct_nifti"
+    out = artifacts_dir / "ct-reformats"
+    summary = prepare_reformats(ct / "example_ct.nii.gz", ct / "example_ct_totalseg104_multilabel.nii.gz",
+                                ct / "label_map_totalseg_v1.json", out, stride=8)
+    split = SliceSplit(**summary["slice_split"])
+    slabs = train_slabs(112, split)
+    assert [z for a, b in slabs for z in range(a, b)] == [z for z in range(112) if not split.is_heldout(z)]
+    labels = np.asarray(nib.load(ct / "example_ct_totalseg104_multilabel.nii.gz").dataobj).astype(np.uint8)
+    assert nib.aff2axcodes(nib.load(ct / "example_ct.nii.gz").affine) == ("R", "A", "S")
+    items = summary["items"]["train"]
+    assert items and not summary["items"]["heldout"] and not summary["items"]["heldout_slices"]
+    assert not {i["structure"] for i in items} & set(summary["heldout_structures"])
+    planes = set()
+    for image in sorted({i["image"] for i in items}):
+        plane_index, z_range = Path(image).stem.split("_")[-2:]
+        plane, index = plane_index[:-3], int(plane_index[-3:])
+        start, stop = (int(z) for z in z_range[1:].split("-"))
+        assert (start, stop + 1) in slabs, image
+        block = labels[:, :, start:stop + 1]
+        # radiological display of the RAS+ array: rows superior → inferior (−z); coronal columns patient right →
+        # left (−x), sagittal columns anterior → posterior (−y)
+        cut = block[::-1, index, :].T[::-1] if plane == "coronal" else block[index, ::-1, :].T[::-1]
+        shown = np.asarray(Image.open(out / "labels" / image.replace(".png", "_labels.png")))
+        assert np.array_equal(shown, cut), image
+        for item in (i for i in items if i["image"] == image):
+            assert int((shown == item["label"]).sum()) == item["voxels"] >= 30
+        planes.add(plane)
+    assert planes == {"coronal", "sagittal"}
+    samples = structure_samples(out)
+    assert len(samples) == len({i["image"] for i in items})
+    assert {n for s in samples for n in s.structures.values()} == set(summary["train_structures"])

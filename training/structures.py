@@ -20,6 +20,10 @@ What it writes under ``--out``:
   slice images of that structure);
 * ``README.md``: provenance and attribution (the CT and its mask are TotalSegmentator's test files, Apache-2.0; the
   masks are TotalSegmentator *model outputs*, not expert annotations).
+
+With ``--planes coronal,sagittal`` it writes instead a *training-only* folder (:func:`prepare_reformats`): every
+``--stride``-th cut of each run of train slices (:func:`train_slabs`, so no cut crosses a held-out band) with the train
+structures' labels, in the same layout, read by ``launch.py train --structures`` beside the axial folder.
 """
 from __future__ import annotations
 
@@ -77,9 +81,12 @@ class SliceItem:
     voxels: int
 
 
+def volume_stem(volume: Path) -> str:
+    return volume.name.removesuffix(".gz").removesuffix(".nii")
+
+
 def slice_name(volume: Path, index: int) -> str:
-    stem = volume.name.removesuffix(".gz").removesuffix(".nii")
-    return f"{stem}_z{index:03d}"
+    return f"{volume_stem(volume)}_z{index:03d}"
 
 
 def read_label_map(path: Path) -> dict[int, str]:
@@ -147,6 +154,94 @@ def write_slices(volume, labels: np.ndarray, axis: int, window: str, out: Path, 
         label_slice = display_label_slice(volume, labels, index, axis).astype(np.uint8)
         Image.fromarray(label_slice).save(out / "labels" / f"{name}_labels.png")
     return volume.num_slices(axis)
+
+
+def train_slabs(n_slices: int, split: SliceSplit) -> list[tuple[int, int]]:
+    """The maximal runs [start, stop) of consecutive *train* slices: a reformat cut inside one never crosses a
+    held-out slice band."""
+    slabs: list[tuple[int, int]] = []
+    for index in range(n_slices):
+        if split.is_heldout(index):
+            continue
+        if slabs and slabs[-1][1] == index:
+            slabs[-1] = (slabs[-1][0], index + 1)
+        else:
+            slabs.append((index, index + 1))
+    return slabs
+
+
+def write_reformats(volume, labels: np.ndarray, axis: int, split: SliceSplit, names: dict[int, str],
+                    heldout_structures: set[str], planes: tuple[str, ...], stride: int, min_voxels: int,
+                    window: str, out: Path, volume_path: Path) -> list[SliceItem]:
+    """Every ``stride``-th coronal / sagittal slice of each train slab (:func:`train_slabs`) as image + label PNGs, in
+    the app's display orientation; returns the train structures' items on them (voxels ≥ ``min_voxels``). Held-out
+    slices and held-out structures' labels are never in a target (the latter appear as unlabelled tissue, as on the
+    axial train slices)."""
+    from PIL import Image
+
+    from core_model.io.volume import LoadedVolume
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    items: list[SliceItem] = []
+    for start, stop in train_slabs(volume.num_slices(axis), split):
+        keep = np.arange(start, stop)
+        slab = LoadedVolume(np.take(volume.data, keep, axis=axis), volume.affine, volume.metadata)
+        slab_labels = np.take(labels, keep, axis=axis)
+        for cut in (a for a in range(3) if a != axis and slab.display(a).plane in planes):
+            for index in range(0, slab.num_slices(cut), stride):
+                label_slice = display_label_slice(slab, slab_labels, index, cut)
+                values, counts = np.unique(label_slice, return_counts=True)
+                found = [(int(v), int(n)) for v, n in zip(values, counts) if v and n >= min_voxels
+                         and names.get(int(v)) not in heldout_structures | {None}]
+                if not found:
+                    continue
+                name = f"{volume_stem(volume_path)}_{slab.display(cut).plane}{index:03d}_z{start:03d}-{stop - 1:03d}"
+                pixels = slab.slice(index, axis=cut, window=window).pixels
+                Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(out / "images" / f"{name}.png")
+                Image.fromarray(label_slice.astype(np.uint8)).save(out / "labels" / f"{name}_labels.png")
+                items += [SliceItem(names[v], v, f"{name}.png", index, n) for v, n in found]
+    return items
+
+
+def prepare_reformats(volume_path: Path, labels_path: Path, label_map_path: Path, out: Path,
+                      heldout_structures: tuple[str, ...] = HELD_OUT_STRUCTURES, split: SliceSplit = SliceSplit(),
+                      planes: tuple[str, ...] = ("coronal", "sagittal"), stride: int = 4, min_voxels: int = 30,
+                      window: str = DEFAULT_WINDOW) -> dict:
+    """A training-only folder beside the axial one: the train structures on coronal / sagittal cuts of the train slabs
+    (:func:`write_reformats`), with a ``split.json`` that :func:`training.data.structure_samples` reads (its held-out
+    groups are empty: the evaluation stays on the axial folder's held-out slices)."""
+    from core_model.io.volume import axial_axis
+
+    if stride < 1:
+        raise ValueError(f"reformat stride must be ≥ 1, got {stride}")
+    if not planes or set(planes) - {"coronal", "sagittal"}:
+        raise ValueError(f"reformat planes are coronal and/or sagittal, got {','.join(planes)}")
+    names = read_label_map(label_map_path)
+    volume, labels = load_ct_and_labels(volume_path, labels_path)
+    axis = axial_axis(volume.affine)
+    items = write_reformats(volume, labels, axis, split, names, set(heldout_structures), planes, stride,
+                            min_voxels, window, out, volume_path)
+    if not items:
+        raise StructureDataError(f"{labels_path}: no train structure has ≥ {min_voxels} voxels on a reformat")
+    summary = {
+        "volume": str(volume_path), "labels": str(labels_path), "label_map": str(label_map_path), "axis": axis,
+        "planes": list(planes), "stride": stride, "window": window, "min_voxels": min_voxels,
+        "slice_split": asdict(split), "train_slabs": train_slabs(volume.num_slices(axis), split),
+        "heldout_structures": sorted(heldout_structures),
+        "train_structures": sorted({i.structure for i in items}),
+        "items": {"heldout": [], "heldout_slices": [], "train": [asdict(i) for i in items]},
+        "attribution": ATTRIBUTION,
+    }
+    (out / "split.json").write_text(json.dumps(summary, indent=1) + "\n")
+    slabs = ", ".join(f"{a}–{b - 1}" for a, b in summary["train_slabs"])
+    (out / "README.md").write_text(
+        f"# Reformatted CT slices for training only (written by `python launch.py prepare-ct-structures --planes`)\n\n"
+        f"Every {stride}th {' / '.join(planes)} cut of the train slabs z {slabs} of {volume_path} (the held-out slice "
+        f"bands are in none), with the train structures' labels ({len(items)} items on "
+        f"{len({i.image for i in items})} images). Held-out structures: {', '.join(summary['heldout_structures'])}; "
+        f"never a target.\n\n{ATTRIBUTION}\n")
+    return summary
 
 
 def manifest(name: str, items: list[SliceItem], description: str) -> dict:
@@ -253,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=2, help="... starting with this band")
     p.add_argument("--min-voxels", type=int, default=30, help="a structure counts on a slice from this many voxels")
     p.add_argument("--window", default=DEFAULT_WINDOW, help="CT window preset (core_model.io.types.WINDOW_PRESETS)")
+    p.add_argument("--planes", default="", help="training-only reformats instead of the axial dataset: comma list of "
+                   "coronal, sagittal cut inside the train slabs (prepare_reformats)")
+    p.add_argument("--stride", type=int, default=4, help="with --planes: every N-th cut")
     return p
 
 
@@ -262,9 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         split = SliceSplit(args.band, args.every, args.offset)
+        heldout = tuple(s for s in args.heldout_structures.split(",") if s)
+        if args.planes:
+            summary = prepare_reformats(Path(args.volume), Path(args.labels), Path(args.label_map), Path(args.out),
+                                        heldout, split, tuple(args.planes.split(",")), args.stride, args.min_voxels,
+                                        args.window)
+            print(f"prepare-ct-structures: {len(summary['items']['train'])} train items on {args.planes} cuts of the "
+                  f"train slabs → {args.out}")
+            return 0
         summary = prepare(Path(args.volume), Path(args.labels), Path(args.label_map), Path(args.out),
-                          tuple(s for s in args.heldout_structures.split(",") if s), split, args.min_voxels,
-                          args.window)
+                          heldout, split, args.min_voxels, args.window)
     except (DataError, ImageReadError, ValueError, OSError) as exc:
         print(f"prepare-ct-structures: {exc}", file=sys.stderr)
         return 2

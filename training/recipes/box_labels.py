@@ -3,12 +3,12 @@ read by ``BiasCareModel.answers_boxes_for``); every other label's box goes to th
 
 The labels: what the checkpoint's decoder was trained on — the lungs (the chest radiograph lung masks: "lungs",
 "left lung", "right lung"; the CT lung lobes add the group "Lung") and the CT structures of the structure dataset's
-train split (``split.json``'s ``train_structures``, TotalSegmentator names), each also as its app group
+train split (``split.json``'s ``train_structures``, TotalSegmentator names; several folders' splits as a comma list), each also as its app group
 (``training.cache.box_labels``: "vertebrae_L1" → "Vertebra") — what ``launch.py train`` now writes by itself for a
 new checkpoint. Tensors are copied unchanged; the header's version becomes VERSION (the findings cards follow it:
 their heads are unchanged).
 
-    python training/recipes/box_labels.py CHECKPOINT SPLIT_JSON VERSION OUT.safetensors
+    python training/recipes/box_labels.py CHECKPOINT SPLIT_JSON[,SPLIT_JSON...] VERSION OUT.safetensors
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from core_model.findings import carried_over  # noqa: E402
 from training.cache import LUNG_LABELS, box_labels  # noqa: E402
 
 
-def write(checkpoint: Path, split: Path, version: str, out: Path) -> list[str]:
-    labels = box_labels([*LUNG_LABELS.values(), *json.loads(split.read_text())["train_structures"]])
+def write(checkpoint: Path, splits: list[Path], version: str, out: Path) -> list[str]:
+    structures = [name for split in splits for name in json.loads(split.read_text())["train_structures"]]
+    labels = box_labels([*LUNG_LABELS.values(), *structures])
     with safe_open(str(checkpoint), "pt") as f:
         metadata = f.metadata()
         tensors = {key: f.get_tensor(key) for key in f.keys()}
@@ -40,5 +41,5 @@ def write(checkpoint: Path, split: Path, version: str, out: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    labels = write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
+    labels = write(Path(sys.argv[1]), [Path(p) for p in sys.argv[2].split(",")], sys.argv[3], Path(sys.argv[4]))
     print(sys.argv[4], len(labels), "labels:", ", ".join(labels))
