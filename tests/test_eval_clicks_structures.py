@@ -83,6 +83,12 @@ def test_split_is_deterministic_and_disjoint(shared_data, ct_slices, tmp_path):
     manifest = json.loads((out / "manifest_train.json").read_text())
     listed = {n for s in manifest["datasets"][0]["structures"] for n in s["only"]}
     assert listed <= train and "TotalSegmentator" in (out / "README.md").read_text()
+    # a held-out object is labelled as a reader labels it in the app (its CT group), so its box meets the decoder the
+    # app would give it: "Muscle" is a trained group (gluteus, autochthon), "Kidney" is not
+    heldout_manifest = json.loads((out / "manifest_heldout.json").read_text())["datasets"][0]["structures"]
+    labels = {s["name"]: s["object_label"] for s in heldout_manifest}
+    assert labels["iliopsoas_left"] == "Muscle" and labels["kidney_left"] == "Kidney"
+    assert labels["urinary_bladder"] == "Urinary bladder"
 
 
 def _manifest(tmp_path: Path, ct_out: Path, shared_data: Path, ct_images: list[str]) -> Path:

@@ -245,10 +245,16 @@ def prepare_reformats(volume_path: Path, labels_path: Path, label_map_path: Path
 
 
 def manifest(name: str, items: list[SliceItem], description: str) -> dict:
-    """An ``eval-structures`` manifest: one dataset (the slices), one structure per label value, ``only`` = its slices."""
+    """An ``eval-structures`` manifest: one dataset (the slices), one structure per label value, ``only`` = its slices,
+    ``object_label`` the name a reader gives such an object in the app (its ``CT_STRUCTURES`` group: "iliopsoas_left"
+    → "Muscle"), which decides the decoder that answers its box."""
+    from core_model.classes import ct_structure_group
+
     structures: dict[str, dict] = {}
     for item in sorted(items, key=lambda i: (i.label, i.index)):
-        entry = structures.setdefault(item.structure, {"name": item.structure, "label": item.label, "only": []})
+        entry = structures.setdefault(item.structure, {
+            "name": item.structure, "label": item.label,
+            "object_label": ct_structure_group(item.structure) or item.structure, "only": []})
         entry["only"].append(item.image)
     return {"name": name, "description": description,
             "datasets": [{"name": name, "images": "images", "masks": "labels", "mask_suffix": "_labels.png",
