@@ -143,17 +143,20 @@ def collect_items(labels: np.ndarray, axis: int, names: dict[int, str], min_voxe
 
 def write_slices(volume, labels: np.ndarray, axis: int, window: str, out: Path, volume_path: Path) -> int:
     """All slices along ``axis`` as 8-bit image PNGs and label PNGs; returns the number of slices."""
+    for index in range(volume.num_slices(axis)):
+        save_slice(out, slice_name(volume_path, index), volume.slice(index, axis=axis, window=window).pixels,
+                   display_label_slice(volume, labels, index, axis))
+    return volume.num_slices(axis)
+
+
+def save_slice(out: Path, name: str, pixels: np.ndarray, label_slice: np.ndarray) -> None:
+    """``images/<name>.png`` (the windowed [0, 1] pixels, 8-bit) and ``labels/<name>_labels.png`` (label values)."""
     from PIL import Image
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    for index in range(volume.num_slices(axis)):
-        name = slice_name(volume_path, index)
-        pixels = volume.slice(index, axis=axis, window=window).pixels
-        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(out / "images" / f"{name}.png")
-        label_slice = display_label_slice(volume, labels, index, axis).astype(np.uint8)
-        Image.fromarray(label_slice).save(out / "labels" / f"{name}_labels.png")
-    return volume.num_slices(axis)
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(out / "images" / f"{name}.png")
+    Image.fromarray(label_slice.astype(np.uint8)).save(out / "labels" / f"{name}_labels.png")
 
 
 def train_slabs(n_slices: int, split: SliceSplit) -> list[tuple[int, int]]:
@@ -177,12 +180,8 @@ def write_reformats(volume, labels: np.ndarray, axis: int, split: SliceSplit, na
     the app's display orientation; returns the train structures' items on them (voxels ≥ ``min_voxels``). Held-out
     slices and held-out structures' labels are never in a target (the latter appear as unlabelled tissue, as on the
     axial train slices)."""
-    from PIL import Image
-
     from core_model.io.volume import LoadedVolume
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
     items: list[SliceItem] = []
     for start, stop in train_slabs(volume.num_slices(axis), split):
         keep = np.arange(start, stop)
@@ -197,9 +196,7 @@ def write_reformats(volume, labels: np.ndarray, axis: int, split: SliceSplit, na
                 if not found:
                     continue
                 name = f"{volume_stem(volume_path)}_{slab.display(cut).plane}{index:03d}_z{start:03d}-{stop - 1:03d}"
-                pixels = slab.slice(index, axis=cut, window=window).pixels
-                Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(out / "images" / f"{name}.png")
-                Image.fromarray(label_slice.astype(np.uint8)).save(out / "labels" / f"{name}_labels.png")
+                save_slice(out, name, slab.slice(index, axis=cut, window=window).pixels, label_slice)
                 items += [SliceItem(names[v], v, f"{name}.png", index, n) for v, n in found]
     return items
 
