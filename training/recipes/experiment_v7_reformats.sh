@@ -40,10 +40,10 @@ full() {  # v6's stages and settings (biascare_lite_v6.sh), the cuts added to ea
     data/ct_structures/split.json,"$REFORMATS"/split.json biascare_lite_v7r runs/biascare_lite_v7r.safetensors
 }
 
-evaluate() {  # all 102 held-out CT items + the 12 held-out CXRs, the stock model in the same run
+evaluate() {  # all 102 held-out CT items + the 12 held-out CXRs, BASELINE (default: the shipped v6_1) in the same run
   nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json \
     --manifest training/recipes/structures_cxr_heldout.json --max-clicks 20 --refine-clicks 3 --bootstrap 1000 \
-    --seed 0 --checkpoint "$1" --json "$2" --markdown "${2%.json}.md"
+    --seed 0 --checkpoint "$1" --baseline "${BASELINE:-$V6_1}" --json "$2" --markdown "${2%.json}.md"
 }
 
 case "${1:-}" in
