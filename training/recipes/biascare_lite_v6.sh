@@ -49,9 +49,7 @@ text() {  # stage 3: the language pathway alone (decoder, prompt encoder, encode
 }
 
 evaluate() {  # evaluate CHECKPOINT OUT.json: held-out CT structures on held-out slices + the 12 held-out CXRs
-  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json \
-    --manifest training/recipes/structures_cxr_heldout.json --limit ct_heldout=3 --max-clicks 20 --refine-clicks 3 \
-    --bootstrap 2000 --seed 0 --checkpoint "$1" --json "$2" --markdown "${2%.json}.md"
+  evaluate_structures "$1" "$2" --manifest training/recipes/structures_cxr_heldout.json --limit ct_heldout=3 --bootstrap 2000
 }
 
 case "${1:-all}" in

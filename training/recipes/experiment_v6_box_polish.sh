@@ -26,8 +26,7 @@ boxes() {
 }
 
 evaluate() {  # all held-out CT items (the recipes' own evaluation takes 3 per structure), stock in the same run
-  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json --max-clicks 20 \
-    --refine-clicks 3 --bootstrap 1000 --seed 0 --checkpoint "$1" --json "$2" --markdown "${2%.json}.md"
+  evaluate_structures "$1" "$2" --bootstrap 1000
 }
 
 case "${1:-}" in

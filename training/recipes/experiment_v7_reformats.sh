@@ -41,9 +41,7 @@ full() {  # v6's stages and settings (biascare_lite_v6.sh), the cuts added to ea
 }
 
 evaluate() {  # all 102 held-out CT items + the 12 held-out CXRs, BASELINE (default: the shipped v6_1) in the same run
-  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json \
-    --manifest training/recipes/structures_cxr_heldout.json --max-clicks 20 --refine-clicks 3 --bootstrap 1000 \
-    --seed 0 --checkpoint "$1" --baseline "${BASELINE:-$V6_1}" --json "$2" --markdown "${2%.json}.md"
+  evaluate_structures "$1" "$2" --manifest training/recipes/structures_cxr_heldout.json --bootstrap 1000 --baseline "${BASELINE:-$V6_1}"
 }
 
 case "${1:-}" in

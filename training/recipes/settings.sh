@@ -27,3 +27,10 @@ evaluate_heldout() {  # evaluate_heldout CHECKPOINT OUT.json: the RITM protocol 
   python launch.py eval-clicks --images ../shared/data/cxr_lungs/images --masks ../shared/data/cxr_lungs/masks \
     --mask-suffix _lung.png --only assets/model/heldout_images.txt --checkpoint "$1" --refine-clicks 3 --json "$2"
 }
+
+evaluate_structures() {  # evaluate_structures CHECKPOINT OUT.json [eval-structures options]: the RITM protocol on the
+  # held-out CT structures of the held-out slices (+ whatever --manifest the options add); OUT.md beside OUT.json
+  local checkpoint=$1 out=$2; shift 2
+  nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json --max-clicks 20 \
+    --refine-clicks 3 --seed 0 --checkpoint "$checkpoint" --json "$out" --markdown "${out%.json}.md" "$@"
+}
