@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from training.clicks import deepest_error_click, deepest_point, error_regions, uniform_error_click
-from training.losses import LossConfig, ada_loss, pad_points, sample_weights, select_hard, simulated_click
+from training.losses import (LossConfig, ada_loss, monotone_loss, pad_points, sample_weights, select_hard,
+                             simulated_click)
 
 
 def test_weights_are_exp_lambda_u_and_detached_by_default():
@@ -81,6 +82,21 @@ def test_uniform_clicks_fall_in_the_error_region_with_the_right_sign(shared_data
         signs.add(positive)
     assert signs == {True, False}
     assert uniform_error_click(gt, gt, rng) is None  # nothing to correct
+
+
+def test_monotone_loss_penalises_only_a_click_that_made_the_mask_worse(shared_data):
+    gt = torch.from_numpy(_lung_mask(shared_data)).float()[None, None]
+    before = (gt * 2 - 1) * 8  # the lungs found
+    eroded = before.clone()
+    eroded[..., 40:90, :] = -8  # a click that wiped out a band of lung
+    better, worse = before.clone().requires_grad_(True), eroded.clone().requires_grad_(True)
+    hurt = monotone_loss(torch.cat([better, worse]), torch.cat([eroded, before]), gt.expand(2, -1, -1, -1))
+    assert hurt[0] == 0 and hurt[1] > 0.1  # improving costs nothing; getting worse costs the Dice it lost
+    hurt.sum().backward()
+    assert better.grad.abs().sum() == 0 and worse.grad.abs().sum() > 0
+    prev = before.clone().requires_grad_(True)
+    monotone_loss(eroded.clone().requires_grad_(True), prev, gt).sum().backward()
+    assert prev.grad is None  # the mask before the click is a constant
 
 
 def test_deepest_point_and_deepest_error_click(shared_data):

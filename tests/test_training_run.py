@@ -109,11 +109,14 @@ def test_sequence_training_trains_every_click_of_a_sequence(tiny_folder, cache_d
 
     rc = train_main(_args(tiny_folder, cache_dir, tmp_path, "seq", "--max-steps", "7", "--epochs", "1",
                           "--steps-per-epoch", "7", "--modes", "click", "--sequence-max", "2",
-                          "--sequence-zero-prob", "0", "--no-hitl", "--cpu-bf16"))
+                          "--sequence-zero-prob", "0", "--no-hitl", "--cpu-bf16", "--monotone-weight", "1"))
     assert rc == 0
     history = json.loads((tmp_path / "seq" / "metrics.json").read_text())["segmentation"]["history"]
     assert all(h["finite"] for h in history)
     starts = [i for i, h in enumerate(history) if not h["continuation"]]
+    # the "clicks never hurt" hinge is a term of every corrective click's step, and of no first prediction
+    assert all(("monotone" in h) == h["continuation"] for h in history)
+    assert all(h["monotone"] >= 0 for h in history if h["continuation"])
     assert starts[0] == 0 and len(starts) >= 2  # sequences of 2..3 steps: a second one starts by step 4
     assert all(b - a in (2, 3) for a, b in zip(starts, starts[1:]))
     for i, h in enumerate(history):

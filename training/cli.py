@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--bce-weight", type=float, default=0.0)
     lo.add_argument("--iou-weight", type=float, default=0.0)
     lo.add_argument("--align-weight", type=float, default=0.0)
+    lo.add_argument("--monotone-weight", type=float, default=0.0,
+                    help="weight of the hinge max(0, dice(after a click) - dice(before)): clicks must not hurt")
     lo.add_argument("--no-hitl", action="store_true")
     lo.add_argument("--hitl-fraction", type=float, default=0.3)
     lo.add_argument("--hitl-rounds", type=int, default=4)
@@ -148,6 +150,7 @@ def _config(args) -> TrainConfig:
     loss = LossConfig(beta=args.beta, lam=args.lam, detach_weight=not args.no_detach_weight,
                       normalize_weight=args.normalize_weight, uncertainty_weighting=not args.no_uncertainty_weighting,
                       bce_weight=args.bce_weight, iou_weight=args.iou_weight, align_weight=args.align_weight,
+                      monotone_weight=args.monotone_weight,
                       hitl=not args.no_hitl, hitl_fraction=args.hitl_fraction, hitl_rounds=args.hitl_rounds,
                       random_rounds=args.random_rounds, click_sampling=args.click_sampling,
                       deepest_prob=args.deepest_prob)

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 from core_model.uncertainty import mask_weighted_embedding, semantic_uncertainty
-from training.losses import (LossConfig, ada_loss, mask_loss, pad_points, real_iou, sample_weights, select_hard,
-                             simulated_click)
+from training.losses import (LossConfig, ada_loss, mask_loss, monotone_loss, pad_points, real_iou, sample_weights,
+                             select_hard, simulated_click)
 
 Click = tuple[float, float, int]
 
@@ -108,6 +108,10 @@ class SegStep(nn.Module):
         loss = loss_ada
         parts = {"dice": float(l_dice.detach().mean()), "u_sl": float(u_sl.detach().mean()),
                  "w": float(w.detach().mean()), "ada": float(loss_ada.detach())}
+        if cfg.monotone_weight and batch.prev_logits is not None:
+            hurt = monotone_loss(logits, batch.prev_logits, targets)
+            loss = loss + cfg.monotone_weight * (valid.float() * hurt).sum() / valid.float().sum().clamp(min=1)
+            parts["monotone"] = float(hurt.detach().mean())
 
         if cfg.align_weight:
             target_logits = (targets * 2 - 1) * 10.0  # the true object as a (saturated) confidence map
@@ -145,6 +149,9 @@ class SegStep(nn.Module):
                 refined, refined_iou = self.decode(emb[index], sub_points, sub_boxes, cur_logits[index], sub_tokens)
                 r_dice, r_extra = mask_loss(refined, refined_iou, targets[index], cfg)
                 loss_hitl = loss_hitl + (r_dice + r_extra).sum()
+                if cfg.monotone_weight:
+                    hurt = monotone_loss(refined, cur_logits[index], targets[index])
+                    loss_hitl = loss_hitl + cfg.monotone_weight * hurt.sum()
                 hitl_total += float(r_dice.detach().sum())
                 hitl_count += len(active)
                 cur_logits[index] = refined.detach()

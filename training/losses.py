@@ -39,6 +39,7 @@ class LossConfig:
     bce_weight: float = 0.0
     iou_weight: float = 0.0
     align_weight: float = 0.0
+    monotone_weight: float = 0.0
     hitl: bool = True
     hitl_fraction: float = 0.3
     hitl_rounds: int = 4
@@ -103,6 +104,12 @@ def mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor
     if cfg.iou_weight:
         extra = extra + cfg.iou_weight * (iou_pred[:, 0].float() - real_iou(logits, target)) ** 2
     return l_dice, extra
+
+
+def monotone_loss(logits: torch.Tensor, prev_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) hinge ``max(0, dice(logits) − dice(prev_logits))``: how much a corrective click made the
+    (soft) Dice loss worse than the mask it refined; ``prev_logits`` (B, 1, 256, 256) is a constant."""
+    return torch.relu(dice_loss(logits, target) - dice_loss(prev_logits.detach(), target))
 
 
 def simulated_click(logits: np.ndarray, target: np.ndarray, valid_hw: tuple[int, int], cfg: LossConfig,
