@@ -41,7 +41,7 @@ full() {  # v6's stages and settings (biascare_lite_v6.sh), the cuts added to ea
 }
 
 evaluate() {  # all 102 held-out CT items + the 12 held-out CXRs, BASELINE (default: the shipped v6_1) in the same run
-  evaluate_structures "$1" "$2" --manifest training/recipes/structures_cxr_heldout.json --bootstrap 1000 --baseline "${BASELINE:-$V6_1}"
+  evaluate_against "${BASELINE:-$V6_1}" "$1" "$2"
 }
 
 case "${1:-}" in

@@ -34,3 +34,8 @@ evaluate_structures() {  # evaluate_structures CHECKPOINT OUT.json [eval-structu
   nice -n 10 python launch.py eval-structures --manifest data/ct_structures/manifest_heldout.json --max-clicks 20 \
     --refine-clicks 3 --seed 0 --checkpoint "$checkpoint" --json "$out" --markdown "${out%.json}.md" "$@"
 }
+
+evaluate_against() {  # evaluate_against BASELINE CHECKPOINT OUT.json: all held-out CT items + the 12 held-out CXRs,
+  # BASELINE ('stock', 'none' or a checkpoint) in the same run, 1000 bootstrap resamples
+  evaluate_structures "$2" "$3" --manifest training/recipes/structures_cxr_heldout.json --bootstrap 1000 --baseline "$1"
+}
